@@ -1,0 +1,36 @@
+# Parley: `make run` serves the app, `make test` runs the whole suite.
+# Both start from nothing but Python 3.11+ and make: the first call builds .venv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "==> installing dependencies (the first time builds llama.cpp from source: ~4 minutes on 2 cores)"
+	$(BIN)/python -m pip install --progress-bar on -r requirements-dev.txt
+	@touch $(STAMP)
+
+run: install
+	@$(BIN)/python manage.py migrate --noinput
+	@$(BIN)/python manage.py bootstrap
+	@echo "==> Parley is serving at http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
+	@$(BIN)/daphne -b 127.0.0.1 -p $(PORT) config.asgi:application
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,45 @@
+"""HTTP side of the shared authentication path (see accounts/auth.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from accounts.auth import BadCredentials, bearer_from_header, user_from_bearer
+
+
+class BearerTokenMiddleware:
+    """A bearer token sets ``request.user`` and exempts the request from CSRF.
+
+    CSRF protects cookies a browser sends on its own; a bearer token is never sent
+    implicitly, so token requests are exempt (PROTOCOL.md section 1). A token that is
+    wrong is answered 401 at once rather than silently falling back to the session.
+    """
+
+    async_capable = True
+    sync_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(self.get_response):
+            markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            raw = bearer_from_header(request.headers.get("Authorization"))
+            if raw is not None:
+                user = await sync_to_async(user_from_bearer)(raw)
+                request.user = user
+
+                async def auser() -> User:
+                    return user
+
+                request.auser = auser
+                request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
+        except BadCredentials as exc:
+            return JsonResponse({"code": "unauthorized", "detail": str(exc)}, status=401)
+        response: HttpResponse = await self.get_response(request)
+        return response

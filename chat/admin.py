@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from chat.models import Generation, Membership, Message, Room
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    raw_id_fields = ["user"]
+
+
+@admin.register(Room)
+class RoomAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "owner", "visibility", "assistant", "voice", "created"]
+    list_filter = ["visibility", "assistant", "voice"]
+    search_fields = ["name", "slug"]
+    readonly_fields = ["seq_reserved", "created"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["room", "user", "role", "joined"]
+    list_filter = ["role"]
+    raw_id_fields = ["room", "user"]
+
+
+class GenerationInline(admin.StackedInline):
+    model = Generation
+    extra = 0
+    can_delete = False
+    readonly_fields = [f.name for f in Generation._meta.fields if f.name != "id"]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["id", "room", "role", "author", "status", "short_text", "created"]
+    list_filter = ["role", "status", "room"]
+    search_fields = ["text", "author__username"]
+    raw_id_fields = ["room", "author", "reply_to"]
+    inlines = [GenerationInline]
+
+    @admin.display(description="text")
+    def short_text(self, obj: Message) -> str:
+        return obj.text[:80]
+
+
+@admin.register(Generation)
+class GenerationAdmin(admin.ModelAdmin):
+    list_display = [
+        "message",
+        "backend",
+        "model",
+        "status",
+        "queued_at",
+        "first_token_at",
+        "ended_at",
+        "completion_tokens",
+        "stop_reason",
+    ]
+    list_filter = ["backend", "message__status", "stop_reason"]
+    raw_id_fields = ["message", "stopped_by"]
+
+    @admin.display(description="status", ordering="message__status")
+    def status(self, obj: Generation) -> str:
+        return obj.message.status

@@ -1,0 +1,70 @@
+"""The error codes of PROTOCOL.md section 5, shared by every transport.
+
+Services raise these; the WebSocket consumer turns them into ``error`` frames, the HTTP
+views into JSON bodies with the status below.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    code = "bad_request"
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ParleyError):
+    code = "bad_request"
+    status = 400
+
+
+class BadJson(ParleyError):
+    code = "bad_json"
+    status = 400
+
+
+class TooLong(ParleyError):
+    code = "too_long"
+    status = 413
+
+
+class Unauthorized(ParleyError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(ParleyError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(ParleyError):
+    code = "not_found"
+    status = 404
+
+
+class NotGenerating(ParleyError):
+    code = "not_generating"
+    status = 409
+
+
+class Conflict(ParleyError):
+    code = "conflict"
+    status = 409
+
+
+class RateLimited(ParleyError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class Busy(ParleyError):
+    code = "busy"
+    status = 503

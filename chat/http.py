@@ -1,0 +1,92 @@
+"""Helpers shared by the JSON views: body parsing, error responses, auth checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from chat.errors import BadJson, BadRequest, ParleyError, RateLimited, TooLong, Unauthorized
+
+
+def error_response(exc: ParleyError) -> JsonResponse:
+    body: dict[str, Any] = {"code": exc.code, "detail": exc.detail}
+    response = JsonResponse(body, status=exc.status)
+    if isinstance(exc, RateLimited):
+        body["retry_after"] = exc.retry_after
+        response = JsonResponse(body, status=exc.status)
+        response["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response
+
+
+def read_json(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is an empty object."""
+    length = request.headers.get("Content-Length")
+    limit = settings.PARLEY_MAX_BODY_BYTES
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise TooLong(f"request body is over {limit} bytes")
+    raw = request.body
+    if len(raw) > limit:
+        raise TooLong(f"request body is over {limit} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadJson("request body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def query_int(request: HttpRequest, name: str, *, minimum: int = 0) -> int | None:
+    value = request.GET.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 18 or int(value) < minimum:
+        raise BadRequest(f"{name} must be an integer >= {minimum}")
+    return int(value)
+
+
+def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A JSON API view: signed-in users only, ParleyError becomes its JSON error."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            if not request.user.is_authenticated:
+                raise Unauthorized("sign in or send a bearer token")
+            return view(request, *args, **kwargs)
+        except ParleyError as exc:
+            return error_response(exc)
+
+    return wrapper
+
+
+def async_api(
+    view: Callable[..., Awaitable[HttpResponse]],
+) -> Callable[..., Awaitable[HttpResponse]]:
+    """``api`` for async views (SSE, waiting sends)."""
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            user = await request.auser()
+            if not user.is_authenticated:
+                raise Unauthorized("sign in or send a bearer token")
+            return await view(request, user, *args, **kwargs)
+        except ParleyError as exc:
+            return error_response(exc)
+
+    return wrapper
+
+
+def request_user(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)
+    return user

@@ -1,0 +1,39 @@
+"""Model backends. ``get_backend()`` returns the configured one, built once per process."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.conf import settings
+
+from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+
+__all__ = ["ChatMessage", "LLMBackend", "LLMError", "Usage", "get_backend"]
+
+
+@cache
+def get_backend() -> LLMBackend:
+    kind = settings.LLM_BACKEND
+    if kind == "openai":
+        from chat.llm.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            base_url=settings.OPENAI_BASE_URL or "https://api.openai.com/v1",
+            api_key=settings.OPENAI_API_KEY,
+            model=settings.LLM_MODEL,
+            connect_timeout=settings.LLM_CONNECT_TIMEOUT,
+            read_timeout=settings.LLM_READ_TIMEOUT,
+            max_tokens=settings.LLM_MAX_TOKENS,
+            temperature=settings.LLM_TEMPERATURE,
+        )
+    if kind == "local":
+        from chat.llm.local import LocalBackend
+
+        return LocalBackend(
+            model=settings.LLM_MODEL,
+            n_ctx=settings.LLM_LOCAL_N_CTX,
+            n_threads=settings.LLM_LOCAL_THREADS,
+            max_tokens=settings.LLM_MAX_TOKENS,
+            temperature=settings.LLM_TEMPERATURE,
+        )
+    raise ValueError(f"LLM_BACKEND must be 'openai' or 'local', not {kind!r}")

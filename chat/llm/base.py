@@ -1,0 +1,64 @@
+"""The model interface: a conversation in, an async stream of text deltas out.
+
+Shape after simonw/llm: one abstract method that yields chunks. A backend's stream is an
+async generator; the caller stops it by cancelling the task that iterates it or by calling
+``aclose()``, and either must release the model at once (close the upstream HTTP
+connection, stop the local sampler between tokens). Every failure a user can hit is raised
+as :class:`LLMError` with a reason the UI can show.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+ChatRole = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: ChatRole
+    content: str
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts, filled in by the backend when it learns them (None if unknown)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class LLMError(Exception):
+    """A model failure, with a machine code and a reason a room member can read.
+
+    Codes: ``refused`` (cannot connect), ``timeout`` (no byte within the read timeout),
+    ``upstream_status`` (HTTP error from the server), ``malformed`` (a stream we cannot
+    parse), ``disconnected`` (the server closed mid-reply), ``unavailable`` (the backend
+    cannot run here, e.g. the bundled model failed to load).
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class LLMBackend(ABC):
+    #: Short name stored in each reply's generation record.
+    name: ClassVar[str]
+
+    def __init__(self, *, model: str) -> None:
+        self.model = model
+
+    @abstractmethod
+    def stream(self, messages: Sequence[ChatMessage], usage: Usage) -> AsyncGenerator[str, None]:
+        """Yield the reply's text deltas in order; fill ``usage`` when known.
+
+        Raises :class:`LLMError`. ``asyncio.CancelledError`` always propagates.
+        """
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release long-lived resources (connection pools, threads)."""

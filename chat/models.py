@@ -1,0 +1,163 @@
+"""Rooms, memberships, messages and the generation record of each assistant reply."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Visibility(models.TextChoices):
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class AssistantMode(models.TextChoices):
+    ALWAYS = "always"
+    MENTION = "mention"
+
+
+class VoiceMode(models.TextChoices):
+    OFF = "off"
+    NORMAL = "normal"
+    STREAMING = "streaming"
+    REALTIME = "realtime"
+
+
+class Room(models.Model):
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_rooms"
+    )
+    visibility = models.CharField(
+        max_length=10, choices=Visibility.choices, default=Visibility.PUBLIC
+    )
+    assistant = models.CharField(
+        max_length=10, choices=AssistantMode.choices, default=AssistantMode.ALWAYS
+    )
+    voice = models.CharField(max_length=10, choices=VoiceMode.choices, default=VoiceMode.OFF)
+    system_prompt = models.TextField(blank=True, default="")
+    # Highest event seq reserved for this room. Seqs are handed out from blocks reserved
+    # here, so a restarted process never reuses one (see chat/events.py).
+    seq_reserved = models.BigIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        MEMBER = "member"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    joined = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "user"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.room.slug} ({self.role})"
+
+
+class Role(models.TextChoices):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    STREAMING = "streaming"
+    PAUSED = "paused"
+    COMPLETE = "complete"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+# A reply in one of these states is still owned by a generation task somewhere.
+LIVE_STATUSES = (Status.QUEUED, Status.STREAMING, Status.PAUSED)
+TERMINAL_STATUSES = (Status.COMPLETE, Status.STOPPED, Status.FAILED, Status.INTERRUPTED)
+
+
+class Message(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    # Null for the assistant.
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    text = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
+    )
+    # The sender's own id for its optimistic copy; echoed back, never interpreted.
+    client_id = models.CharField(max_length=64, blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # The latest messages of a room, and paging by id within it.
+            models.Index(fields=["room", "-id"], name="message_room_latest"),
+            # Replies still owned by a task: recovery and the admin look these up.
+            models.Index(
+                fields=["status"],
+                name="message_live_replies",
+                condition=Q(role="assistant") & Q(status__in=["queued", "streaming", "paused"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} #{self.pk} in {self.room_id}: {self.text[:40]}"
+
+
+class Generation(models.Model):
+    """How one assistant reply was made: backend, timings, usage, and how it ended.
+
+    The reply's state lives in ``Message.status`` (one source of truth); this record
+    holds everything else the admin reviews.
+    """
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="generation")
+    backend = models.CharField(max_length=20)
+    model = models.CharField(max_length=200, blank=True, default="")
+    queued_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    paused_seconds = models.FloatField(default=0.0)
+    prompt_tokens = models.IntegerField(null=True, blank=True)
+    completion_tokens = models.IntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=40, blank=True, default="")
+    stopped_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="stopped_generations",
+    )
+    error = models.TextField(blank=True, default="")
+    # The process running this reply ("host:pid:start"), for crash recovery.
+    worker = models.CharField(max_length=120, blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["-queued_at"], name="generation_recent")]
+
+    def __str__(self) -> str:
+        return f"generation of message #{self.message_id}"

@@ -1,0 +1,130 @@
+"""Writes for rooms and memberships.
+
+Named ``<thing>_<verb>`` with keyword-only arguments (STYLE.md). Message sending and
+reply control live in ``chat/replies.py``; both are called by every transport.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from chat.errors import BadRequest, Forbidden, NotFound
+from chat.models import AssistantMode, Membership, Room, Visibility, VoiceMode
+
+NAME_MAX = 120
+SYSTEM_PROMPT_MAX = 4000
+
+
+def _choice(
+    value: object,
+    *,
+    field: str,
+    choices: type[Visibility | AssistantMode | VoiceMode],
+    default: str,
+) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in choices.values:
+        allowed = ", ".join(choices.values)
+        raise BadRequest(f"{field} must be one of: {allowed}")
+    return value
+
+
+def room_create(
+    *,
+    owner: User,
+    name: object,
+    visibility: object = None,
+    assistant: object = None,
+    voice: object = None,
+    system_prompt: object = None,
+) -> Room:
+    """Create a room owned (and joined) by ``owner``; its slug comes from its name."""
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest("name is required")
+    name = name.strip()
+    if len(name) > NAME_MAX:
+        raise BadRequest(f"name is at most {NAME_MAX} characters")
+    if system_prompt is None:
+        system_prompt = ""
+    if not isinstance(system_prompt, str) or len(system_prompt) > SYSTEM_PROMPT_MAX:
+        raise BadRequest(
+            f"system_prompt must be a string of at most {SYSTEM_PROMPT_MAX} characters"
+        )
+    fields = {
+        "name": name,
+        "owner": owner,
+        "visibility": _choice(
+            visibility, field="visibility", choices=Visibility, default=Visibility.PUBLIC
+        ),
+        "assistant": _choice(
+            assistant, field="assistant", choices=AssistantMode, default=AssistantMode.ALWAYS
+        ),
+        "voice": _choice(voice, field="voice", choices=VoiceMode, default=VoiceMode.OFF),
+        "system_prompt": system_prompt,
+    }
+    base = slugify(name)[:60] or "room"
+    for attempt in range(8):
+        slug = base if attempt == 0 else f"{base}-{secrets.token_hex(3)}"
+        try:
+            with transaction.atomic():
+                room = Room.objects.create(slug=slug, **fields)
+                Membership.objects.create(room=room, user=owner, role=Membership.Role.OWNER)
+                return room
+        except IntegrityError:
+            continue
+    raise BadRequest("could not find a free slug for that name")  # pragma: no cover
+
+
+def room_join(*, room: Room, user: User) -> Membership:
+    """Join a public room; joining twice is a no-op."""
+    if room.visibility != Visibility.PUBLIC:
+        # Private rooms are invisible to non-members; members joining again is harmless.
+        membership = Membership.objects.filter(room=room, user=user).first()
+        if membership is None:
+            raise NotFound("no such room")
+        return membership
+    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    return membership
+
+
+def room_member_add(*, room: Room, by: User, username: object) -> Membership:
+    """The owner (or staff) adds ``username`` to ``room``."""
+    if room.owner_id != by.pk and not getattr(by, "is_staff", False):
+        raise Forbidden("only the room's owner can add members")
+    if not isinstance(username, str) or not username:
+        raise BadRequest("username is required")
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise NotFound(f"no user named {username!r}")
+    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    return membership
+
+
+def bootstrap_ensure(*, admin_password: str | None) -> tuple[str | None, Room]:
+    """Make sure the superuser ``admin`` and the public room "Lobby" exist.
+
+    Returns the password when one was generated (to be printed once), and the Lobby.
+    Every user joins the Lobby on sign-up, so a newcomer has somewhere to talk.
+    """
+    User = get_user_model()
+    generated = None
+    admin = User.objects.filter(username="admin").first()
+    if admin is None:
+        password = admin_password or secrets.token_urlsafe(12)
+        generated = None if admin_password else password
+        admin = User.objects.create_superuser("admin", "", password)
+    elif admin_password:
+        admin.set_password(admin_password)
+        admin.save(update_fields=["password"])
+    lobby = Room.objects.filter(slug="lobby").first()
+    if lobby is None:
+        lobby = room_create(
+            owner=admin, name="Lobby", visibility=Visibility.PUBLIC, assistant=AssistantMode.ALWAYS
+        )
+    return generated, lobby

@@ -1,0 +1,24 @@
+"""ASGI entry point: ``daphne config.asgi:application``.
+
+HTTP goes to Django; WebSocket to Channels, behind the origin check and the shared
+authentication stack (session cookie or bearer token).
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
+from chat.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthStack(URLRouter(websocket_urlpatterns))),
+    }
+)

@@ -1,0 +1,199 @@
+"""Parley settings: everything from the environment, defaults that run on a laptop.
+
+Production behaviour is switched on by variables (PROTOCOL.md section 7):
+``DATABASE_URL`` (PostgreSQL), ``REDIS_URL`` (channels-redis), ``LLM_BACKEND``...
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# A fixed development key: fine on a laptop, refused nowhere; production sets its own.
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="parley-insecure-development-key-change-me")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "accounts",
+    "chat",
+    "voice",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After the session user, before CSRF: a valid bearer token replaces the session
+    # user and exempts the request from CSRF (PROTOCOL.md section 1).
+    "accounts.middleware.BearerTokenMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several coroutines share one SQLite file: wait for the write lock instead of
+    # failing with "database is locked"; WAL lets readers run beside the writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
+    )
+    # Tests share their database with a real daphne process, so it must be a file.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
+else:
+    # Persistent connections: one per worker thread, checked before reuse.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    # Capacity per channel: the in-memory layer drops messages to a full channel, so leave
+    # room for a burst (consumers also fill any gap from the replay log).
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 5000},
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
+
+# --- Parley ----------------------------------------------------------------------------
+
+# Message text limit (PROTOCOL.md section 5): long enough for a pasted page of code,
+# short enough that one message cannot fill a model's context.
+PARLEY_MAX_MESSAGE_CHARS = env.int("PARLEY_MAX_MESSAGE_CHARS", default=8000)
+# Largest JSON body the HTTP API reads; a message at the limit in UTF-8 is < 32 KiB.
+PARLEY_MAX_BODY_BYTES = env.int("PARLEY_MAX_BODY_BYTES", default=64 * 1024)
+# Page size of GET /api/rooms/<slug>/messages when the client gives no limit, and the most
+# it may ask for: one screen of history, and a cap so one request cannot read a whole room.
+PARLEY_MESSAGES_PAGE = env.int("PARLEY_MESSAGES_PAGE", default=50)
+PARLEY_MESSAGES_PAGE_MAX = env.int("PARLEY_MESSAGES_PAGE_MAX", default=200)
+
+# The model. Default: openai when an OpenAI-compatible server is configured, else the
+# bundled model (PROTOCOL.md section 7).
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+LLM_BACKEND = env.str(
+    "LLM_BACKEND", default="openai" if (OPENAI_BASE_URL or OPENAI_API_KEY) else "local"
+)
+LLM_MODEL = env.str(
+    "LLM_MODEL", default="gpt-4o-mini" if LLM_BACKEND == "openai" else "gemma-3-270m"
+)
+# Connecting to the model server should take milliseconds; 10 s covers a cold TLS
+# handshake across the world without leaving a user staring at nothing for long.
+LLM_CONNECT_TIMEOUT = env.float("LLM_CONNECT_TIMEOUT", default=10.0)
+# Longest silence between two chunks of a streamed reply. Large models can think for a
+# while before the first token; past a minute with no byte the server is presumed stuck.
+LLM_READ_TIMEOUT = env.float("LLM_READ_TIMEOUT", default=60.0)
+# Cap on tokens one reply may produce, so a runaway model cannot stream forever.
+LLM_MAX_TOKENS = env.int("LLM_MAX_TOKENS", default=512)
+LLM_TEMPERATURE = env.float("LLM_TEMPERATURE", default=0.7)
+# How much conversation goes into the prompt: the newest messages, up to this many
+# characters (about a quarter as many tokens), so the bundled model's 32k context and
+# any server's limit are respected without a tokenizer round-trip.
+LLM_CONTEXT_CHARS = env.int("LLM_CONTEXT_CHARS", default=6000)
+LLM_CONTEXT_MESSAGES = env.int("LLM_CONTEXT_MESSAGES", default=30)
+# The bundled model's context window in tokens: the prompt budget above plus the reply.
+LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=4096)
+# Threads for llama.cpp: the machine has 2 cores; leave the event loop room to breathe.
+LLM_LOCAL_THREADS = env.int("LLM_LOCAL_THREADS", default=2)
+
+# --- Room events and replies -------------------------------------------------------------
+
+# Replay log kept per room (PROTOCOL.md section 3 promises at least 1,000 events and
+# 10 minutes): a client that drops for a short while resumes exactly where it was.
+PARLEY_LOG_MIN_EVENTS = env.int("PARLEY_LOG_MIN_EVENTS", default=1000)
+PARLEY_LOG_MIN_SECONDS = env.float("PARLEY_LOG_MIN_SECONDS", default=600.0)
+# Hard cap on a room's in-memory log, so a runaway room cannot exhaust memory: at
+# ~30 frames/s per streaming reply, 20,000 events cover the 10 minutes with margin.
+PARLEY_LOG_MAX_EVENTS = env.int("PARLEY_LOG_MAX_EVENTS", default=20000)
+# Seqs are reserved from the database in blocks so that a restarted process never reuses
+# one, at one database write per block rather than one per event.
+PARLEY_SEQ_BLOCK = env.int("PARLEY_SEQ_BLOCK", default=1000)
+# Nagle-style delta coalescing: text goes out at once when the previous delta left at
+# least this long ago; otherwise it is merged into the next frame, sent when the window
+# ends. 30 ms is below what a reader perceives and caps a reply at ~33 frames/s per member.
+PARLEY_DELTA_WINDOW = env.float("PARLEY_DELTA_WINDOW", default=0.03)
+# While streaming, the reply's text is saved at least this often, so a crash loses at
+# most this much (PROTOCOL.md section 4), without a database write per token.
+PARLEY_SAVE_INTERVAL = env.float("PARLEY_SAVE_INTERVAL", default=1.0)
+# A paused reply that nobody resumes ends as stopped (pause_timeout) after this long, so
+# a forgotten pause cannot hold the room's queue and the model forever.
+PARLEY_PAUSE_TIMEOUT = env.float("PARLEY_PAUSE_TIMEOUT", default=600.0)
+# Sends per user: a burst of this many, refilled at this rate. Enough for a fast typist,
+# too few for a script flooding a room or the model.
+PARLEY_SEND_BURST = env.int("PARLEY_SEND_BURST", default=10)
+PARLEY_SEND_PER_SECOND = env.float("PARLEY_SEND_PER_SECOND", default=1.0)
+# Largest WebSocket frame a client may send (PROTOCOL.md section 5): closes with 1009.
+PARLEY_MAX_FRAME_BYTES = env.int("PARLEY_MAX_FRAME_BYTES", default=64 * 1024)
+# Messages in a snapshot (PROTOCOL.md section 3).
+PARLEY_SNAPSHOT_MESSAGES = env.int("PARLEY_SNAPSHOT_MESSAGES", default=50)
+# Replies waiting in one room's queue; past it a send that asks for a reply gets busy.
+PARLEY_ROOM_QUEUE_MAX = env.int("PARLEY_ROOM_QUEUE_MAX", default=20)

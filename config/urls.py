@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from accounts import views as account_views
+from chat import health, pages, views
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("admin/", admin.site.urls),
+    path("accounts/signup/", account_views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("api/rooms", views.rooms),
+    path("api/rooms/<str:slug>", views.room_detail),
+    path("api/rooms/<str:slug>/join", views.room_join),
+    path("api/rooms/<str:slug>/members", views.room_members),
+    path("api/rooms/<str:slug>/messages", views.room_messages),
+    path("api/messages/<str:message_id>", views.message_detail),
+]

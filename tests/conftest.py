@@ -1,0 +1,83 @@
+"""Shared fixtures: users with tokens, a fake model server, a real daphne process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.daphne import DaphneServer, database_url
+from tests.support.openai_server import FakeOpenAIServer, Scenario
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server() -> Iterator[FakeOpenAIServer]:
+    server = FakeOpenAIServer(api_key="test-key").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm(fake_llm_server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
+    """The fake model server, reset for this test (default: a short normal reply)."""
+    fake_llm_server.script()
+    fake_llm_server.set_default(Scenario.normal())
+    yield fake_llm_server
+    fake_llm_server.set_default(Scenario.normal())
+
+
+def daphne_env(fake: FakeOpenAIServer, **extra: str) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": database_url(),
+        "LLM_BACKEND": "openai",
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "LLM_MODEL": "fake-model",
+        # Tests send quickly from few users; production keeps the default limits.
+        "PARLEY_SEND_BURST": "1000",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def daphne(
+    django_db_setup: Any, django_db_blocker: Any, fake_llm_server: FakeOpenAIServer
+) -> Iterator[DaphneServer]:
+    """One daphne process for the session, on the test database."""
+    with django_db_blocker.unblock():
+        env = daphne_env(fake_llm_server)
+    server = DaphneServer(env).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_user(transactional_db: Any) -> Any:
+    """``make_user("alice")`` → (user, bearer token)."""
+    from django.contrib.auth import get_user_model
+
+    from accounts.services import api_token_create
+
+    def make(username: str, *, staff: bool = False, password: str = "pw-for-tests-123") -> Any:
+        user = get_user_model().objects.create_user(
+            username=username, password=password, is_staff=staff
+        )
+        _, raw = api_token_create(user=user)
+        return user, raw
+
+    return make
+
+
+@pytest.fixture
+def make_room(transactional_db: Any) -> Any:
+    from chat.services import room_create
+
+    def make(owner: Any, name: str = "Test room", **kw: Any) -> Any:
+        return room_create(owner=owner, name=name, **kw)
+
+    return make

@@ -1,0 +1,112 @@
+"""A real daphne process serving Parley on a loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def database_url() -> str:
+    """The URL of the database the test session is using (the test database)."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    if connection.vendor == "postgresql":
+        user = s.get("USER") or ""
+        password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+        auth = f"{user}{password}@" if user else ""
+        return (
+            f"postgres://{auth}{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+        )
+    raise RuntimeError(f"no URL for database vendor {connection.vendor}")
+
+
+class DaphneServer:
+    """``daphne config.asgi:application`` in a subprocess; its log is kept for failures."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env}
+        self.lines: list[str] = []
+        self._ready: queue.Queue[str] = queue.Queue()
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> DaphneServer:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+        # Daphne logs this line once its socket listens: wait for it, not for a delay.
+        try:
+            line = self._ready.get(timeout=timeout)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("daphne did not start:\n" + self.log()) from None
+        if line == "EOF":
+            raise RuntimeError("daphne exited:\n" + self.log())
+        return self
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+            if "Listening on TCP address" in line:
+                self._ready.put(line)
+        self._ready.put("EOF")
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+    def kill(self) -> None:
+        """Die without cleaning up, like a crashed process."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()

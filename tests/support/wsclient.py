@@ -1,0 +1,141 @@
+"""A test client for the room WebSocket over a real connection (the ``websockets`` library).
+
+It reads every frame into ``events`` in a background task, so a test can wait for the
+event it expects (with a timeout) while everything else is kept for later assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.typing import Origin
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+class RoomClient:
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.events: list[dict[str, Any]] = []
+        self.binary: list[bytes] = []
+        self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(
+        cls,
+        base_ws_url: str,
+        slug: str,
+        *,
+        token: str | None = None,
+        after: int | None = None,
+        origin: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> RoomClient:
+        url = f"{base_ws_url}/ws/rooms/{slug}/"
+        if after is not None:
+            url += f"?after={after}"
+        headers = dict(extra_headers or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        conn = await websockets.connect(
+            url,
+            additional_headers=headers,
+            origin=Origin(origin) if origin else None,
+            max_size=None,
+        )
+        return cls(conn)
+
+    async def _read(self) -> None:
+        code: int | None = None
+        try:
+            async for frame in self.conn:
+                async with self._changed:
+                    if isinstance(frame, bytes):
+                        self.binary.append(frame)
+                    else:
+                        self.events.append(json.loads(frame))
+                    self._changed.notify_all()
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            code = self.conn.close_code
+            if not self.closed.done():
+                self.closed.set_result(code)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def send(self, **frame: Any) -> None:
+        await self.conn.send(json.dumps(frame))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.conn.send(data)
+
+    async def wait_for(self, predicate: Predicate, timeout: float = 10.0) -> dict[str, Any]:
+        """The first event (in arrival order) matching ``predicate``, waiting for it."""
+        seen = 0
+
+        def find() -> dict[str, Any] | None:
+            nonlocal seen
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            return None
+
+        async def wait() -> dict[str, Any]:
+            async with self._changed:
+                while True:
+                    found = find()
+                    if found is not None:
+                        return found
+                    if self.closed.done():
+                        raise ConnectionError(
+                            f"connection closed ({self.closed.result()}) before the event came"
+                        )
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def wait_type(self, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda e: e.get("type") == type_ and all(e.get(k) == v for k, v in fields.items()),
+            timeout,
+        )
+
+    async def wait_terminal(self, message_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda e: (
+                e.get("type") == "generation"
+                and e.get("message_id") == message_id
+                and e.get("state") in ("complete", "stopped", "failed", "interrupted")
+            ),
+            timeout,
+        )
+
+    async def wait_closed(self, timeout: float = 10.0) -> int | None:
+        return await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("type") == type_]
+
+    def durable(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if "seq" in e]
+
+    def text_of(self, message_id: str) -> str:
+        return "".join(
+            e["text"]
+            for e in self.events
+            if e.get("type") == "delta" and e.get("message_id") == message_id
+        )
+
+    async def close(self) -> None:
+        await self.conn.close()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)

@@ -111,15 +111,15 @@ async def message_send(
     reply_wanted = wants_reply(room=room, text=text, ask_ai=ask_ai)
     if reply_wanted and manager.queue_length(room.pk) >= settings.PARLEY_ROOM_QUEUE_MAX:
         raise Busy("the assistant has too many replies queued in this room; try again soon")
-    backend = get_backend()
+    backend = get_backend() if reply_wanted else None
     message, reply = await database_sync_to_async(_create_messages)(
         user=user,
         room=room,
         text=text,
         client_id=client_id,
         reply_wanted=reply_wanted,
-        backend=backend.name,
-        model=backend.model,
+        backend=backend.name if backend else "",
+        model=backend.model if backend else "",
         worker=manager.worker_id,
     )
     message_dict = message_to_dict(message, room_slug=room.slug)
@@ -303,7 +303,16 @@ class ReplyRun:
         except Exception as exc:  # noqa: BLE001 - a bug must end the reply, not hang the room
             logger.exception("reply %s crashed", self.message_id)
             if not self.done.done():
-                await self._finish(Status.FAILED, by=None, reason="internal error", error=repr(exc))
+                try:
+                    await self._finish(
+                        Status.FAILED,
+                        by=None,
+                        reason="the server hit an internal error",
+                        code="internal",
+                        error=repr(exc),
+                    )
+                except Exception:  # noqa: BLE001 - the room's queue must move on regardless
+                    logger.exception("reply %s could not be ended cleanly", self.message_id)
         finally:
             if reader is not None and not reader.done():
                 reader.cancel()
@@ -358,7 +367,9 @@ class ReplyRun:
             if reader.done() and not self.pending and not self.paused:
                 if self.reader_error is not None:
                     err = self.reader_error
-                    await self._finish(Status.FAILED, by=None, reason=err.reason, error=err.code)
+                    await self._finish(
+                        Status.FAILED, by=None, reason=err.reason, code=err.code, error=err.reason
+                    )
                 else:
                     await self._finish(Status.COMPLETE, by=None, reason=None)
                 return
@@ -435,8 +446,19 @@ class ReplyRun:
         )
 
     async def _finish(
-        self, state: str, *, by: str | None, reason: str | None, error: str = ""
+        self,
+        state: str,
+        *,
+        by: str | None,
+        reason: str | None,
+        code: str | None = None,
+        error: str = "",
     ) -> None:
+        """End the reply: store it, then tell the room.
+
+        ``reason`` is what members read; ``code`` the short stop reason kept for review
+        (defaults to ``reason``, which for stops is already a code: user, pause_timeout).
+        """
         self.status = state
         ended = time.monotonic()
         tokens = (
@@ -471,7 +493,7 @@ class ReplyRun:
                 ended=ended,
                 paused_seconds=self.paused_total,
                 usage=self.usage,
-                stop_reason=reason or "",
+                stop_reason=code or reason or "",
                 stopped_by=by,
                 error=error,
             )
@@ -579,10 +601,10 @@ def _interrupt_orphans(worker_id: str) -> list[tuple[int, int]]:
     """Mark replies left live by other (dead) workers as interrupted; (room, message) ids."""
     with transaction.atomic():
         orphans = list(
-            Message.objects.select_for_update()
-            .filter(role=Role.ASSISTANT, status__in=LIVE_STATUSES)
-            .exclude(generation__worker=worker_id)
-            .values_list("room_id", "pk")
+            Generation.objects.select_for_update(of=("self",))
+            .filter(message__role=Role.ASSISTANT, message__status__in=LIVE_STATUSES)
+            .exclude(worker=worker_id)
+            .values_list("message__room_id", "message_id")
         )
         ids = [pk for _, pk in orphans]
         Message.objects.filter(pk__in=ids).update(status=Status.INTERRUPTED)

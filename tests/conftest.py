@@ -14,6 +14,20 @@ from tests.support.openai_server import FakeOpenAIServer, Scenario
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_worker_thread_connections(django_db_setup: Any) -> Iterator[None]:
+    """Close the connections that async tests opened in asgiref's worker thread.
+
+    ``sync_to_async`` runs ORM calls in one long-lived thread; its connection would keep
+    the test database busy and make its removal fail at the end of the session.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def fake_llm_server() -> Iterator[FakeOpenAIServer]:
     server = FakeOpenAIServer(api_key="test-key").start()
@@ -39,6 +53,8 @@ def daphne_env(fake: FakeOpenAIServer, **extra: str) -> dict[str, str]:
         "LLM_MODEL": "fake-model",
         # Tests send quickly from few users; production keeps the default limits.
         "PARLEY_SEND_BURST": "1000",
+        # The fake's "hang" scenario goes silent: fail it in 2 s, not the default minute.
+        "LLM_READ_TIMEOUT": "2",
     }
     env.update(extra)
     return env
@@ -81,3 +97,22 @@ def make_room(transactional_db: Any) -> Any:
         return room_create(owner=owner, name=name, **kw)
 
     return make
+
+
+@pytest.fixture
+def daphne_factory(
+    django_db_setup: Any, django_db_blocker: Any, fake_llm_server: FakeOpenAIServer
+) -> Iterator[Any]:
+    """Start extra daphne processes with their own settings; all stopped after the test."""
+    servers: list[DaphneServer] = []
+
+    def start(**env: str) -> DaphneServer:
+        with django_db_blocker.unblock():
+            full = daphne_env(fake_llm_server, **env)
+        server = DaphneServer(full).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

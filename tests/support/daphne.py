@@ -16,6 +16,8 @@ from typing import IO
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
+# Each daphne's output is kept here, for reading after a failure (CI keeps the folder).
+ARTIFACTS = ROOT / "test-artifacts"
 
 
 def free_port() -> int:
@@ -88,11 +90,18 @@ class DaphneServer:
         return self
 
     def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line.rstrip("\n"))
-            if "Listening on TCP address" in line:
-                self._ready.put(line)
+        ARTIFACTS.mkdir(exist_ok=True)
+        with open(ARTIFACTS / f"daphne-{self.port}.log", "w") as log:
+            for line in stream:
+                log.write(line)
+                log.flush()
+                self._line(line)
         self._ready.put("EOF")
+
+    def _line(self, line: str) -> None:
+        self.lines.append(line.rstrip("\n"))
+        if "Listening on TCP address" in line:
+            self._ready.put(line)
 
     def log(self) -> str:
         return "\n".join(self.lines[-200:])

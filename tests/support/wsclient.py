@@ -77,9 +77,11 @@ class RoomClient:
     async def send_raw(self, data: str | bytes) -> None:
         await self.conn.send(data)
 
-    async def wait_for(self, predicate: Predicate, timeout: float = 10.0) -> dict[str, Any]:
-        """The first event (in arrival order) matching ``predicate``, waiting for it."""
-        seen = 0
+    async def wait_for(
+        self, predicate: Predicate, timeout: float = 10.0, *, start: int = 0
+    ) -> dict[str, Any]:
+        """The first event from index ``start`` (arrival order) matching ``predicate``."""
+        seen = start
 
         def find() -> dict[str, Any] | None:
             nonlocal seen

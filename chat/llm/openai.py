@@ -1,0 +1,379 @@
+"""Stream a reply from any OpenAI-compatible ``/v1/chat/completions`` server.
+
+OpenAI itself, Ollama, vLLM and the llama.cpp server all speak the same streaming dialect:
+the request carries ``"stream": true`` and the response is ``text/event-stream`` whose
+events are ``data: {chat.completion.chunk}`` lines, ended by ``data: [DONE]``. With
+``stream_options.include_usage`` the server adds one chunk (with empty ``choices``) that
+carries the token counts.
+
+Stopping: the stream runs inside ``async with client.stream(...)``, so cancelling the task
+that iterates it, or ``aclose()`` on the generator, leaves that block and closes the
+response. httpx never returns a connection whose response was not read to the end to its
+keep-alive pool; it closes the socket, so the server sees the connection drop at once and
+stops generating (tests/chat/llm/test_openai.py checks this against a real socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+
+# A streamed reply's events are a few hundred bytes; anything this large without a line end
+# is not a chat completion stream, and buffering more would only cost memory.
+_MAX_EVENT_BYTES = 1024 * 1024
+# An error body worth showing fits in a few kilobytes; an HTML error page from a proxy can
+# be large, and we only want its start.
+_MAX_ERROR_BODY_BYTES = 64 * 1024
+# What of a server's own error message a room member sees: enough for "model not found" or
+# "Incorrect API key provided: sk-...", short enough for one line in the chat.
+_MAX_REASON_CHARS = 300
+# After ``[DONE]`` the body's end follows at once; reading it lets the connection be reused
+# for the next reply. A server that keeps talking is given no longer than this, because
+# the reply is complete and the room is waiting to hear so.
+_DRAIN_TIMEOUT = 0.25
+# Keep-alive connections held per process. One reply uses one connection; rooms answered
+# one after another reuse it, and a burst across rooms opens more.
+_MAX_KEEPALIVE_CONNECTIONS = 20
+# How long an idle keep-alive connection is kept: shorter than the idle timeouts of
+# common servers and load balancers (60 s and up), so we rarely reuse a dead socket.
+_KEEPALIVE_EXPIRY = 30.0
+
+
+class OpenAIBackend(LLMBackend):
+    name: ClassVar[str] = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        connect_timeout: float,
+        read_timeout: float,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        super().__init__(model=model)
+        try:
+            url = httpx.URL(base_url.strip())
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"OPENAI_BASE_URL is not a URL: {base_url!r}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"OPENAI_BASE_URL must be an http(s) URL, not {base_url!r}")
+        self.base_url = str(url).rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self.api_key = api_key or None
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        # Where errors point: scheme, host and port, never the key or a path.
+        self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_client(self) -> httpx.AsyncClient:
+        """The backend's one client, created on first use in the running event loop.
+
+        A client's pooled sockets belong to the loop that opened them; should the backend
+        be used from another loop (a test suite with a loop per test), it starts afresh
+        rather than touch sockets of a loop that may be closed.
+        """
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
+            headers = {"Accept": "text/event-stream", "User-Agent": "parley"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(
+                    connect=self.connect_timeout,
+                    # Between two bytes of the reply, including the wait for its headers.
+                    read=self.read_timeout,
+                    # The request is a few kilobytes; sending it is as quick as connecting.
+                    write=self.connect_timeout,
+                    # Waiting for a free pooled connection is part of getting connected.
+                    pool=self.connect_timeout,
+                ),
+                limits=httpx.Limits(
+                    max_connections=None,
+                    max_keepalive_connections=_MAX_KEEPALIVE_CONNECTIONS,
+                    keepalive_expiry=_KEEPALIVE_EXPIRY,
+                ),
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+    def request_body(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        return body
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage
+    ) -> AsyncGenerator[str, None]:
+        client = self._get_client()
+        try:
+            async with client.stream("POST", self.url, json=self.request_body(messages)) as resp:
+                if not resp.is_success:
+                    raise await self._status_error(resp)
+                if _content_type(resp) == "application/json":
+                    # Some servers answer an error, or ignore "stream", with a JSON body.
+                    raise await self._json_instead_of_stream(resp)
+                async for delta in _parse_stream(_sse_data(resp.aiter_lines()), usage):
+                    yield delta
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+    async def _status_error(self, resp: httpx.Response) -> LLMError:
+        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        status = f"HTTP {resp.status_code}"
+        if resp.reason_phrase:
+            status += f" {resp.reason_phrase}"
+        message = _error_message_from_body(body)
+        reason = f"The model server answered {status}"
+        return LLMError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
+
+    async def _json_instead_of_stream(self, resp: httpx.Response) -> LLMError:
+        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        message = _error_message_from_body(body)
+        if message:
+            return LLMError("upstream_status", f"The model server reported an error: {message}")
+        return LLMError(
+            "malformed", "The model server answered with JSON instead of a streamed reply."
+        )
+
+    def _transport_error(self, exc: httpx.HTTPError) -> LLMError:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return LLMError(
+                "refused",
+                f"Could not connect to the model server at {self._server}: "
+                f"no answer within {self.connect_timeout:g} s.",
+            )
+        if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
+            return LLMError(
+                "refused",
+                f"Could not connect to the model server at {self._server}: "
+                f"{_connect_failure(exc)}.",
+            )
+        if isinstance(exc, httpx.ReadTimeout):
+            return LLMError(
+                "timeout", f"The model server sent nothing for {self.read_timeout:g} s."
+            )
+        if isinstance(exc, httpx.WriteTimeout):
+            return LLMError(
+                "timeout",
+                f"The model server did not take the request within {self.connect_timeout:g} s.",
+            )
+        if isinstance(exc, httpx.PoolTimeout):
+            return LLMError("timeout", "Too many replies are waiting for the model server.")
+        if isinstance(exc, httpx.DecodingError):
+            return LLMError("malformed", "The model server sent a reply that could not be decoded.")
+        return LLMError(
+            "disconnected",
+            "The model server closed the connection before the reply was complete.",
+        )
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
+    """The data of each server-sent event (WHATWG HTML, "Server-sent events").
+
+    An event is a run of lines ended by a blank line; its ``data:`` lines are joined with
+    newlines. Comments (``:``) and other fields (``event``, ``id``, ``retry``) are skipped.
+    An event still open when the stream ends is dispatched too: servers that close right
+    after their last ``data:`` line lose nothing.
+    """
+    data: list[str] = []
+    size = 0
+    async for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data, size = [], 0
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if field != "data":
+            continue
+        value = value.removeprefix(" ")
+        size += len(value)
+        if size > _MAX_EVENT_BYTES:
+            raise LLMError("malformed", "The model server sent an event far too large to read.")
+        data.append(value)
+    if data:
+        yield "\n".join(data)
+
+
+async def _parse_stream(events: AsyncIterator[str], usage: Usage) -> AsyncGenerator[str, None]:
+    """Text deltas from chat.completion.chunk events; fill ``usage`` from its chunk."""
+    finished = False
+    async for data in events:
+        if data.strip() == "[DONE]":
+            await _drain(events)
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise LLMError(
+                "malformed", f"The model server sent a line that is not JSON: {_clip(data)}"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise _shape_error(data)
+        if chunk.get("error") is not None:
+            message = _error_message(chunk) or _clip(data)
+            raise LLMError("upstream_status", f"The model server reported an error: {message}")
+        _fill_usage(chunk.get("usage"), usage, data)
+        choices = chunk.get("choices")
+        if choices is None:
+            continue
+        if not isinstance(choices, list):
+            raise _shape_error(data)
+        if not choices:
+            continue
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise _shape_error(data)
+        delta = choice.get("delta")
+        if delta is not None:
+            if not isinstance(delta, dict):
+                raise _shape_error(data)
+            content = delta.get("content")
+            if content is not None and not isinstance(content, str):
+                raise _shape_error(data)
+            if content:
+                yield content
+        if choice.get("finish_reason") is not None:
+            finished = True
+    if not finished:
+        raise LLMError(
+            "disconnected",
+            "The model server closed the connection before the reply was complete.",
+        )
+
+
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read the end of the body after ``[DONE]`` so the connection can be reused.
+
+    Servers end the body right after ``[DONE]``; one that does not is not waited for, and
+    its connection is closed rather than pooled. Whatever comes now is ignored.
+    """
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, LLMError):
+        async with asyncio.timeout(_DRAIN_TIMEOUT):
+            async for _ in events:
+                pass
+
+
+def _fill_usage(value: object, usage: Usage, data: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _shape_error(data)
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if _is_count(prompt):
+        usage.prompt_tokens = prompt
+    if _is_count(completion):
+        usage.completion_tokens = completion
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shape_error(data: str) -> LLMError:
+    return LLMError(
+        "malformed", f"The model server sent a chunk that is not a chat completion: {_clip(data)}"
+    )
+
+
+def _content_type(resp: httpx.Response) -> str:
+    return resp.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+async def _read_capped(resp: httpx.Response, limit: int) -> str:
+    """Up to ``limit`` bytes of the body, decoded; the rest is left unread."""
+    body = bytearray()
+    async for part in resp.aiter_bytes():
+        body += part
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit]).decode(resp.encoding or "utf-8", errors="replace")
+
+
+def _error_message_from_body(body: str) -> str:
+    """The server's own words: from an OpenAI-style JSON error, else the start of the body."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        message = _error_message(parsed)
+        if message:
+            return message
+    return _clip(body)
+
+
+def _error_message(payload: dict[str, Any]) -> str:
+    """``{"error": {"message"}}`` (OpenAI, vLLM), ``{"error": "..."}`` (Ollama), and kin."""
+    error = payload.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message.strip():
+            return _clip(message)
+    if isinstance(error, str) and error.strip():
+        return _clip(error)
+    for key in ("message", "detail"):
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return _clip(value)
+    return ""
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > _MAX_REASON_CHARS:
+        return text[: _MAX_REASON_CHARS - 1] + "…"
+    return text
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """Name why a connection failed, from the OS error under httpx's wrappers."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host not found"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "host not found"
+    return _clip(str(exc)) or type(exc).__name__

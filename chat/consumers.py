@@ -7,6 +7,8 @@ in strictly increasing ``seq`` with no duplicate, and fills any gap from the rep
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -68,20 +70,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         after, after_error = _parse_after(self.scope.get("query_string", b""))
 
-        await get_manager().ensure_recovered()
+        await get_manager().ensure_started()
         self.room_id = self.room.pk
+        self.delivery = asyncio.Lock()
+        # Subscribe before reading the head: whatever happens after it arrives live, and
+        # anything both replayed and live is sent once (see _deliver).
         await self.channel_layer.group_add(group_name(self.room.pk), self.channel_name)
         hub = get_hub()
         head = await hub.head(self.room.pk)
         presence = get_presence()
-        came_online = presence.join(self.room.pk, self.user.get_username())
+        came_online = await presence.join(self.room.pk, self.user.get_username())
         await self._send_json(
             {
                 "type": "hello",
                 "room": room_to_dict(self.room, head=head),
                 "you": self.user.get_username(),
                 "head": head,
-                "online": presence.online(self.room.pk),
+                "online": await presence.online(self.room.pk),
             }
         )
         if after_error:
@@ -89,16 +94,46 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.last_seq = head
         if after is not None:
             self.last_seq = after
-            await self._catch_up()
+            async with self.delivery:
+                await self._catch_up()
+        self.resync = asyncio.create_task(self._watch_head())
         if came_online:
             await self._broadcast_presence()
 
     async def disconnect(self, code: int) -> None:
         if self.room_id is None:
             return
+        self.resync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.resync
         await self.channel_layer.group_discard(group_name(self.room_id), self.channel_name)
-        if get_presence().leave(self.room_id, self.user.get_username()):
+        if await get_presence().leave(self.room_id, self.user.get_username()):
             await self._broadcast_presence()
+
+    async def _watch_head(self) -> None:
+        """Catch up when the room's head has moved past us and no event brought it.
+
+        Live events travel at most once (pub/sub); one lost while Redis restarted would
+        otherwise leave this member behind until the next event, or forever if it was a
+        reply's last. Two checks in a row without progress trigger a catch-up.
+        """
+        assert self.room_id is not None
+        hub = get_hub()
+        behind_at: int | None = None
+        while True:
+            await asyncio.sleep(settings.PARLEY_RESYNC_INTERVAL)
+            try:
+                head = await hub.recent_head(self.room_id)
+            except ParleyError:
+                continue
+            if head <= self.last_seq:
+                behind_at = None
+            elif behind_at == self.last_seq:
+                async with self.delivery:
+                    await self._catch_up()
+                behind_at = None
+            else:
+                behind_at = self.last_seq
 
     # --- events from the room ---
 
@@ -111,15 +146,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._send_json(message["event"])
 
     async def _deliver(self, event: dict[str, Any]) -> None:
-        seq = event["seq"]
-        if seq <= self.last_seq:
-            return  # already sent (replay and live overlap at the seam)
-        if seq > self.last_seq + 1:
-            await self._catch_up()  # a gap: fill it from the log
+        async with self.delivery:
+            seq = event["seq"]
             if seq <= self.last_seq:
-                return
-        self.last_seq = seq
-        await self._send_json(event)
+                return  # already sent (replay and live overlap at the seam)
+            if seq > self.last_seq + 1:
+                await self._catch_up()  # a gap: fill it from the log
+                if seq <= self.last_seq:
+                    return
+            self.last_seq = seq
+            await self._send_json(event)
 
     async def _catch_up(self) -> None:
         """Send every event after ``last_seq`` from the log, or a snapshot."""
@@ -139,7 +175,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         assert self.room_id is not None
         await room_live_emit(
             room_id=self.room_id,
-            event={"type": "presence", "online": get_presence().online(self.room_id)},
+            event={"type": "presence", "online": await get_presence().online(self.room_id)},
         )
 
     # --- frames from the client ---

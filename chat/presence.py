@@ -1,37 +1,100 @@
-"""Who is online in each room, in this process (live-only; never stored)."""
+"""Who is online in each room (live-only; never stored in the database).
+
+Without Redis: counts in this process. With Redis: each process also records its online
+users in a sorted set per room, scored by when the entry expires, and refreshes its own
+entries every heartbeat; entries of a process that died expire with its lease. A user is
+online while any of their connections, on any process, is.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 import weakref
 from collections import Counter
 
+from django.conf import settings
+
+from chat import redis as redis_conn
+
+logger = logging.getLogger(__name__)
+
+
+def _key(room_id: int) -> str:
+    return f"parley:r:{room_id}:online"
+
 
 class Presence:
-    def __init__(self) -> None:
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
         self._rooms: dict[int, Counter[str]] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
-    def join(self, room_id: int, username: str) -> bool:
-        """Count one more connection of ``username``; True when they just came online."""
+    def _member(self, username: str) -> str:
+        return f"{self.worker_id}|{username}"
+
+    async def join(self, room_id: int, username: str) -> bool:
+        """Count one more connection of ``username``; True when they came online here."""
         counts = self._rooms.setdefault(room_id, Counter())
         counts[username] += 1
-        return counts[username] == 1
+        first = counts[username] == 1
+        if first and redis_conn.enabled():
+            with contextlib.suppress(*redis_conn.UNAVAILABLE):
+                await redis_conn.get_redis().zadd(
+                    _key(room_id), {self._member(username): self._expiry()}
+                )
+            self._ensure_refresher()
+        return first
 
-    def leave(self, room_id: int, username: str) -> bool:
-        """Count one connection fewer; True when ``username`` just went offline."""
+    async def leave(self, room_id: int, username: str) -> bool:
+        """Count one connection fewer; True when ``username`` went offline here."""
         counts = self._rooms.get(room_id)
         if counts is None or counts[username] <= 0:
             return False
         counts[username] -= 1
-        if counts[username] == 0:
-            del counts[username]
-            if not counts:
-                del self._rooms[room_id]
-            return True
-        return False
+        if counts[username] > 0:
+            return False
+        del counts[username]
+        if not counts:
+            del self._rooms[room_id]
+        if redis_conn.enabled():
+            with contextlib.suppress(*redis_conn.UNAVAILABLE):
+                await redis_conn.get_redis().zrem(_key(room_id), self._member(username))
+        return True
 
-    def online(self, room_id: int) -> list[str]:
-        return sorted(self._rooms.get(room_id, {}))
+    async def online(self, room_id: int) -> list[str]:
+        names = set(self._rooms.get(room_id, {}))
+        if redis_conn.enabled():
+            try:
+                members = await redis_conn.get_redis().zrangebyscore(
+                    _key(room_id), time.time(), "+inf"
+                )
+                names.update(m.decode().split("|", 1)[1] for m in members)
+            except redis_conn.UNAVAILABLE as exc:
+                logger.warning("presence unavailable: %s", exc)
+        return sorted(names)
+
+    def _expiry(self) -> float:
+        return time.time() + settings.PARLEY_WORKER_LEASE
+
+    def _ensure_refresher(self) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh(), name="presence-refresh")
+
+    async def _refresh(self) -> None:
+        while self._rooms:
+            await asyncio.sleep(settings.PARLEY_WORKER_HEARTBEAT)
+            client = redis_conn.get_redis()
+            try:
+                for room_id, counts in list(self._rooms.items()):
+                    expiry = self._expiry()
+                    await client.zadd(_key(room_id), {self._member(u): expiry for u in counts})
+                    # Drop entries that expired (their process died) so the set stays small.
+                    await client.zremrangebyscore(_key(room_id), "-inf", time.time())
+            except redis_conn.UNAVAILABLE as exc:
+                logger.warning("presence refresh failed: %s", exc)
 
 
 _presence: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Presence] = (
@@ -40,8 +103,10 @@ _presence: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Presence] = (
 
 
 def get_presence() -> Presence:
+    from chat.replies import get_manager
+
     loop = asyncio.get_running_loop()
     presence = _presence.get(loop)
     if presence is None:
-        presence = _presence[loop] = Presence()
+        presence = _presence[loop] = Presence(get_manager().worker_id)
     return presence

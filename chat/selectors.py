@@ -52,7 +52,9 @@ def message_get(*, message_id: str | int, user: AnyUser) -> Message:
     """A message in a room ``user`` belongs to; others get not_found."""
     pk = parse_message_id(message_id)
     message = (
-        Message.objects.select_related("room", "author", "reply_to", "reply_to__author")
+        Message.objects.select_related(
+            "room", "author", "reply_to", "reply_to__author", "generation"
+        )
         .filter(pk=pk, room__memberships__user=user.pk)
         .first()
     )

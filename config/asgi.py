@@ -12,9 +12,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from config import backpressure  # noqa: E402
+
+backpressure.install(settings.PARLEY_WS_MAX_BUFFER)
 
 application = ProtocolTypeRouter(
     {

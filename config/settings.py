@@ -83,9 +83,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
+    # The pub/sub layer: one PUBLISH per event per room reaches every process, which fans
+    # it out to its own members, instead of one list push per member (the core layer).
+    # It delivers at most once: an event lost while Redis restarts is recovered from the
+    # room's event log in Redis (see docs/architecture.md), never silently dropped.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [REDIS_URL]},
         }
     }
@@ -171,9 +175,9 @@ LLM_LOCAL_THREADS = env.int("LLM_LOCAL_THREADS", default=2)
 # 10 minutes): a client that drops for a short while resumes exactly where it was.
 PARLEY_LOG_MIN_EVENTS = env.int("PARLEY_LOG_MIN_EVENTS", default=1000)
 PARLEY_LOG_MIN_SECONDS = env.float("PARLEY_LOG_MIN_SECONDS", default=600.0)
-# Hard cap on a room's in-memory log, so a runaway room cannot exhaust memory: at
-# ~30 frames/s per streaming reply, 20,000 events cover the 10 minutes with margin.
-PARLEY_LOG_MAX_EVENTS = env.int("PARLEY_LOG_MAX_EVENTS", default=20000)
+# Hard cap on a room's log, so a runaway room cannot exhaust memory: at ~33 frames/s for
+# one streaming reply, 30,000 events cover the 10 minutes with margin (a few MB).
+PARLEY_LOG_MAX_EVENTS = env.int("PARLEY_LOG_MAX_EVENTS", default=30000)
 # Seqs are reserved from the database in blocks so that a restarted process never reuses
 # one, at one database write per block rather than one per event.
 PARLEY_SEQ_BLOCK = env.int("PARLEY_SEQ_BLOCK", default=1000)
@@ -197,3 +201,24 @@ PARLEY_MAX_FRAME_BYTES = env.int("PARLEY_MAX_FRAME_BYTES", default=64 * 1024)
 PARLEY_SNAPSHOT_MESSAGES = env.int("PARLEY_SNAPSHOT_MESSAGES", default=50)
 # Replies waiting in one room's queue; past it a send that asks for a reply gets busy.
 PARLEY_ROOM_QUEUE_MAX = env.int("PARLEY_ROOM_QUEUE_MAX", default=20)
+# Redis keys of the event log and live message state live this long after a room's last
+# event: far beyond the 10-minute replay promise, short enough that idle rooms go away.
+PARLEY_REDIS_TTL = env.int("PARLEY_REDIS_TTL", default=24 * 3600)
+# How long an event emit keeps retrying while Redis is unreachable (a restart takes a
+# few seconds) before the reply it belongs to fails cleanly.
+PARLEY_STORE_RETRY_SECONDS = env.float("PARLEY_STORE_RETRY_SECONDS", default=15.0)
+# Each connection checks this often whether it missed the room's latest event (a pub/sub
+# message lost while Redis restarted), and catches up from the log if so.
+PARLEY_RESYNC_INTERVAL = env.float("PARLEY_RESYNC_INTERVAL", default=2.0)
+# A process proves it is alive by refreshing a Redis key this often; replies of a process
+# silent for PARLEY_WORKER_LEASE seconds are marked interrupted by the survivors. The
+# lease is several heartbeats long so one slow beat never kills a live process's reply.
+PARLEY_WORKER_HEARTBEAT = env.float("PARLEY_WORKER_HEARTBEAT", default=2.0)
+PARLEY_WORKER_LEASE = env.float("PARLEY_WORKER_LEASE", default=10.0)
+# Bytes a WebSocket may have waiting unsent in the server before the client is deemed too
+# slow and closed with 4408 (it then resumes with ?after=): bounds server memory per
+# connection while leaving room for a burst of several seconds of streaming.
+PARLEY_WS_MAX_BUFFER = env.int("PARLEY_WS_MAX_BUFFER", default=1024 * 1024)
+# How long a cross-process control (pause/resume/stop sent to another process's reply)
+# waits for the owner's answer before reporting busy.
+PARLEY_CONTROL_TIMEOUT = env.float("PARLEY_CONTROL_TIMEOUT", default=5.0)

@@ -28,6 +28,20 @@ def _close_worker_thread_connections(django_db_setup: Any) -> Iterator[None]:
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_redis_state(django_db_setup: Any) -> None:
+    """Forget Parley's Redis keys from earlier sessions: their rooms and messages had the
+    same ids in a database that no longer exists."""
+    if not os.environ.get("REDIS_URL"):
+        return
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    keys = list(client.scan_iter("parley:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture(scope="session")
 def fake_llm_server() -> Iterator[FakeOpenAIServer]:
     server = FakeOpenAIServer(api_key="test-key").start()

@@ -31,7 +31,8 @@ def test_database_is_postgresql_when_configured():
 def test_channel_layer_is_redis_when_configured(daphne):
     if not IN_CI and not os.environ.get("REDIS_URL"):
         pytest.skip("REDIS_URL is not set: this run uses the in-memory layer (CI sets it)")
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    assert layer == "channels_redis.pubsub.RedisPubSubChannelLayer"
     # The served process reaches it too.
     ready = httpx.get(daphne.http_url + "/readyz").json()
     assert ready["checks"]["channel_layer"] == "ok"

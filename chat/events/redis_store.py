@@ -1,0 +1,197 @@
+"""The Redis event store: any number of processes share each room's seq, log and state.
+
+Per room: ``parley:r:<id>:seq`` (the head, INCR'd), ``parley:r:<id>:log`` (a Stream whose
+entry ids are ``<seq>-0``). Per live reply: ``parley:m:<id>:text`` and ``:status``. One Lua
+script assigns the seq, appends to the log and updates the live reply in a single atomic
+step, so the log never has a gap and a snapshot read in one step is exact at its seq.
+
+Redis here keeps nothing on disk. When it restarts, the seq key is gone: it is seeded
+again from ``Room.seq_reserved`` in the database, which every process raises above each
+seq before publishing it, so seqs keep increasing across the restart (with a jump, and
+clients resynchronise from a snapshot because the log is gone too).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db.models import F
+from django.db.models.functions import Greatest
+
+from chat.events.store import EventStore, StoreUnavailable, live_change
+from chat.models import Room
+from chat.redis import UNAVAILABLE, get_redis, get_sync_redis
+
+# Returns -1 when the seq key is missing (first use, or Redis restarted): the caller
+# seeds it from the database and tries again. An emit retried after a lost reply (the
+# connection dropped after the script ran) finds its eid and returns the same seq.
+_APPEND = """
+local eid = redis.call('GET', KEYS[5])
+if eid then return tonumber(eid) end
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local seq = redis.call('INCR', KEYS[1])
+local ttl = tonumber(ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('SET', KEYS[5], seq, 'EX', 120)
+local kind = ARGV[2]
+if kind == 'init' then
+  redis.call('SET', KEYS[3], '', 'EX', ttl)
+  redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
+elseif kind == 'append' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('APPEND', KEYS[3], ARGV[3]) end
+elseif kind == 'status' then
+  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl) end
+elseif kind == 'end' then
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+return seq
+"""
+
+# KEYS: seq, then text/status pairs. Returns {seq or -1, text1, status1, ...}.
+_LIVE_VIEW = """
+local seq = redis.call('GET', KEYS[1])
+if not seq then return {-1} end
+local out = {tonumber(seq)}
+for i = 2, #KEYS, 2 do
+  out[#out + 1] = redis.call('GET', KEYS[i]) or false
+  out[#out + 1] = redis.call('GET', KEYS[i + 1]) or false
+end
+return out
+"""
+
+
+def _seq_key(room_id: int) -> str:
+    return f"parley:r:{room_id}:seq"
+
+
+def _log_key(room_id: int) -> str:
+    return f"parley:r:{room_id}:log"
+
+
+def _text_key(message_id: str) -> str:
+    return f"parley:m:{message_id}:text"
+
+
+def _status_key(message_id: str) -> str:
+    return f"parley:m:{message_id}:status"
+
+
+class RedisEventStore(EventStore):
+    def __init__(self) -> None:
+        # The highest seq_reserved this process knows the database holds, per room.
+        self._floors: dict[int, int] = {}
+
+    async def append(self, room_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
+        payload = json.dumps(body, separators=(",", ":"))
+        change = live_change(body)
+        message_id, kind, value = change if change else ("-", "none", "")
+        keys = [
+            _seq_key(room_id),
+            _log_key(room_id),
+            _text_key(message_id),
+            _status_key(message_id),
+            f"parley:eid:{uuid.uuid4().hex}",
+        ]
+        args = [payload, kind, value, settings.PARLEY_REDIS_TTL, settings.PARLEY_LOG_MAX_EVENTS]
+        try:
+            client = get_redis()
+            seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
+            if seq < 0:
+                await self._seed(room_id)
+                seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if seq < 0:  # pragma: no cover - seeded just above
+            raise StoreUnavailable("the room's seq could not be seeded")
+        if seq > self._floors.get(room_id, 0):
+            # Keep the database's floor above every seq that goes out (see module doc).
+            self._floors[room_id] = await database_sync_to_async(_raise_floor)(
+                room_id, seq + settings.PARLEY_SEQ_BLOCK
+            )
+        return {**body, "seq": seq}
+
+    async def _seed(self, room_id: int) -> int:
+        floor = await database_sync_to_async(_read_floor)(room_id)
+        self._floors[room_id] = max(self._floors.get(room_id, 0), floor)
+        await get_redis().set(_seq_key(room_id), floor, nx=True, ex=settings.PARLEY_REDIS_TTL)
+        return floor
+
+    async def head(self, room_id: int) -> int:
+        try:
+            value = await get_redis().get(_seq_key(room_id))
+            if value is None:
+                await self._seed(room_id)
+                value = await get_redis().get(_seq_key(room_id))
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return int(value or 0)
+
+    async def since(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
+        try:
+            async with get_redis().pipeline(transaction=True) as pipe:
+                pipe.get(_seq_key(room_id))
+                pipe.xrange(_log_key(room_id), min=f"{after + 1}-0", max="+")
+                head_raw, entries = await pipe.execute()
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        head = int(head_raw) if head_raw is not None else None
+        if head is None:
+            return None if after else []
+        if after == head:
+            return []
+        if after > head or not entries:
+            return None
+        events = [_decode(entry_id, fields) for entry_id, fields in entries]
+        if events[0]["seq"] != after + 1:
+            return None  # the log was trimmed (or lost in a restart) past ``after``
+        return events
+
+    async def live_view(
+        self, room_id: int, message_ids: Iterable[str]
+    ) -> tuple[int, dict[str, tuple[str, str]]]:
+        ids = list(message_ids)
+        keys = [_seq_key(room_id)]
+        for message_id in ids:
+            keys += [_text_key(message_id), _status_key(message_id)]
+        try:
+            out = await get_redis().eval(_LIVE_VIEW, len(keys), *keys)
+            if int(out[0]) < 0:
+                await self._seed(room_id)
+                out = await get_redis().eval(_LIVE_VIEW, len(keys), *keys)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        view = {}
+        for index, message_id in enumerate(ids):
+            text, status = out[1 + 2 * index], out[2 + 2 * index]
+            if text is not None and status is not None:
+                view[message_id] = (text.decode(), status.decode())
+        return int(out[0]), view
+
+    def head_sync(self, room: Room) -> int:
+        try:
+            value = get_sync_redis().get(_seq_key(room.pk))
+        except UNAVAILABLE:
+            value = None
+        return int(value) if value is not None else room.seq_reserved
+
+
+def _decode(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(fields[b"e"])
+    event["seq"] = int(entry_id.split(b"-", 1)[0])
+    return event
+
+
+def _read_floor(room_id: int) -> int:
+    return Room.objects.filter(pk=room_id).values_list("seq_reserved", flat=True).get()
+
+
+def _raise_floor(room_id: int, at_least: int) -> int:
+    Room.objects.filter(pk=room_id).update(seq_reserved=Greatest(F("seq_reserved"), at_least))
+    return _read_floor(room_id)

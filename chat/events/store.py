@@ -1,0 +1,75 @@
+"""The event store interface: seq assignment, the replay log, and the live reply view."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from chat.errors import Busy
+from chat.models import Room
+
+TERMINAL_STATES = ("complete", "stopped", "failed", "interrupted")
+
+
+class StoreUnavailable(Busy):
+    """The store cannot be reached (Redis restarting); the caller may retry.
+
+    A ``busy`` error on the wire: the client retries in a moment.
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("the server is reconnecting to its event store; try again shortly")
+        self.cause = cause
+
+
+def live_change(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """How an event changes a live reply's visible state: (message id, kind, value).
+
+    kinds: ``init`` (value = status; text starts empty), ``append`` (value = text),
+    ``status`` (value = status), ``end`` (the reply is terminal; its state is in the
+    database from now on).
+    """
+    kind = body.get("type")
+    if kind == "message":
+        message = body["message"]
+        if message["role"] == "assistant":
+            return message["id"], "init", message["status"]
+        return None
+    if kind == "delta":
+        return body["message_id"], "append", body["text"]
+    if kind == "generation":
+        if body["state"] in TERMINAL_STATES:
+            return body["message_id"], "end", body["state"]
+        return body["message_id"], "status", body["state"]
+    return None
+
+
+class EventStore(ABC):
+    """Assigns seqs and keeps each room's recent events and its live replies' text.
+
+    Implementations: in process memory (one process), or Redis (any number).
+    """
+
+    @abstractmethod
+    async def append(self, room_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Give ``body`` the room's next seq and record it; return the event."""
+
+    @abstractmethod
+    async def head(self, room_id: int) -> int:
+        """The room's latest seq."""
+
+    @abstractmethod
+    async def since(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
+        """Every event after ``after``, or None when they are no longer all held."""
+
+    @abstractmethod
+    async def live_view(
+        self, room_id: int, message_ids: Iterable[str]
+    ) -> tuple[int, dict[str, tuple[str, str]]]:
+        """The head and, at exactly that head, the (text, status) of the live replies
+        among ``message_ids``."""
+
+    @abstractmethod
+    def head_sync(self, room: Room) -> int:
+        """The room's latest seq, from synchronous code (JSON views in worker threads)."""

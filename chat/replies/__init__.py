@@ -1,0 +1,178 @@
+"""Assistant replies: the services every transport calls.
+
+``message_send`` stores a message and queues its reply, ``reply_control`` pauses, resumes
+or stops a reply wherever it runs, ``reply_wait`` waits for one to end. A reply is run by
+a task owned by the process's ``ReplyManager`` (``chat/replies/manager.py``), never by the
+connection that asked for it, so it outlives that connection; how one reply is steered is
+in ``chat/replies/run.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import User
+
+from chat.errors import BadRequest, Busy, Forbidden, NotGenerating, TooLong
+from chat.events import room_event_emit
+from chat.llm import get_backend
+from chat.models import TERMINAL_STATUSES, AssistantMode, Message, Role, Room, VoiceMode
+from chat.ratelimit import send_allow
+from chat.replies import db
+from chat.replies.manager import ReplyManager, get_manager
+from chat.replies.run import ReplyRun
+from chat.selectors import message_get
+from chat.serializers import MessageDict, message_to_dict
+
+__all__ = [
+    "ReplyManager",
+    "get_manager",
+    "message_send",
+    "reply_control",
+    "reply_wait",
+    "wants_reply",
+]
+
+MENTION = "@assistant"
+CLIENT_ID_MAX = 64
+ACTIONS = ("pause", "resume", "stop")
+
+
+# --- Sending ----------------------------------------------------------------------------
+
+
+def wants_reply(*, room: Room, text: str, ask_ai: bool) -> bool:
+    if room.assistant == AssistantMode.ALWAYS:
+        return True
+    return ask_ai or MENTION in text.lower()
+
+
+def validate_send(
+    *, text: object, client_id: object, ask_ai: object, voice: object
+) -> tuple[str, str, bool, str | None]:
+    if not isinstance(text, str):
+        raise BadRequest("text must be a string")
+    if not text.strip():
+        raise BadRequest("text must not be empty")
+    limit = settings.PARLEY_MAX_MESSAGE_CHARS
+    if len(text) > limit:
+        raise TooLong(f"text is over {limit} characters")
+    if client_id is None:
+        client_id = ""
+    if not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX:
+        raise BadRequest(f"client_id must be a string of at most {CLIENT_ID_MAX} characters")
+    if ask_ai is None:
+        ask_ai = False
+    if not isinstance(ask_ai, bool):
+        raise BadRequest("ask_ai must be true or false")
+    if voice is not None and (not isinstance(voice, str) or voice not in VoiceMode.values):
+        raise BadRequest("voice must be one of: " + ", ".join(VoiceMode.values))
+    return text, client_id, ask_ai, voice
+
+
+async def message_send(
+    *,
+    user: User,
+    room: Room,
+    text: object,
+    client_id: object = None,
+    ask_ai: object = None,
+    voice: object = None,
+) -> tuple[MessageDict, MessageDict | None]:
+    """Store a user's message in ``room`` (a member's), broadcast it, queue a reply.
+
+    Returns the message and the reply placeholder (or None) as wire dicts.
+    """
+    text, client_id, ask_ai, voice = validate_send(
+        text=text, client_id=client_id, ask_ai=ask_ai, voice=voice
+    )
+    send_allow(user_id=user.pk)
+    manager = get_manager()
+    await manager.ensure_started()
+    reply_wanted = wants_reply(room=room, text=text, ask_ai=ask_ai)
+    if reply_wanted and manager.queue_length(room.pk) >= settings.PARLEY_ROOM_QUEUE_MAX:
+        raise Busy("the assistant has too many replies queued in this room; try again soon")
+    backend = get_backend() if reply_wanted else None
+    message, reply = await database_sync_to_async(db.create_messages)(
+        user=user,
+        room=room,
+        text=text,
+        client_id=client_id,
+        reply_wanted=reply_wanted,
+        backend=backend.name if backend else "",
+        model=backend.model if backend else "",
+        worker=manager.worker_id,
+    )
+    message_dict = message_to_dict(message, room_slug=room.slug)
+    await room_event_emit(room_id=room.pk, body={"type": "message", "message": message_dict})
+    if reply is None:
+        return message_dict, None
+    run = ReplyRun(
+        manager=manager,
+        message_id=reply.pk,
+        room_id=room.pk,
+        asker_id=user.pk,
+        voice=voice or room.voice,
+    )
+    await manager.register(run)
+    reply_dict = message_to_dict(reply, room_slug=room.slug)
+    try:
+        await room_event_emit(room_id=room.pk, body={"type": "message", "message": reply_dict})
+    finally:
+        run.announced.set()
+        manager.start(run)
+    return message_dict, reply_dict
+
+
+# --- Control ----------------------------------------------------------------------------
+
+
+def _control_target(*, user: User, message_id: object) -> Message:
+    message = message_get(
+        message_id=message_id if isinstance(message_id, str | int) else "", user=user
+    )
+    if message.role != Role.ASSISTANT:
+        raise BadRequest("only assistant replies can be controlled")
+    asker_id = message.reply_to.author_id if message.reply_to else None
+    if not (user.pk == asker_id or user.pk == message.room.owner_id or user.is_staff):
+        raise Forbidden("only the asker, the room owner or staff can control this reply")
+    return message
+
+
+async def reply_control(*, user: User, message_id: object, action: str) -> MessageDict:
+    """Pause, resume or stop a reply, with PROTOCOL.md section 4's rules."""
+    if action not in ACTIONS:
+        raise BadRequest(f"action must be one of: {', '.join(ACTIONS)}")
+    message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
+    if message.status in TERMINAL_STATUSES:
+        raise NotGenerating(f"this reply is already {message.status}")
+    manager = get_manager()
+    await manager.ensure_started()
+    result = message_to_dict(message)
+    run = manager.runs.get(message.pk)
+    if run is not None:
+        await run.control(action, by=user.get_username())
+        result["text"], result["status"] = run.visible()
+        return result
+    # Running in another process: its worker applies the control and answers.
+    answer = await manager.control_remote(
+        worker=message.generation.worker,
+        message_id=message.pk,
+        action=action,
+        by=user.get_username(),
+    )
+    result["text"], result["status"] = answer["text"], answer["status"]
+    return result
+
+
+async def reply_wait(*, message_id: int, timeout: float) -> str | None:  # noqa: ASYNC109
+    """Wait until the reply ends; its final status, or None on timeout / not here."""
+    run = get_manager().runs.get(message_id)
+    if run is None:
+        return None
+    try:
+        return await asyncio.wait_for(asyncio.shield(run.done), timeout)
+    except TimeoutError:
+        return None

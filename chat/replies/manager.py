@@ -1,0 +1,357 @@
+"""The reply manager: one per process (per event loop), owner of every reply task.
+
+It keeps each room's replies in order, one running at a time; answers controls for the
+replies it runs, including ones sent from other processes; and finds replies left behind
+by processes that died.
+
+Without Redis (one process) the order is the local queue, and replies of a previous
+process are interrupted at start-up. With Redis:
+
+- The room's order is a Redis list of ``<message id>|<worker id>``: a reply runs when it
+  is at the head; the process that ends it pops it and tells the room's waiters.
+- Each process refreshes ``parley:w:<worker id>`` (its control channel, with a TTL) every
+  heartbeat. A reply whose worker's key has expired belongs to a dead process: any
+  survivor marks it ``interrupted`` and takes it out of the room's queue.
+- A control for a reply running elsewhere is sent to its worker's control channel and
+  answered there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import deque
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat import redis as redis_conn
+from chat.errors import Busy, NotGenerating, ParleyError
+from chat.events import room_event_emit
+from chat.models import Status
+from chat.replies import db
+from chat.replies.run import ReplyRun
+
+logger = logging.getLogger(__name__)
+
+# Without a wake-up (a lost notice, a dead head) a waiting reply re-checks the room's
+# queue this often; notices make the usual hand-over immediate.
+QUEUE_RECHECK_INTERVAL = 1.0
+
+
+def _worker_key(worker_id: str) -> str:
+    return f"parley:w:{worker_id}"
+
+
+def _queue_key(room_id: int) -> str:
+    return f"parley:r:{room_id}:queue"
+
+
+def _queue_group(room_id: int) -> str:
+    return f"roomq.{room_id}"
+
+
+class ReplyManager:
+    def __init__(self) -> None:
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.runs: dict[int, ReplyRun] = {}
+        self.channel: str | None = None
+        self._queues: dict[int, deque[ReplyRun]] = {}
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._advance: dict[int, asyncio.Event] = {}
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started: asyncio.Task[None] | None = None
+
+    # --- start-up ----------------------------------------------------------------------
+
+    async def ensure_started(self) -> None:
+        if self._started is None:
+            self._started = asyncio.create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        self.channel = await layer.new_channel("parley.worker.")
+        self._tasks.append(asyncio.create_task(self._listen(), name="reply-control"))
+        if redis_conn.enabled():
+            await self._beat()
+            self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeat"))
+            self._tasks.append(asyncio.create_task(self._watch_orphans(), name="orphans"))
+        else:
+            # One process: every live reply not ours was left by a process that is gone.
+            await self._interrupt_orphans(alive=lambda worker: False)
+
+    # --- leases ------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        assert self.channel is not None
+        await redis_conn.get_redis().set(
+            _worker_key(self.worker_id), self.channel, px=int(settings.PARLEY_WORKER_LEASE * 1000)
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(settings.PARLEY_WORKER_HEARTBEAT)
+            try:
+                await self._beat()
+            except redis_conn.UNAVAILABLE as exc:
+                logger.warning("heartbeat failed (Redis unavailable): %s", exc)
+
+    async def _watch_orphans(self) -> None:
+        async def alive(worker: str) -> bool:
+            return bool(await redis_conn.get_redis().exists(_worker_key(worker)))
+
+        while True:
+            try:
+                await self._interrupt_orphans(alive=alive)
+            except redis_conn.UNAVAILABLE as exc:
+                logger.warning("orphan check skipped (Redis unavailable): %s", exc)
+            except Exception:
+                logger.exception("orphan check failed")
+            await asyncio.sleep(settings.PARLEY_WORKER_HEARTBEAT)
+
+    async def _interrupt_orphans(self, *, alive: Any) -> None:
+        by_worker = await database_sync_to_async(db.live_replies_by_worker)(exclude=self.worker_id)
+        for worker, replies in by_worker.items():
+            is_alive = alive(worker)
+            if asyncio.iscoroutine(is_alive):
+                is_alive = await is_alive
+            if is_alive:
+                continue
+            for room_id, message_id in await database_sync_to_async(db.interrupt)(replies):
+                logger.warning("reply %s lost its process (%s): interrupted", message_id, worker)
+                if redis_conn.enabled():
+                    await redis_conn.get_redis().lrem(
+                        _queue_key(room_id), 0, f"{message_id}|{worker}"
+                    )
+                    await self._notify_advance(room_id)
+                await room_event_emit(
+                    room_id=room_id,
+                    body={
+                        "type": "generation",
+                        "message_id": str(message_id),
+                        "state": Status.INTERRUPTED,
+                        "by": None,
+                        "reason": "the server running this reply stopped",
+                    },
+                )
+
+    # --- the room queue ----------------------------------------------------------------
+
+    def queue_length(self, room_id: int) -> int:
+        return len(self._queues.get(room_id, ()))
+
+    async def register(self, run: ReplyRun) -> None:
+        self.runs[run.message_id] = run
+        self._queues.setdefault(run.room_id, deque()).append(run)
+        if redis_conn.enabled():
+            await redis_conn.get_redis().rpush(_queue_key(run.room_id), self._entry(run))
+            layer = get_channel_layer()
+            assert layer is not None
+            assert self.channel is not None
+            await layer.group_add(_queue_group(run.room_id), self.channel)
+
+    def _entry(self, run: ReplyRun) -> str:
+        return f"{run.message_id}|{self.worker_id}"
+
+    def unregister(self, run: ReplyRun) -> None:
+        self.runs.pop(run.message_id, None)
+
+    async def dequeue(self, run: ReplyRun) -> None:
+        """Take a reply that has not started out of the room's queue (it was stopped)."""
+        queue = self._queues.get(run.room_id)
+        if queue is not None and run in queue:
+            queue.remove(run)
+        await self._leave_queue(run)
+
+    def _wake(self, room_id: int) -> None:
+        event = self._advance.get(room_id)
+        if event is not None:
+            event.set()
+
+    def start(self, run: ReplyRun) -> None:
+        """Make sure the room's worker runs; it takes replies in order, one at a time."""
+        worker = self._workers.get(run.room_id)
+        if worker is None or worker.done():
+            self._workers[run.room_id] = asyncio.create_task(
+                self._room_worker(run.room_id), name=f"room-worker-{run.room_id}"
+            )
+
+    async def _room_worker(self, room_id: int) -> None:
+        queue = self._queues.setdefault(room_id, deque())
+        try:
+            while queue:
+                run = queue[0]
+                try:
+                    if await self._wait_turn(run):
+                        await run.execute()
+                finally:
+                    if queue and queue[0] is run:
+                        queue.popleft()
+                    await self._leave_queue(run)
+        finally:
+            if self._workers.get(room_id) is asyncio.current_task():
+                del self._workers[room_id]
+
+    async def _wait_turn(self, run: ReplyRun) -> bool:
+        """Wait until ``run`` heads the room's queue across processes; False if it ended."""
+        if not redis_conn.enabled():
+            return not run.done.done()
+        client = redis_conn.get_redis()
+        key = _queue_key(run.room_id)
+        mine = self._entry(run)
+        event = self._advance.setdefault(run.room_id, asyncio.Event())
+        while not run.done.done():
+            event.clear()
+            try:
+                head = await client.lindex(key, 0)
+                if head is None:
+                    # Redis lost the queue (a restart): put ourselves back in line.
+                    await client.rpush(key, mine)
+                    continue
+                head_entry = head.decode()
+                if head_entry == mine:
+                    return True
+                worker = head_entry.split("|", 1)[1]
+                if not await client.exists(_worker_key(worker)):
+                    # Its process is gone; the orphan check interrupts the reply itself.
+                    await client.lrem(key, 0, head_entry)
+                    continue
+            except redis_conn.UNAVAILABLE as exc:
+                logger.warning("room queue unavailable: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), QUEUE_RECHECK_INTERVAL)
+        return False
+
+    async def _leave_queue(self, run: ReplyRun) -> None:
+        self._wake(run.room_id)
+        if not redis_conn.enabled():
+            return
+        try:
+            removed = await redis_conn.get_redis().lrem(
+                _queue_key(run.room_id), 0, self._entry(run)
+            )
+            if removed:
+                await self._notify_advance(run.room_id)
+        except redis_conn.UNAVAILABLE as exc:
+            logger.warning("could not leave the room queue: %s", exc)
+
+    async def _notify_advance(self, room_id: int) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        with contextlib.suppress(Exception):
+            await layer.group_send(
+                _queue_group(room_id), {"type": "queue.advance", "room": room_id}
+            )
+
+    # --- controls across processes ---------------------------------------------------
+
+    async def control_remote(
+        self, *, worker: str, message_id: int, action: str, by: str
+    ) -> dict[str, Any]:
+        """Send a control to the process running the reply and wait for its answer."""
+        if not redis_conn.enabled():
+            raise NotGenerating("this reply is not running any more")
+        try:
+            channel = await redis_conn.get_redis().get(_worker_key(worker))
+        except redis_conn.UNAVAILABLE as exc:
+            raise Busy("the server is reconnecting; try again shortly") from exc
+        if channel is None:
+            raise NotGenerating("the server running this reply has stopped")
+        layer = get_channel_layer()
+        assert layer is not None
+        assert self.channel is not None
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await layer.send(
+                channel.decode(),
+                {
+                    "type": "reply.control",
+                    "id": request_id,
+                    "message_id": message_id,
+                    "action": action,
+                    "by": by,
+                    "reply_channel": self.channel,
+                },
+            )
+            answer = await asyncio.wait_for(future, settings.PARLEY_CONTROL_TIMEOUT)
+        except TimeoutError as exc:
+            raise Busy("the server running this reply did not answer; try again") from exc
+        finally:
+            self._pending.pop(request_id, None)
+        if not answer["ok"]:
+            error = ParleyError(answer["detail"])
+            error.code, error.status = answer["code"], answer["status"]
+            raise error
+        return answer
+
+    async def _listen(self) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        assert self.channel is not None
+        while True:
+            try:
+                message = await layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("control channel receive failed")
+                await asyncio.sleep(QUEUE_RECHECK_INTERVAL)
+                continue
+            kind = message.get("type")
+            if kind == "reply.control":
+                task = asyncio.create_task(self._answer(message))
+                self._tasks.append(task)
+                task.add_done_callback(self._tasks.remove)
+            elif kind == "reply.control.answer":
+                future = self._pending.get(message["id"])
+                if future is not None and not future.done():
+                    future.set_result(message)
+            elif kind == "queue.advance":
+                self._wake(int(message["room"]))
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        answer: dict[str, Any] = {"type": "reply.control.answer", "id": request["id"], "ok": True}
+        run = self.runs.get(int(request["message_id"]))
+        try:
+            if run is None:
+                raise NotGenerating("this reply is not running any more")
+            await run.control(request["action"], by=request["by"])
+            answer["text"], answer["status"] = run.visible()
+        except ParleyError as exc:
+            answer.update(ok=False, code=exc.code, status=exc.status, detail=exc.detail)
+        layer = get_channel_layer()
+        assert layer is not None
+        with contextlib.suppress(Exception):
+            await layer.send(request["reply_channel"], answer)
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        tasks = [*self._workers.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_managers: dict[asyncio.AbstractEventLoop, ReplyManager] = {}
+
+
+def get_manager() -> ReplyManager:
+    loop = asyncio.get_running_loop()
+    manager = _managers.get(loop)
+    if manager is None:
+        for old in [lp for lp in _managers if lp.is_closed()]:
+            del _managers[old]
+        manager = _managers[loop] = ReplyManager()
+    return manager

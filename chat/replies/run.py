@@ -1,0 +1,334 @@
+"""The run of one assistant reply: a reader task and a runner that steers delivery.
+
+The *reader* pulls text from the model as fast as the model makes it and appends it to
+``pending``. The *runner* decides what members see: it moves ``pending`` into
+``delivered`` as ``delta`` events (coalesced Nagle-style), holds it while paused, and
+applies controls. So a pause loses nothing (the reader reads on), a resume sends what was
+kept, and a stop cancels the reader, which closes the upstream request, and stores
+exactly ``delivered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from chat.errors import NotGenerating
+from chat.events import room_event_emit
+from chat.llm import LLMError, Usage, get_backend
+from chat.llm.base import ChatMessage
+from chat.models import Status
+from chat.replies import db
+
+if TYPE_CHECKING:
+    from chat.replies.manager import ReplyManager
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Control:
+    action: str
+    by: str
+    future: asyncio.Future[None]
+
+
+@dataclass(eq=False)
+class ReplyRun:
+    manager: ReplyManager
+    message_id: int
+    room_id: int
+    asker_id: int
+    voice: str
+    status: str = Status.QUEUED
+    # Set while the asker wants delivery held; a queued reply starts held.
+    paused: bool = False
+    delivered: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    controls: deque[_Control] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    started: bool = False
+    # Set once the reply's own `message` event is out: nothing about it may precede that.
+    announced: asyncio.Event = field(default_factory=asyncio.Event)
+    # Timings (monotonic) and usage.
+    started_at: float | None = None
+    first_token_at: float | None = None
+    paused_at: float | None = None
+    paused_total: float = 0.0
+    pieces: int = 0
+    usage: Usage = field(default_factory=Usage)
+    reader_error: LLMError | None = None
+
+    @property
+    def message_key(self) -> str:
+        return str(self.message_id)
+
+    def visible(self) -> tuple[str, str]:
+        """The text members have seen and the status they have been told."""
+        return "".join(self.delivered), self.status
+
+    # -- controls --
+
+    async def control(self, action: str, *, by: str) -> None:
+        if self.done.done():
+            raise NotGenerating(f"this reply is already {self.status}")
+        if not self.started:
+            await self._control_queued(action, by=by)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.controls.append(_Control(action, by, future))
+        self.wake.set()
+        await future
+
+    async def _control_queued(self, action: str, *, by: str) -> None:
+        # A queued reply has no runner yet: apply the control here. A pause marks it to
+        # start held; there is no "queued" generation state to broadcast until then.
+        if action == "pause":
+            self.paused = True
+        elif action == "resume":
+            self.paused = False
+        else:
+            await self.manager.dequeue(self)
+            await self._finish(Status.STOPPED, by=by, reason="user")
+
+    # -- running --
+
+    async def execute(self) -> None:
+        reader: asyncio.Task[None] | None = None
+        await self.announced.wait()
+        if self.done.done():  # stopped while it waited in the queue
+            return
+        try:
+            self.started = True
+            self.started_at = time.monotonic()
+            messages = await database_sync_to_async(db.prompt_for)(self.message_id)
+            if self.paused:
+                self.paused_at = self.started_at
+                await self._set_state(Status.PAUSED, by=None, reason=None)
+            else:
+                await self._set_state(Status.STREAMING, by=None, reason=None)
+            reader = asyncio.create_task(self._read(messages), name=f"reply-{self.message_id}")
+            await self._steer(reader)
+        except Exception as exc:  # noqa: BLE001 - a bug must end the reply, not hang the room
+            logger.exception("reply %s crashed", self.message_id)
+            if not self.done.done():
+                try:
+                    await self._finish(
+                        Status.FAILED,
+                        by=None,
+                        reason="the server hit an internal error",
+                        code="internal",
+                        error=repr(exc),
+                    )
+                except Exception:  # noqa: BLE001 - the room's queue must move on regardless
+                    logger.exception("reply %s could not be ended cleanly", self.message_id)
+        finally:
+            if reader is not None and not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self, messages: list[ChatMessage]) -> None:
+        stream = get_backend().stream(messages, self.usage)
+        try:
+            async for piece in stream:
+                if not piece:
+                    continue
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                self.pieces += 1
+                self.pending.append(piece)
+                self.wake.set()
+        except LLMError as exc:
+            self.reader_error = exc
+        finally:
+            await stream.aclose()
+            self.wake.set()
+
+    async def _steer(self, reader: asyncio.Task[None]) -> None:
+        window = settings.PARLEY_DELTA_WINDOW
+        last_emit = -window
+        last_save = time.monotonic()
+        saved_len = 0
+        while True:
+            # Cleared before looking, so a wake-up during any await below is not lost.
+            self.wake.clear()
+            while self.controls:
+                control = self.controls.popleft()
+                try:
+                    if await self._apply(control, reader):
+                        return
+                finally:
+                    if not control.future.done():
+                        control.future.set_result(None)
+            now = time.monotonic()
+            if self.paused and self.paused_at is not None:
+                if now - self.paused_at >= settings.PARLEY_PAUSE_TIMEOUT:
+                    await self._stop(reader, by=None, reason="pause_timeout")
+                    return
+            timeout: float | None = None
+            if not self.paused and self.pending:
+                wait = last_emit + window - now
+                if wait <= 0:
+                    await self._deliver()
+                    last_emit = time.monotonic()
+                    continue
+                timeout = wait
+            if reader.done() and not self.pending and not self.paused:
+                if self.reader_error is not None:
+                    err = self.reader_error
+                    await self._finish(
+                        Status.FAILED, by=None, reason=err.reason, code=err.code, error=err.reason
+                    )
+                else:
+                    await self._finish(Status.COMPLETE, by=None, reason=None)
+                return
+            delivered_len = len(self.delivered)
+            if delivered_len != saved_len and now - last_save >= settings.PARLEY_SAVE_INTERVAL:
+                await database_sync_to_async(db.save_text)(self.message_id, self.visible()[0])
+                saved_len, last_save = delivered_len, time.monotonic()
+            if delivered_len != saved_len:
+                due = last_save + settings.PARLEY_SAVE_INTERVAL - now
+                timeout = due if timeout is None else min(timeout, due)
+            if self.paused and self.paused_at is not None:
+                due = self.paused_at + settings.PARLEY_PAUSE_TIMEOUT - now
+                timeout = due if timeout is None else min(timeout, due)
+            try:
+                await asyncio.wait_for(
+                    self.wake.wait(), timeout=None if timeout is None else max(timeout, 0.0)
+                )
+            except TimeoutError:
+                pass
+
+    async def _apply(self, control: _Control, reader: asyncio.Task[None]) -> bool:
+        """Apply one control; True when the reply has ended."""
+        if control.action == "pause":
+            if not self.paused:
+                self.paused = True
+                self.paused_at = time.monotonic()
+                await self._set_state(Status.PAUSED, by=control.by, reason=None)
+            return False
+        if control.action == "resume":
+            if self.paused:
+                self.paused = False
+                if self.paused_at is not None:
+                    self.paused_total += time.monotonic() - self.paused_at
+                self.paused_at = None
+                await self._set_state(Status.STREAMING, by=control.by, reason=None)
+                # The kept text goes out right after the resume, as one delta.
+                if self.pending:
+                    await self._deliver()
+            return False
+        await self._stop(reader, by=control.by, reason="user")
+        return True
+
+    async def _stop(self, reader: asyncio.Task[None], *, by: str | None, reason: str) -> None:
+        # Close the upstream request first, so the model stops at once.
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        self.pending.clear()
+        if self.paused_at is not None:
+            self.paused_total += time.monotonic() - self.paused_at
+            self.paused_at = None
+        await self._finish(Status.STOPPED, by=by, reason=reason)
+
+    async def _deliver(self) -> None:
+        text = "".join(self.pending)
+        self.pending.clear()
+        self.delivered.append(text)
+        await room_event_emit(
+            room_id=self.room_id,
+            body={"type": "delta", "message_id": self.message_key, "text": text},
+        )
+
+    async def _set_state(self, state: str, *, by: str | None, reason: str | None) -> None:
+        self.status = state
+        await database_sync_to_async(db.save_status)(self.message_id, state)
+        await room_event_emit(
+            room_id=self.room_id,
+            body={
+                "type": "generation",
+                "message_id": self.message_key,
+                "state": state,
+                "by": by,
+                "reason": reason,
+            },
+        )
+
+    async def _finish(
+        self,
+        state: str,
+        *,
+        by: str | None,
+        reason: str | None,
+        code: str | None = None,
+        error: str = "",
+    ) -> None:
+        """End the reply: store it, then tell the room.
+
+        ``reason`` is what members read; ``code`` the short stop reason kept for review
+        (defaults to ``reason``, which for stops is already a code: user, pause_timeout).
+        """
+        self.status = state
+        ended = time.monotonic()
+        tokens = (
+            self.usage.completion_tokens
+            if self.usage.completion_tokens is not None
+            else self.pieces
+        )
+        usage = {
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+        }
+        streamed = None
+        ttft = None
+        if self.started_at is not None:
+            streamed = ended - self.started_at - self.paused_total
+            if self.first_token_at is not None:
+                ttft = self.first_token_at - self.started_at
+        metrics: dict[str, float | int | None] = {
+            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
+            "duration_ms": round(streamed * 1000, 1) if streamed is not None else None,
+            "tokens": tokens,
+            "tokens_per_second": round(tokens / streamed, 2) if streamed else None,
+            "paused_ms": round(self.paused_total * 1000, 1),
+        }
+        try:
+            await database_sync_to_async(db.save_final)(
+                self.message_id,
+                text=self.visible()[0],
+                status=state,
+                started_at=self.started_at,
+                first_token_at=self.first_token_at,
+                ended=ended,
+                paused_seconds=self.paused_total,
+                usage=self.usage,
+                stop_reason=code or reason or "",
+                stopped_by=by,
+                error=error,
+            )
+            await room_event_emit(
+                room_id=self.room_id,
+                body={
+                    "type": "generation",
+                    "message_id": self.message_key,
+                    "state": state,
+                    "by": by,
+                    "reason": reason,
+                    "usage": usage,
+                    "metrics": metrics,
+                },
+            )
+        finally:
+            self.manager.unregister(self)
+            if not self.done.done():
+                self.done.set_result(state)

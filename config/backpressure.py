@@ -6,8 +6,9 @@ client would grow the server's memory for as long as the room talks. Daphne has 
 setting for this and the application cannot see the buffer, so Parley wraps daphne's
 ``serverSend``: past ``PARLEY_WS_MAX_BUFFER`` unsent bytes the connection gets close code
 4408 (PROTOCOL.md: "the client read too slowly and fell behind; reconnect with after")
-and nothing more is queued for it. If the client does not answer the close in time,
-autobahn drops the TCP connection, freeing the buffer. Other connections are untouched.
+and nothing more is queued for it. If the client does not answer the close within
+``SLOW_CLOSE_GRACE``, autobahn drops the TCP connection, freeing the buffer. Other
+connections are untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4408
+# How long a cut-off client has to read its backlog and reach the 4408 close frame before
+# the TCP connection is dropped (autobahn's default, 1 s, would drop it first and the
+# client would see 1006 and not know to resume). Memory stays bounded meanwhile: nothing
+# more is queued for the connection.
+SLOW_CLOSE_GRACE = 30.0
 
 
 def unsent_bytes(transport: Any) -> int:
@@ -43,6 +49,7 @@ def install(limit: int) -> None:
             return
         if self.state == self.STATE_OPEN and unsent_bytes(self.transport) > limit:
             self._parley_too_slow = True
+            self.closeHandshakeTimeout = SLOW_CLOSE_GRACE
             logger.warning("closing a WebSocket that fell %d bytes behind (4408)", limit)
             self.sendClose(code=CLOSE_TOO_SLOW, reason="too slow; reconnect with after")
             return

@@ -49,6 +49,7 @@ class DaphneServer:
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env}
         self.lines: list[str] = []
         self._ready: queue.Queue[str] = queue.Queue()
+        self._logged = threading.Condition()
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -99,9 +100,24 @@ class DaphneServer:
         self._ready.put("EOF")
 
     def _line(self, line: str) -> None:
-        self.lines.append(line.rstrip("\n"))
+        with self._logged:
+            self.lines.append(line.rstrip("\n"))
+            self._logged.notify_all()
         if "Listening on TCP address" in line:
             self._ready.put(line)
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> str:
+        """Block until the server logs a line containing ``needle``; return the line."""
+        with self._logged:
+            found: list[str] = []
+
+            def seen() -> bool:
+                found[:] = [line for line in self.lines if needle in line]
+                return bool(found)
+
+            if not self._logged.wait_for(seen, timeout):
+                raise TimeoutError(f"daphne never logged {needle!r}:\n{self.log()}")
+            return found[0]
 
     def log(self) -> str:
         return "\n".join(self.lines[-200:])

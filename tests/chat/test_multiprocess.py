@@ -1,0 +1,299 @@
+"""Several daphne processes on one Redis: PROTOCOL.md section 3's guarantees across them.
+
+Runs against the machine's Redis in CI (REDIS_URL); the restart test runs its own
+redis-server so it can kill it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+
+import httpx
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+
+from chat.models import Message
+from tests.conftest import IN_CI
+from tests.support.openai_server import Scenario
+from tests.support.redis_server import RedisServer
+from tests.support.wsclient import RoomClient
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
+
+# Short leases so a killed process is noticed within seconds.
+FAST_LEASES = {
+    "PARLEY_WORKER_HEARTBEAT": "0.3",
+    "PARLEY_WORKER_LEASE": "1.5",
+    "PARLEY_RESYNC_INTERVAL": "0.5",
+}
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if IN_CI:
+            pytest.fail("REDIS_URL is not set in CI: the multi-process suite needs Redis")
+        pytest.skip("REDIS_URL is not set: multi-process tests need Redis (CI sets it)")
+    return url
+
+
+@pytest.fixture
+def pair(daphne_factory, redis_url):
+    """Two daphne processes sharing the test database and Redis."""
+    return (
+        daphne_factory(REDIS_URL=redis_url, **FAST_LEASES),
+        daphne_factory(REDIS_URL=redis_url, **FAST_LEASES),
+    )
+
+
+@pytest.fixture
+def members(make_user, make_room):
+    from chat.services import room_join
+
+    ann, ann_token = make_user("ann")
+    bob, bob_token = make_user("bob")
+    room = make_room(ann, "Shared")
+    room_join(room=room, user=bob)
+    return room, ann_token, bob_token
+
+
+async def connect(server, room, token, **kw) -> RoomClient:
+    client = await RoomClient.connect(server.ws_url, room.slug, token=token, **kw)
+    await client.wait_type("hello")
+    return client
+
+
+async def ask(client: RoomClient, text: str = "hi") -> str:
+    """Send ``text`` and return the id of the reply to it (not to anyone else's message)."""
+    client_id = f"c-{time.monotonic_ns()}"
+    await client.send(action="send", text=text, client_id=client_id)
+    mine = await client.wait_for(
+        lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
+    )
+    event = await client.wait_for(
+        lambda e: e.get("type") == "message" and e["message"]["reply_to"] == mine["message"]["id"]
+    )
+    return event["message"]["id"]
+
+
+async def stored(message_id: str) -> Message:
+    return await sync_to_async(Message.objects.get)(pk=int(message_id))
+
+
+async def aget(url: str, token: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(url, headers=headers)
+
+
+def assert_contiguous(events: list[dict]) -> None:
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+async def test_members_on_two_processes_see_the_same_ordered_stream(pair, llm, members):
+    one, two = pair
+    room, ann_token, bob_token = members
+    llm.set_default(Scenario.slow([f"t{i} " for i in range(30)], delay=0.005))
+    ann = await connect(one, room, ann_token)
+    bob = await connect(two, room, bob_token)
+    try:
+        # Both ask at once, from different processes: replies queue one after the other.
+        first, second = await asyncio.gather(ask(ann, "from ann"), ask(bob, "from bob"))
+        await ann.wait_terminal(first)
+        await ann.wait_terminal(second)
+        await bob.wait_terminal(first)
+        await bob.wait_terminal(second)
+        assert ann.durable() == bob.durable()
+        assert_contiguous(ann.durable())
+        for reply in (first, second):
+            assert (
+                ann.text_of(reply)
+                == (await stored(reply)).text
+                == "".join(f"t{i} " for i in range(30))
+            )
+        # One reply at a time across processes: the second started after the first ended.
+        states = [(e["message_id"], e["state"]) for e in ann.of_type("generation")]
+        firsts = [s for s in states if s[1] == "streaming"]
+        ends = [s for s in states if s[1] == "complete"]
+        assert states.index(ends[0]) < states.index(firsts[1])
+    finally:
+        await ann.close()
+        await bob.close()
+
+
+async def test_reconnect_to_the_other_process_gets_exactly_the_rest(pair, llm, members):
+    one, two = pair
+    room, ann_token, bob_token = members
+    pieces = [f"r{i} " for i in range(60)]
+    llm.set_default(Scenario.slow(pieces, delay=0.01))
+    ann = await connect(one, room, ann_token)
+    bob = await connect(one, room, bob_token)
+    try:
+        reply = await ask(ann)
+        await bob.wait_for(lambda e: e.get("type") == "delta" and len(bob.text_of(reply)) > 20)
+        await bob.close()
+        before = bob.durable()
+        last = before[-1]["seq"]
+        again = await connect(two, room, bob_token, after=last)
+        try:
+            await again.wait_terminal(reply)
+            after = again.durable()
+            assert after[0]["seq"] == last + 1  # no gap, no duplicate at the seam
+            assert_contiguous(before + after)
+            text = bob.text_of(reply) + again.text_of(reply)
+            assert text == "".join(pieces) == (await stored(reply)).text
+        finally:
+            await again.close()
+    finally:
+        await ann.close()
+
+
+async def test_stop_sent_to_the_other_process_closes_upstream(pair, llm, members):
+    one, two = pair
+    room, ann_token, bob_token = members
+    llm.set_default(Scenario.endless(("x ",), interval=0.01))
+    ann = await connect(one, room, ann_token)  # the owner, on the other process
+    bob = await connect(two, room, bob_token)
+    try:
+        start = len(llm.requests)
+        reply = await ask(bob)  # runs on process two
+        await ann.wait_type("delta", message_id=reply)
+        stop_sent = time.monotonic()
+        await ann.send(action="stop", message_id=reply)
+        record = await asyncio.to_thread(llm.wait_disconnect, start, 5)
+        assert record.disconnected_at - stop_sent < 0.1
+        stopped = await bob.wait_terminal(reply)
+        assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
+        assert (await stored(reply)).text == bob.text_of(reply) == ann.text_of(reply)
+    finally:
+        await ann.close()
+        await bob.close()
+
+
+async def test_a_stalled_client_is_cut_off_with_4408_and_others_go_on(
+    daphne_factory, redis_url, llm, members
+):
+    server = daphne_factory(REDIS_URL=redis_url, PARLEY_WS_MAX_BUFFER="65536")
+    room, ann_token, bob_token = members
+    llm.set_default(Scenario.endless(("y" * 2000,), interval=0.002))
+    # A client that stops reading: a tiny receive buffer, and it never calls recv.
+    # (Set before connecting: shrinking a window already advertised stalls TCP itself.)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    stalled = await websockets.connect(
+        f"{server.ws_url}/ws/rooms/{room.slug}/",
+        sock=sock,
+        max_queue=1,
+        additional_headers={"Authorization": f"Bearer {bob_token}"},
+    )
+    ann = await connect(server, room, ann_token)
+    try:
+        reply = await ask(ann)
+        await asyncio.to_thread(server.wait_log, "fell 65536 bytes behind", 60)
+
+        async def drain() -> int | None:
+            # The stalled client reads again: its backlog, then the 4408 close.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await stalled.recv()
+            return stalled.close_code
+
+        draining = asyncio.create_task(drain())
+        # The reply still streams to the member who reads, and the server still answers.
+        count = len(ann.of_type("delta"))
+        await ann.wait_for(
+            lambda e: e.get("type") == "delta" and len(ann.of_type("delta")) > count + 5
+        )
+        await ann.send(action="ping", id="alive")
+        await ann.wait_type("pong", id="alive")
+        await ann.send(action="stop", message_id=reply)
+        await ann.wait_terminal(reply)
+        assert await asyncio.wait_for(draining, 30) == 4408
+    finally:
+        await ann.close()
+        await stalled.close()
+
+
+async def test_killed_process_leaves_its_reply_interrupted_with_saved_text(pair, llm, members):
+    one, two = pair
+    room, ann_token, bob_token = members
+    llm.set_default(Scenario.endless(("z ",), interval=0.01))
+    ann = await connect(one, room, ann_token)
+    bob = await connect(two, room, bob_token)
+    try:
+        reply = await ask(ann)  # runs on process one
+        first = await bob.wait_type("delta", message_id=reply)
+        started = time.monotonic()
+        # Stream for longer than the save interval (1 s) so some text is saved.
+        await bob.wait_for(lambda e: e.get("type") == "delta" and time.monotonic() - started > 1.5)
+        one.kill()
+        end = await bob.wait_terminal(reply, timeout=30)
+        assert end["state"] == "interrupted"
+        saved = await stored(reply)
+        assert saved.status == "interrupted"
+        assert saved.text  # what was saved before the crash is kept
+        assert bob.text_of(reply).startswith(saved.text)
+        assert first["text"]
+        r = httpx.get(
+            f"{two.http_url}/api/messages/{reply}", headers={"Authorization": f"Bearer {bob_token}"}
+        )
+        assert r.json()["status"] == "interrupted"
+    finally:
+        await ann.close()
+        await bob.close()
+
+
+async def test_redis_restart_mid_reply(daphne_factory, llm, members):
+    private = RedisServer().start()
+    try:
+        server = daphne_factory(REDIS_URL=private.url, **FAST_LEASES)
+        room, ann_token, bob_token = members
+        pieces = [f"s{i} " for i in range(300)]
+        llm.set_default(Scenario.slow(pieces, delay=0.01))
+        bob = await connect(server, room, bob_token)
+        ann = await connect(server, room, ann_token)
+        reply = await ask(ann)
+        await bob.wait_type("delta", message_id=reply)
+        private.kill()
+        ready = await aget(server.http_url + "/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["channel_layer"] != "ok"
+        private.start()
+        # The reply ends cleanly (complete, or failed if Redis stayed away too long), and a
+        # member resynchronises: a snapshot, then the end of the reply.
+        end = await bob.wait_for(
+            lambda e: (
+                (
+                    e.get("type") == "generation"
+                    and e.get("message_id") == reply
+                    and e["state"] in ("complete", "failed")
+                )
+                or (
+                    e.get("type") == "snapshot"
+                    and any(
+                        m["id"] == reply and m["status"] in ("complete", "failed")
+                        for m in e["messages"]
+                    )
+                )
+            ),
+            timeout=60,
+        )
+        saved = await stored(reply)
+        assert saved.status in ("complete", "failed")
+        if end["type"] == "snapshot":
+            shown = next(m for m in end["messages"] if m["id"] == reply)
+            assert shown["text"] == saved.text
+        # Nothing was silently lost: the server is healthy again without a restart.
+        assert (await aget(server.http_url + "/readyz")).status_code == 200
+        await ann.close()
+        await bob.close()
+    finally:
+        private.kill()

@@ -242,9 +242,7 @@ async def test_killed_process_leaves_its_reply_interrupted_with_saved_text(pair,
         assert saved.text  # what was saved before the crash is kept
         assert bob.text_of(reply).startswith(saved.text)
         assert first["text"]
-        r = httpx.get(
-            f"{two.http_url}/api/messages/{reply}", headers={"Authorization": f"Bearer {bob_token}"}
-        )
+        r = await aget(f"{two.http_url}/api/messages/{reply}", token=bob_token)
         assert r.json()["status"] == "interrupted"
     finally:
         await ann.close()

@@ -1,0 +1,360 @@
+"""Speak with any OpenAI-compatible ``POST /v1/audio/speech`` server.
+
+The request is ``{"model", "input", "voice", "response_format"}`` (plus ``speed`` and
+``instructions`` when set); the response body is the audio, streamed as it is made.
+Two formats carry PCM we can pass on without decoding:
+
+- ``pcm``: raw signed 16-bit little-endian mono samples at 24 kHz, no header (OpenAI's
+  documented format for ``response_format: "pcm"``).
+- ``wav``: a RIFF/WAVE header, then the same kind of samples; the header says the rate,
+  which servers other than OpenAI (Kokoro, Piper, XTTS behind an OpenAI-style API)
+  choose themselves. A streaming server cannot know the data size up front and writes
+  a placeholder (0 or 0xFFFFFFFF), so the data runs to the end of the body then.
+
+Audio is passed on as it arrives, regrouped into whole-sample chunks of 50-250 ms.
+Stopping works as for the model backend (``chat/llm/openai.py``): the request runs inside
+``async with client.stream(...)``, so cancelling the iterating task or ``aclose()`` on the
+generator closes the response, and httpx closes (rather than pools) a connection whose
+body was not read to the end: the server sees the disconnect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import struct
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, ClassVar, Final, Literal
+
+import httpx
+
+from voice.engines.base import AudioChunk, PCMChunker, TTSEngine, TTSError
+
+SpeechFormat = Literal["pcm", "wav"]
+
+#: The rate of ``response_format: "pcm"`` (OpenAI API reference, "Create speech").
+OPENAI_PCM_SAMPLE_RATE: Final = 24000
+# An error body worth showing fits in a few kilobytes; a proxy's HTML page may be large.
+_MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+# What of a server's own error message a room member sees: one line in the chat.
+_MAX_REASON_CHARS: Final = 300
+# A WAV header is 44 bytes, a few hundred with LIST/fact chunks; this much without the
+# "data" chunk is not a WAV stream we can play.
+_MAX_WAV_HEADER_BYTES: Final = 64 * 1024
+# Keep-alive connections held per process: one per reply speaking at once.
+_MAX_KEEPALIVE_CONNECTIONS: Final = 10
+# Shorter than the idle timeouts of common servers and load balancers (60 s and up), so a
+# pooled connection is rarely found dead.
+_KEEPALIVE_EXPIRY: Final = 30.0
+_WAVE_FORMAT_PCM: Final = 1
+_WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE
+
+
+class OpenAISpeechEngine(TTSEngine):
+    name: ClassVar[str] = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        voice: str,
+        response_format: SpeechFormat = "pcm",
+        connect_timeout: float,
+        read_timeout: float,
+        speed: float | None = None,
+        instructions: str | None = None,
+    ) -> None:
+        if response_format not in ("pcm", "wav"):
+            raise ValueError(f"response_format must be 'pcm' or 'wav', not {response_format!r}")
+        super().__init__(sample_rate=OPENAI_PCM_SAMPLE_RATE if response_format == "pcm" else None)
+        try:
+            url = httpx.URL(base_url.strip())
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"OPENAI_TTS_BASE_URL is not a URL: {base_url!r}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"OPENAI_TTS_BASE_URL must be an http(s) URL, not {base_url!r}")
+        self.base_url = str(url).rstrip("/")
+        self.url = f"{self.base_url}/audio/speech"
+        self.api_key = api_key or None
+        self.model = model
+        self.voice = voice
+        self.response_format: SpeechFormat = response_format
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.speed = speed
+        self.instructions = instructions
+        # Where errors point: scheme, host and port, never the key or a path.
+        self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_client(self) -> httpx.AsyncClient:
+        """The engine's one client, made in the running loop (its sockets belong to it)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
+            headers = {"User-Agent": "parley"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(
+                    connect=self.connect_timeout,
+                    # Between two bytes of audio, including the wait for the headers
+                    # (which a server sends once the first audio is ready).
+                    read=self.read_timeout,
+                    write=self.connect_timeout,
+                    pool=self.connect_timeout,
+                ),
+                limits=httpx.Limits(
+                    max_connections=None,
+                    max_keepalive_connections=_MAX_KEEPALIVE_CONNECTIONS,
+                    keepalive_expiry=_KEEPALIVE_EXPIRY,
+                ),
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+    def request_body(self, text: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "input": text,
+            "voice": self.voice,
+            "response_format": self.response_format,
+        }
+        if self.speed is not None:
+            body["speed"] = self.speed
+        if self.instructions:
+            body["instructions"] = self.instructions
+        return body
+
+    async def synthesize(self, text: str) -> AsyncGenerator[AudioChunk, None]:
+        text = text.strip()
+        if not text:
+            return
+        client = self._get_client()
+        try:
+            async with client.stream("POST", self.url, json=self.request_body(text)) as resp:
+                if not resp.is_success:
+                    raise await self._status_error(resp)
+                if _content_type(resp) in ("application/json", "text/html", "text/plain"):
+                    raise await self._not_audio(resp)
+                if self.response_format == "pcm":
+                    audio = _raw_pcm(resp.aiter_bytes(), OPENAI_PCM_SAMPLE_RATE)
+                else:
+                    audio = _wav_pcm(resp.aiter_bytes())
+                got_audio = False
+                async for chunk in audio:
+                    got_audio = True
+                    yield chunk
+                if not got_audio:
+                    raise TTSError("malformed", "The speech server sent no audio.")
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+    async def _status_error(self, resp: httpx.Response) -> TTSError:
+        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        status = f"HTTP {resp.status_code}"
+        if resp.reason_phrase:
+            status += f" {resp.reason_phrase}"
+        message = _error_message_from_body(body)
+        reason = f"The speech server answered {status}"
+        return TTSError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
+
+    async def _not_audio(self, resp: httpx.Response) -> TTSError:
+        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        message = _error_message_from_body(body)
+        if message:
+            return TTSError("upstream_status", f"The speech server reported an error: {message}")
+        return TTSError("malformed", "The speech server answered with text instead of audio.")
+
+    def _transport_error(self, exc: httpx.HTTPError) -> TTSError:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return TTSError(
+                "refused",
+                f"Could not connect to the speech server at {self._server}: "
+                f"no answer within {self.connect_timeout:g} s.",
+            )
+        if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
+            return TTSError(
+                "refused",
+                f"Could not connect to the speech server at {self._server}: "
+                f"{_connect_failure(exc)}.",
+            )
+        if isinstance(exc, httpx.ReadTimeout):
+            return TTSError(
+                "timeout", f"The speech server sent nothing for {self.read_timeout:g} s."
+            )
+        if isinstance(exc, httpx.WriteTimeout):
+            return TTSError(
+                "timeout",
+                f"The speech server did not take the request within {self.connect_timeout:g} s.",
+            )
+        if isinstance(exc, httpx.PoolTimeout):
+            return TTSError("timeout", "Too many replies are waiting for the speech server.")
+        if isinstance(exc, httpx.DecodingError):
+            return TTSError("malformed", "The speech server sent audio that could not be decoded.")
+        return TTSError(
+            "disconnected", "The speech server closed the connection before the audio was complete."
+        )
+
+
+async def _raw_pcm(
+    body: AsyncIterator[bytes], sample_rate: int
+) -> AsyncGenerator[AudioChunk, None]:
+    chunker = PCMChunker(sample_rate)
+    async for data in body:
+        for chunk in chunker.push(data):
+            yield chunk
+    for chunk in chunker.flush():
+        yield chunk
+
+
+async def _wav_pcm(body: AsyncIterator[bytes]) -> AsyncGenerator[AudioChunk, None]:
+    """The samples of a streamed WAV file, after reading its header for the format."""
+    header = bytearray()
+    parsed: tuple[int, int, int | None] | None = None
+    async for data in body:
+        header += data
+        parsed = _parse_wav_header(bytes(header))
+        if parsed is not None:
+            break
+        if len(header) > _MAX_WAV_HEADER_BYTES:
+            raise TTSError("malformed", "The speech server sent a WAV header we cannot read.")
+    if parsed is None:
+        if not header:
+            return
+        raise TTSError("malformed", "The speech server's WAV audio ended inside its header.")
+    sample_rate, data_offset, data_size = parsed
+    chunker = PCMChunker(sample_rate)
+    remaining = data_size
+    rest = bytes(header[data_offset:])
+    while True:
+        if remaining is not None:
+            rest = rest[:remaining]
+            remaining -= len(rest)
+        for chunk in chunker.push(rest):
+            yield chunk
+        if remaining == 0:
+            break
+        try:
+            rest = await anext(body)
+        except StopAsyncIteration:
+            break
+    for chunk in chunker.flush():
+        yield chunk
+
+
+def _parse_wav_header(data: bytes) -> tuple[int, int, int | None] | None:
+    """(sample rate, offset of the samples, their size or None) once the header is in.
+
+    None while more bytes are needed. Raises :class:`TTSError` for anything but 16-bit
+    mono PCM: that is what the engines promise, and converting is not worth a stream's
+    latency (every server we know sends it).
+    """
+    if len(data) < 12:
+        return None
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise TTSError("malformed", "The speech server's audio is not a WAV file.")
+    offset = 12
+    sample_rate: int | None = None
+    while True:
+        if len(data) < offset + 8:
+            return None
+        chunk_id = data[offset : offset + 4]
+        (size,) = struct.unpack_from("<I", data, offset + 4)
+        body_at = offset + 8
+        if chunk_id == b"data":
+            if sample_rate is None:
+                raise TTSError("malformed", "The speech server's WAV audio has no format chunk.")
+            streaming_placeholder = size in (0, 0xFFFFFFFF)
+            return sample_rate, body_at, None if streaming_placeholder else size
+        if len(data) < body_at + size:
+            return None
+        if chunk_id == b"fmt ":
+            sample_rate = _check_wav_format(data[body_at : body_at + size])
+        offset = body_at + size + (size & 1)  # chunks are padded to an even size
+
+
+def _check_wav_format(fmt: bytes) -> int:
+    if len(fmt) < 16:
+        raise TTSError("malformed", "The speech server's WAV format chunk is too short.")
+    tag, channels, sample_rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        (tag,) = struct.unpack_from("<H", fmt, 24)  # the sub-format GUID starts with it
+    if tag != _WAVE_FORMAT_PCM or bits != 16 or channels != 1 or sample_rate <= 0:
+        raise TTSError(
+            "malformed",
+            f"The speech server sent {channels}-channel {bits}-bit audio (format {tag}); "
+            "only 16-bit mono PCM can be played.",
+        )
+    return int(sample_rate)
+
+
+def _content_type(resp: httpx.Response) -> str:
+    return resp.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+async def _read_capped(resp: httpx.Response, limit: int) -> str:
+    body = bytearray()
+    async for part in resp.aiter_bytes():
+        body += part
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit]).decode(resp.encoding or "utf-8", errors="replace")
+
+
+def _error_message_from_body(body: str) -> str:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            if isinstance(message, str) and message.strip():
+                return _clip(message)
+        if isinstance(error, str) and error.strip():
+            return _clip(error)
+        for key in ("message", "detail"):
+            value = parsed.get(key)
+            if isinstance(value, str) and value.strip():
+                return _clip(value)
+    return _clip(body)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > _MAX_REASON_CHARS:
+        return text[: _MAX_REASON_CHARS - 1] + "…"
+    return text
+
+
+def _connect_failure(exc: BaseException) -> str:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host not found"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "host not found"
+    return _clip(str(exc)) or type(exc).__name__

@@ -1,8 +1,7 @@
 """The room WebSocket (PROTOCOL.md section 5). Thin: parse, check, call a service.
 
-Delivery guarantee: every durable event passes through ``_deliver``, which sends events
-in strictly increasing ``seq`` with no duplicate, and fills any gap from the replay log
-(or sends a snapshot when the log no longer holds it).
+Durable events pass through a ``RoomFeed`` (chat/feed.py), which keeps them in order with
+no gap and no duplicate; the SSE view uses the same feed.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from django.contrib.auth.models import User
 from chat import selectors
 from chat.errors import BadJson, BadRequest, NotFound, ParleyError, RateLimited
 from chat.events import get_hub, group_name, room_live_emit
+from chat.feed import RoomFeed
 from chat.models import Room
 from chat.presence import get_presence
 from chat.replies import get_manager, message_send, reply_control
@@ -44,7 +44,7 @@ TYPING_MIN_INTERVAL = 1.0
 class RoomConsumer(AsyncWebsocketConsumer):
     user: User
     room: Room
-    last_seq: int
+    feed: RoomFeed
     audio: bool
 
     async def connect(self) -> None:
@@ -72,12 +72,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
         await get_manager().ensure_started()
         self.room_id = self.room.pk
-        self.delivery = asyncio.Lock()
+        self.feed = RoomFeed(self.room.pk, self._send_json)
         # Subscribe before reading the head: whatever happens after it arrives live, and
-        # anything both replayed and live is sent once (see _deliver).
+        # anything both replayed and live is sent once (chat/feed.py).
         await self.channel_layer.group_add(group_name(self.room.pk), self.channel_name)
-        hub = get_hub()
-        head = await hub.head(self.room.pk)
+        head = await get_hub().head(self.room.pk)
         presence = get_presence()
         came_online = await presence.join(self.room.pk, self.user.get_username())
         await self._send_json(
@@ -91,11 +90,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
         if after_error:
             await self._error("bad_request", after_error, None)
-        self.last_seq = head
-        if after is not None:
-            self.last_seq = after
-            async with self.delivery:
-                await self._catch_up()
+        await self.feed.start(head=head, after=after)
         self.resync = asyncio.create_task(self._watch_head())
         if came_online:
             await self._broadcast_presence()
@@ -111,65 +106,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._broadcast_presence()
 
     async def _watch_head(self) -> None:
-        """Catch up when the room's head has moved past us and no event brought it.
-
-        Live events travel at most once (pub/sub); one lost while Redis restarted would
-        otherwise leave this member behind until the next event, or forever if it was a
-        reply's last. Two checks in a row without progress trigger a catch-up.
-        """
-        assert self.room_id is not None
-        hub = get_hub()
-        behind_at: int | None = None
         while True:
             await asyncio.sleep(settings.PARLEY_RESYNC_INTERVAL)
-            try:
-                head = await hub.recent_head(self.room_id)
-            except ParleyError:
-                continue
-            if head <= self.last_seq:
-                behind_at = None
-            elif behind_at == self.last_seq:
-                async with self.delivery:
-                    await self._catch_up()
-                behind_at = None
-            else:
-                behind_at = self.last_seq
+            await self.feed.check_head()
 
     # --- events from the room ---
 
     async def room_event(self, message: dict[str, Any]) -> None:
-        await self._deliver(message["event"])
+        await self.feed.deliver(message["event"])
 
     async def room_live(self, message: dict[str, Any]) -> None:
         if message.get("exclude") == self.channel_name:
             return
         await self._send_json(message["event"])
-
-    async def _deliver(self, event: dict[str, Any]) -> None:
-        async with self.delivery:
-            seq = event["seq"]
-            if seq <= self.last_seq:
-                return  # already sent (replay and live overlap at the seam)
-            if seq > self.last_seq + 1:
-                await self._catch_up()  # a gap: fill it from the log
-                if seq <= self.last_seq:
-                    return
-            self.last_seq = seq
-            await self._send_json(event)
-
-    async def _catch_up(self) -> None:
-        """Send every event after ``last_seq`` from the log, or a snapshot."""
-        hub = get_hub()
-        events = await hub.replay(self.room.pk, self.last_seq)
-        if events is None:
-            snapshot = await hub.snapshot(self.room.pk)
-            self.last_seq = snapshot["seq"]
-            await self._send_json(dict(snapshot))
-            return
-        for event in events:
-            if event["seq"] > self.last_seq:
-                self.last_seq = event["seq"]
-                await self._send_json(event)
 
     async def _broadcast_presence(self) -> None:
         assert self.room_id is not None

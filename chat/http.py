@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
-from chat.errors import BadJson, BadRequest, ParleyError, RateLimited, TooLong, Unauthorized
+from chat.errors import (
+    BadJson,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ParleyError,
+    RateLimited,
+    TooLong,
+    Unauthorized,
+)
 
 
 def error_response(exc: ParleyError) -> JsonResponse:
@@ -69,12 +78,12 @@ def api(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
 
 
 def async_api(
-    view: Callable[..., Awaitable[HttpResponse]],
-) -> Callable[..., Awaitable[HttpResponse]]:
+    view: Callable[..., Awaitable[HttpResponseBase]],
+) -> Callable[..., Coroutine[Any, Any, HttpResponseBase]]:
     """``api`` for async views (SSE, waiting sends)."""
 
     @wraps(view)
-    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         try:
             user = await request.auser()
             if not user.is_authenticated:
@@ -90,3 +99,26 @@ def request_user(request: HttpRequest) -> User:
     user = request.user
     assert isinstance(user, User)
     return user
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF failures as the API's JSON errors (settings.CSRF_FAILURE_VIEW).
+
+    A request with neither session nor token is told to authenticate first; a signed-in
+    browser request without the token is told what is missing.
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return error_response(Unauthorized("sign in or send a bearer token"))
+    return error_response(
+        Forbidden("CSRF check failed: send the csrftoken cookie's value as X-CSRFToken")
+    )
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 as JSON under /api/, Django's page elsewhere (urls.handler404)."""
+    if request.path.startswith("/api/"):
+        return error_response(NotFound("no such endpoint"))
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Exception("not found"))

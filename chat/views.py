@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import events, selectors, services
-from chat.http import api, query_int, read_json, request_user
+from chat import events, replies, selectors, services
+from chat.errors import BadRequest
+from chat.http import api, async_api, query_int, read_json, request_user
 from chat.serializers import message_to_dict, room_to_dict
 
 
@@ -56,7 +60,14 @@ def room_members(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse(room_to_dict(room, head=events.room_head_sync(room)))
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
+async def room_messages_route(request: HttpRequest, slug: str) -> HttpResponseBase:
+    """GET lists the room's messages (sync ORM view), POST sends one (async)."""
+    if request.method == "POST":
+        return await room_send(request, slug)
+    return await sync_to_async(room_messages)(request, slug)
+
+
 @api
 def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
     room = selectors.room_get_for_member(slug=slug, user=request_user(request))
@@ -78,3 +89,47 @@ def room_messages(request: HttpRequest, slug: str) -> HttpResponse:
 def message_detail(request: HttpRequest, message_id: str) -> HttpResponse:
     message = selectors.message_get(message_id=message_id, user=request_user(request))
     return JsonResponse(message_to_dict(message))
+
+
+# --- Sending and controlling over plain HTTP (the same services as the WebSocket) --------
+
+
+@require_POST
+@async_api
+async def room_send(request: HttpRequest, user: User, slug: str) -> HttpResponseBase:
+    room = await database_sync_to_async(selectors.room_get_for_member)(slug=slug, user=user)
+    data = read_json(request)
+    wait = data.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BadRequest("wait must be true or false")
+    message, reply = await replies.message_send(
+        user=user,
+        room=room,
+        text=data.get("text"),
+        client_id=data.get("client_id"),
+        ask_ai=data.get("ask_ai"),
+        voice=data.get("voice"),
+    )
+    if not wait or reply is None:
+        return JsonResponse({"message": message, "reply": reply}, status=202 if reply else 201)
+    status = await replies.reply_wait(
+        message_id=int(reply["id"]), timeout=settings.PARLEY_WAIT_TIMEOUT
+    )
+    final = await database_sync_to_async(selectors.message_get)(message_id=reply["id"], user=user)
+    body: dict[str, object] = {"message": message, "reply": message_to_dict(final)}
+    if status is None:
+        body.update(
+            code="timeout",
+            detail="the reply is still being generated; follow it over SSE or GET it later",
+        )
+        return JsonResponse(body, status=504)
+    return JsonResponse(body)
+
+
+@require_POST
+@async_api
+async def message_control(
+    request: HttpRequest, user: User, message_id: str, action: str
+) -> HttpResponseBase:
+    message = await replies.reply_control(user=user, message_id=message_id, action=action)
+    return JsonResponse({"message": message})

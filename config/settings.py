@@ -17,6 +17,7 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="parley-insecure-development-key-change-me")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "chat.http.csrf_failure"
 
 INSTALLED_APPS = [
     "daphne",
@@ -222,3 +223,9 @@ PARLEY_WS_MAX_BUFFER = env.int("PARLEY_WS_MAX_BUFFER", default=1024 * 1024)
 # How long a cross-process control (pause/resume/stop sent to another process's reply)
 # waits for the owner's answer before reporting busy.
 PARLEY_CONTROL_TIMEOUT = env.float("PARLEY_CONTROL_TIMEOUT", default=5.0)
+# SSE: a comment line this often keeps proxies from closing an idle stream (PROTOCOL.md
+# promises one at least every 15 s; 10 s leaves margin for a slow loop).
+PARLEY_SSE_PING_INTERVAL = env.float("PARLEY_SSE_PING_INTERVAL", default=10.0)
+# POST .../messages with "wait": true holds the request until the reply ends, up to this
+# long; a reply still running then answers 504 with the reply to follow over SSE or GET.
+PARLEY_WAIT_TIMEOUT = env.float("PARLEY_WAIT_TIMEOUT", default=120.0)

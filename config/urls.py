@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import views as account_views
-from chat import health, pages, views
+from chat import health, pages, sse, views
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -15,6 +15,13 @@ urlpatterns = [
     path("api/rooms/<str:slug>", views.room_detail),
     path("api/rooms/<str:slug>/join", views.room_join),
     path("api/rooms/<str:slug>/members", views.room_members),
-    path("api/rooms/<str:slug>/messages", views.room_messages),
+    path("api/rooms/<str:slug>/messages", views.room_messages_route),
+    path("api/rooms/<str:slug>/events", sse.room_events),
     path("api/messages/<str:message_id>", views.message_detail),
+    *[
+        path(f"api/messages/<str:message_id>/{action}", views.message_control, {"action": action})
+        for action in ("pause", "resume", "stop")
+    ],
 ]
+
+handler404 = "chat.http.not_found"

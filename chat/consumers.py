@@ -115,6 +115,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def room_event(self, message: dict[str, Any]) -> None:
         await self.feed.deliver(message["event"])
 
+    async def room_audio(self, message: dict[str, Any]) -> None:
+        if not self.audio:
+            return
+        if "frame" in message:
+            await self.send(bytes_data=message["frame"])
+        else:
+            await self._send_json(message["event"])
+
     async def room_live(self, message: dict[str, Any]) -> None:
         if message.get("exclude") == self.channel_name:
             return

@@ -155,6 +155,12 @@ class Generation(models.Model):
     error = models.TextField(blank=True, default="")
     # The process running this reply ("host:pid:start"), for crash recovery.
     worker = models.CharField(max_length=120, blank=True, default="")
+    # Voice: the mode it was spoken in, when its first audio went out, how much audio, and
+    # how long synthesis took (synthesis_seconds / audio_seconds is the real-time factor).
+    voice = models.CharField(max_length=10, blank=True, default="")
+    first_audio_at = models.DateTimeField(null=True, blank=True)
+    audio_seconds = models.FloatField(null=True, blank=True)
+    synthesis_seconds = models.FloatField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["-queued_at"], name="generation_recent")]

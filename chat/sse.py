@@ -10,8 +10,10 @@ generator; its ``finally`` leaves the group and the room's presence.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -114,9 +116,9 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
                 if kind == "room.event":
                     await feed.deliver(message["event"])
                 elif kind == "room.live":
-                    event = message["event"]
-                    if event.get("type") != "audio" or audio:
-                        await queue.put(event)
+                    await queue.put(message["event"])
+                elif kind == "room.audio" and audio:
+                    await queue.put(_audio_event(message))
         finally:
             with contextlib.suppress(Exception):
                 await layer.group_discard(group, channel)
@@ -130,6 +132,22 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
     # nginx: pass each event on at once instead of buffering the response.
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def _audio_event(message: dict[str, Any]) -> dict[str, Any]:
+    """Audio on SSE: JSON events as they are; a binary frame as a base64 ``chunk``."""
+    if "frame" not in message:
+        event: dict[str, Any] = message["event"]
+        return event
+    frame: bytes = message["frame"]
+    stream, index = struct.unpack(">II", frame[:8])
+    return {
+        "type": "audio",
+        "state": "chunk",
+        "stream": stream,
+        "index": index,
+        "data": base64.b64encode(frame[8:]).decode("ascii"),
+    }
 
 
 async def _broadcast_presence(room_id: int) -> None:

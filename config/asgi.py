@@ -17,8 +17,10 @@ from django.conf import settings  # noqa: E402
 from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config import backpressure  # noqa: E402
+from voice import registry as voice_registry  # noqa: E402
 
 backpressure.install(settings.PARLEY_WS_MAX_BUFFER)
+voice_registry.preload()
 
 application = ProtocolTypeRouter(
     {

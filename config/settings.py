@@ -4,6 +4,7 @@ Production behaviour is switched on by variables (PROTOCOL.md section 7):
 ``DATABASE_URL`` (PostgreSQL), ``REDIS_URL`` (channels-redis), ``LLM_BACKEND``...
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -73,8 +74,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
     )
-    # Tests share their database with a real daphne process, so it must be a file.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
+    # Tests share their database with a real daphne process, so it must be a file; one per
+    # test session, so two sessions on one machine do not trample each other.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}
 else:
     # Persistent connections: one per worker thread, checked before reuse.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
@@ -229,3 +231,39 @@ PARLEY_SSE_PING_INTERVAL = env.float("PARLEY_SSE_PING_INTERVAL", default=10.0)
 # POST .../messages with "wait": true holds the request until the reply ends, up to this
 # long; a reply still running then answers 504 with the reply to follow over SSE or GET.
 PARLEY_WAIT_TIMEOUT = env.float("PARLEY_WAIT_TIMEOUT", default=120.0)
+
+# --- Voice (PROTOCOL.md section 6) ---------------------------------------------------------
+
+# piper: the bundled voice, in process; openai: /v1/audio/speech; volcano: bidirectional WS.
+TTS_BACKEND = env.str("TTS_BACKEND", default="piper")
+# onnxruntime threads for one Piper synthesis: as fast as two on this 2-core class of
+# machine, and it leaves a core for the server and the model.
+PIPER_THREADS = env.int("PIPER_THREADS", default=1)
+# Audio chunks the Piper worker may run ahead of the sender (~2 s): never stalls a reader.
+PIPER_QUEUE_CHUNKS = env.int("PIPER_QUEUE_CHUNKS", default=8)
+PIPER_MODEL_PATH = env.str("PIPER_MODEL_PATH", default="")  # empty: the bundled voice
+PIPER_CONFIG_PATH = env.str("PIPER_CONFIG_PATH", default="")
+OPENAI_TTS_BASE_URL = env.str("OPENAI_TTS_BASE_URL", default="") or OPENAI_BASE_URL
+OPENAI_TTS_API_KEY = env.str("OPENAI_TTS_API_KEY", default="") or OPENAI_API_KEY
+OPENAI_TTS_MODEL = env.str("OPENAI_TTS_MODEL", default="gpt-4o-mini-tts")
+OPENAI_TTS_VOICE = env.str("OPENAI_TTS_VOICE", default="alloy")
+# pcm is OpenAI's headerless 24 kHz; wav for servers that pick their own rate.
+OPENAI_TTS_FORMAT = env.str("OPENAI_TTS_FORMAT", default="pcm")
+OPENAI_TTS_CONNECT_TIMEOUT = env.float("OPENAI_TTS_CONNECT_TIMEOUT", default=5.0)
+# The first byte waits for synthesis to start; covers a cold self-hosted server.
+OPENAI_TTS_READ_TIMEOUT = env.float("OPENAI_TTS_READ_TIMEOUT", default=30.0)
+VOLCANO_TTS_URL = env.str(
+    "VOLCANO_TTS_URL", default="wss://openspeech.bytedance.com/api/v3/tts/bidirection"
+)
+VOLCANO_APP_KEY = env.str("VOLCANO_APP_KEY", default="")
+VOLCANO_ACCESS_KEY = env.str("VOLCANO_ACCESS_KEY", default="")
+VOLCANO_RESOURCE_ID = env.str("VOLCANO_RESOURCE_ID", default="seed-tts-1.0")
+VOLCANO_SPEAKER = env.str("VOLCANO_SPEAKER", default="zh_female_shuangkuaisisi_moon_bigtts")
+VOLCANO_SAMPLE_RATE = env.int("VOLCANO_SAMPLE_RATE", default=24000)
+VOLCANO_CONNECT_TIMEOUT = env.float("VOLCANO_CONNECT_TIMEOUT", default=5.0)
+# Silence accepted only after the text is complete.
+VOLCANO_READ_TIMEOUT = env.float("VOLCANO_READ_TIMEOUT", default=10.0)
+# Load the bundled voice when the server starts rather than at the first spoken reply.
+VOICE_PRELOAD = env.bool("VOICE_PRELOAD", default=True)
+# Where GET /api/messages/<id>/audio keeps the WAV of each reply once made.
+VOICE_CACHE_DIR = env.path("VOICE_CACHE_DIR", default=BASE_DIR / "var" / "audio")

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from accounts import views as account_views
 from chat import health, pages, sse, views
+from voice import views as voice_views
 
 urlpatterns = [
     path("", pages.home, name="home"),
@@ -18,6 +19,7 @@ urlpatterns = [
     path("api/rooms/<str:slug>/messages", views.room_messages_route),
     path("api/rooms/<str:slug>/events", sse.room_events),
     path("api/messages/<str:message_id>", views.message_detail),
+    path("api/messages/<str:message_id>/audio", voice_views.message_audio),
     *[
         path(f"api/messages/<str:message_id>/{action}", views.message_control, {"action": action})
         for action in ("pause", "resume", "stop")

@@ -14,6 +14,13 @@ from tests.support.openai_server import FakeOpenAIServer, Scenario
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_configure(config: Any) -> None:
+    # In-process tests import config.asgi; only the served daphnes need the voice warm.
+    from django.conf import settings
+
+    settings.VOICE_PRELOAD = False
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_worker_thread_connections(django_db_setup: Any) -> Iterator[None]:
     """Close the connections that async tests opened in asgiref's worker thread.
@@ -121,6 +128,8 @@ def daphne_factory(
     servers: list[DaphneServer] = []
 
     def start(**env: str) -> DaphneServer:
+        # Extra servers rarely speak: skip warming the voice unless a test asks for it.
+        env.setdefault("VOICE_PRELOAD", "0")
         with django_db_blocker.unblock():
             full = daphne_env(fake_llm_server, **env)
         server = DaphneServer(full).start()

@@ -34,6 +34,7 @@ __all__ = [
     "StoreUnavailable",
     "get_hub",
     "group_name",
+    "room_audio_emit",
     "room_event_emit",
     "room_head_sync",
     "room_live_emit",
@@ -204,6 +205,23 @@ async def room_live_emit(
     await layer.group_send(
         group_name(room_id), {"type": "room.live", "event": dict(event), "exclude": exclude}
     )
+
+
+async def room_audio_emit(
+    *, room_id: int, event: Mapping[str, Any] | None = None, frame: bytes | None = None
+) -> None:
+    """Fan out live-only audio: a JSON ``audio`` event or one binary PCM frame.
+
+    Only connections that opted in (the ``audio`` action, or SSE ``?audio=1``) pass it on.
+    """
+    layer = get_channel_layer()
+    assert layer is not None
+    message: dict[str, Any] = {"type": "room.audio"}
+    if event is not None:
+        message["event"] = dict(event)
+    if frame is not None:
+        message["frame"] = frame
+    await layer.group_send(group_name(room_id), message)
 
 
 _sync_store: EventStore | None = None

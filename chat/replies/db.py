@@ -153,3 +153,19 @@ def interrupt(replies: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
                 )
                 changed.append((room_id, message_id))
     return changed
+
+
+def save_speech(
+    message_id: int,
+    *,
+    mode: str,
+    first_audio_at: float | None,
+    audio_seconds: float,
+    synthesis_seconds: float,
+) -> None:
+    Generation.objects.filter(message_id=message_id).update(
+        voice=mode,
+        first_audio_at=_wall(first_audio_at, now_mono=time.monotonic()),
+        audio_seconds=audio_seconds,
+        synthesis_seconds=synthesis_seconds,
+    )

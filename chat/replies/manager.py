@@ -25,6 +25,7 @@ import os
 import socket
 import uuid
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -310,9 +311,7 @@ class ReplyManager:
                 continue
             kind = message.get("type")
             if kind == "reply.control":
-                task = asyncio.create_task(self._answer(message))
-                self._tasks.append(task)
-                task.add_done_callback(self._tasks.remove)
+                self.adopt(self._answer(message))
             elif kind == "reply.control.answer":
                 future = self._pending.get(message["id"])
                 if future is not None and not future.done():
@@ -334,6 +333,18 @@ class ReplyManager:
         assert layer is not None
         with contextlib.suppress(Exception):
             await layer.send(request["reply_channel"], answer)
+
+    def adopt(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task this manager owns (cancelled and awaited on close)."""
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
 
     # --- shutdown ----------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ from chat.errors import NotGenerating
 from chat.events import room_event_emit
 from chat.llm import LLMError, Usage, get_backend
 from chat.llm.base import ChatMessage
-from chat.models import Status
+from chat.models import Status, VoiceMode
 from chat.replies import db
+from voice.speech import ReplySpeech
 
 if TYPE_CHECKING:
     from chat.replies.manager import ReplyManager
@@ -68,6 +69,7 @@ class ReplyRun:
     pieces: int = 0
     usage: Usage = field(default_factory=Usage)
     reader_error: LLMError | None = None
+    speech: ReplySpeech | None = None
 
     @property
     def message_key(self) -> str:
@@ -117,6 +119,13 @@ class ReplyRun:
                 await self._set_state(Status.PAUSED, by=None, reason=None)
             else:
                 await self._set_state(Status.STREAMING, by=None, reason=None)
+            if self.voice != VoiceMode.OFF:
+                self.speech = ReplySpeech(
+                    room_id=self.room_id, message_id=self.message_id, mode=self.voice
+                )
+                if self.paused:
+                    self.speech.pause()
+                self.manager.adopt(self._speak(self.speech))
             reader = asyncio.create_task(self._read(messages), name=f"reply-{self.message_id}")
             await self._steer(reader)
         except Exception as exc:  # noqa: BLE001 - a bug must end the reply, not hang the room
@@ -215,11 +224,15 @@ class ReplyRun:
             if not self.paused:
                 self.paused = True
                 self.paused_at = time.monotonic()
+                if self.speech is not None:
+                    self.speech.pause()
                 await self._set_state(Status.PAUSED, by=control.by, reason=None)
             return False
         if control.action == "resume":
             if self.paused:
                 self.paused = False
+                if self.speech is not None:
+                    self.speech.resume()
                 if self.paused_at is not None:
                     self.paused_total += time.monotonic() - self.paused_at
                 self.paused_at = None
@@ -249,6 +262,8 @@ class ReplyRun:
             room_id=self.room_id,
             body={"type": "delta", "message_id": self.message_key, "text": text},
         )
+        if self.speech is not None:
+            self.speech.feed(text)
 
     async def _set_state(self, state: str, *, by: str | None, reason: str | None) -> None:
         self.status = state
@@ -262,6 +277,25 @@ class ReplyRun:
                 "by": by,
                 "reason": reason,
             },
+        )
+
+    async def _speak(self, speech: ReplySpeech) -> None:
+        """Run the reply's speech to its end, then record its timings (owned by the
+        manager: the audio may go on after the reply's text has ended)."""
+        task = speech.start()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being shut down, not just the speech stopped
+        stats = speech.stats
+        await database_sync_to_async(db.save_speech)(
+            self.message_id,
+            mode=speech.mode,
+            first_audio_at=stats.first_audio_at,
+            audio_seconds=stats.audio_seconds,
+            synthesis_seconds=stats.synthesis_seconds,
         )
 
     async def _finish(
@@ -280,6 +314,11 @@ class ReplyRun:
         """
         self.status = state
         ended = time.monotonic()
+        if self.speech is not None:
+            if state == Status.STOPPED:
+                await self.speech.cancel()  # before `stopped`: no audio of it follows
+            else:
+                self.speech.finish()  # complete, or failed: speak what members saw
         tokens = (
             self.usage.completion_tokens
             if self.usage.completion_tokens is not None

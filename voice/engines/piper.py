@@ -297,6 +297,14 @@ class PiperEngine(TTSEngine):
         self.queue_chunks = queue_chunks
         self._config = SynthesisConfig(length_scale=length_scale)
 
+    def preload(self) -> concurrent.futures.Future[_LoadedVoice]:
+        """Start loading and warming the voice on its worker thread; no loop needed.
+
+        Called at server start so the first reply's first sentence is not kept waiting
+        for the model (seconds on a small machine).
+        """
+        return _worker().submit(_load, self._key)
+
     async def load(self) -> VoiceLoad:
         """Load and warm up the voice now (off the event loop), if not done yet."""
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
@@ -24,7 +25,9 @@ voice_registry.preload()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Static files (the admin's) straight from the apps: no collectstatic step, and
+        # small enough to serve from the app; the chat pages inline their own assets.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthStack(URLRouter(websocket_urlpatterns))),
     }
 )

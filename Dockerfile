@@ -1,0 +1,17 @@
+# Parley's web image: daphne serving config.asgi, with the bundled model and voice.
+FROM python:3.11-slim
+
+# llama-cpp-python builds from source.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY . .
+ENV DJANGO_SETTINGS_MODULE=config.settings PYTHONUNBUFFERED=1
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "65536", \
+     "--proxy-headers", "config.asgi:application"]

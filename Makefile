@@ -34,3 +34,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+bench: install
+	$(BIN)/python -m bench.run --out bench/results.json

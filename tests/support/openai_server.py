@@ -78,7 +78,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal
 
@@ -188,6 +188,8 @@ class RecordedRequest:
     connection: int
     scenario: Scenario | None = None
     pieces_sent: int = 0
+    # time.monotonic() as each piece was written, for latency measurements (bench/).
+    piece_times: list[float] = field(default_factory=list)
     finished: bool = False
     disconnected_at: float | None = None
     closed_by: Literal["client", "server"] | None = None
@@ -322,6 +324,10 @@ class _Reply:
         return True
 
 
+def _copy(record: RecordedRequest) -> RecordedRequest:
+    return replace(record, headers=dict(record.headers), piece_times=list(record.piece_times))
+
+
 class FakeOpenAIServer:
     def __init__(
         self,
@@ -373,12 +379,12 @@ class FakeOpenAIServer:
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._cond:
-            return [replace(r, headers=dict(r.headers)) for r in self._requests]
+            return [_copy(r) for r in self._requests]
 
     def request(self, index: int) -> RecordedRequest:
         with self._cond:
             r = self._requests[index]
-            return replace(r, headers=dict(r.headers))
+            return _copy(r)
 
     def wait_request(self, index: int = 0, timeout: float = 5.0) -> RecordedRequest:
         """Block until request ``index`` has arrived."""
@@ -420,7 +426,7 @@ class FakeOpenAIServer:
                     f"({len(self._requests)} requests seen)"
                 )
             r = self._requests[index]
-            return replace(r, headers=dict(r.headers))
+            return _copy(r)
 
     # -- running in the current loop -----------------------------------------------------
 
@@ -654,6 +660,7 @@ class FakeOpenAIServer:
     def _count_piece(self, record: RecordedRequest) -> None:
         with self._cond:
             record.pieces_sent += 1
+            record.piece_times.append(time.monotonic())
 
     def _mark_finished(self, record: RecordedRequest, conn: _Connection) -> None:
         with self._cond:

@@ -13,5 +13,5 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 ENV DJANGO_SETTINGS_MODULE=config.settings PYTHONUNBUFFERED=1
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--websocket-max-message-size", "65536", \
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", \
      "--proxy-headers", "config.asgi:application"]

@@ -22,7 +22,7 @@ run: install
 	@$(BIN)/python manage.py migrate --noinput
 	@$(BIN)/python manage.py bootstrap
 	@echo "==> Parley is serving at http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
-	@$(BIN)/daphne -b 127.0.0.1 -p $(PORT) --websocket-max-message-size 65536 config.asgi:application
+	@$(BIN)/daphne -b 127.0.0.1 -p $(PORT) config.asgi:application
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -309,3 +309,17 @@ async def test_replies_run_one_at_a_time_and_a_queued_one_can_be_stopped(
         assert [e["message_id"] for e in starts] == [first, third]
     finally:
         await ann.close()
+
+
+async def test_a_frame_over_64_kib_closes_1009_and_others_stay(daphne, room_with_two):
+    room, tokens = room_with_two
+    ann = await connect(daphne, room, tokens["ann"])
+    bob = await connect(daphne, room, tokens["bob"])
+    try:
+        await ann.send_raw('{"action": "send", "text": "' + "x" * 70_000 + '"}')
+        assert await ann.wait_closed() == 1009
+        await bob.send(action="ping", id="still-here")
+        await bob.wait_type("pong", id="still-here")
+    finally:
+        await ann.close()
+        await bob.close()

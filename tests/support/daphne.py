@@ -70,9 +70,6 @@ class DaphneServer:
                 "127.0.0.1",
                 "-p",
                 str(self.port),
-                # As in production (Makefile, Dockerfile): a frame over 64 KiB closes 1009.
-                "--websocket-max-message-size",
-                "65536",
                 "config.asgi:application",
             ],
             cwd=ROOT,

@@ -17,10 +17,10 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from config import backpressure  # noqa: E402
+from config import daphne_patches  # noqa: E402
 from voice import registry as voice_registry  # noqa: E402
 
-backpressure.install(settings.PARLEY_WS_MAX_BUFFER)
+daphne_patches.install(settings.PARLEY_WS_MAX_BUFFER)
 voice_registry.preload()
 
 application = ProtocolTypeRouter(

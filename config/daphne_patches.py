@@ -1,4 +1,11 @@
-"""Slow WebSocket clients: a bounded outbound buffer per connection, then close 4408.
+"""Two things daphne cannot do for Parley, added to its WebSocket protocol at start-up.
+
+1. The contract's close code 1009 ("frame too big"): autobahn's ``sendClose`` accepts only
+   1000 and 3000-4999 from an application, so daphne turns the consumer's
+   ``close(code=1009)`` into a crash (1011). The patched ``serverClose`` sends a close frame
+   with 1009 itself.
+
+2. Slow WebSocket clients: a bounded outbound buffer per connection, then close 4408.
 
 Daphne writes every frame the application sends straight into the connection's Twisted
 transport, which buffers without limit when the client stops reading: one stalled
@@ -34,15 +41,26 @@ def unsent_bytes(transport: Any) -> int:
     return max(0, len(data) - offset) + pending
 
 
+# Protocol-level close codes (RFC 6455 section 7.4.1) the application may close with.
+PROTOCOL_CLOSE_CODES = frozenset({1008, 1009, 1011})
+
+
 def install(limit: int) -> None:
-    """Wrap daphne's WebSocket send with the buffer limit (idempotent)."""
+    """Patch daphne's WebSocket protocol (idempotent; a no-op outside daphne)."""
     try:
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # not running under daphne
         return
-    if getattr(WebSocketProtocol, "_parley_backpressure", False):
+    if getattr(WebSocketProtocol, "_parley_patched", False):
         return
     original = WebSocketProtocol.serverSend
+    original_close = WebSocketProtocol.serverClose
+
+    def server_close(self: Any, code: int | None = None) -> None:
+        if code in PROTOCOL_CLOSE_CODES:
+            self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
+            return
+        original_close(self, code)
 
     def server_send(self: Any, content: Any, binary: bool = False) -> None:
         if getattr(self, "_parley_too_slow", False):
@@ -56,4 +74,5 @@ def install(limit: int) -> None:
         original(self, content, binary)
 
     WebSocketProtocol.serverSend = server_send
-    WebSocketProtocol._parley_backpressure = True
+    WebSocketProtocol.serverClose = server_close
+    WebSocketProtocol._parley_patched = True

@@ -1,0 +1,768 @@
+// The room page: conversation, composer, reply controls, presence, typing, voice.
+//
+// Data flows one way: the connection hands events to the store (store.js), which says
+// what changed; this module updates the DOM for that. Sending is optimistic: our message
+// shows at once, greyed, and is replaced when its `message` event (same client_id) comes
+// back. window.parley exposes the pieces and a few debug handles for tests.
+
+import { ApiError, messages as messagesApi, rooms as roomsApi } from "parley/api.js";
+import { AudioPlayer } from "parley/audio.js";
+import { Connection } from "parley/connection.js";
+import { renderMarkdown } from "parley/markdown.js";
+import { LIVE, RoomStore } from "parley/store.js";
+
+// A typing indicator fades this long after the last `typing` event from that person.
+const TYPING_SHOWN_MS = 4000;
+// We tell others we are typing at most this often (the server relays one a second).
+const TYPING_SEND_EVERY_MS = 1000;
+// Errors stay on screen long enough to read, then fade unless they are fatal.
+const ERROR_SHOWN_MS = 8000;
+// "Near the bottom": closer than this, new text keeps the view pinned to the end.
+const PIN_DISTANCE_PX = 80;
+
+// Reply states shown as a badge; a complete reply needs none.
+const BADGED = new Set(["queued", "streaming", "paused", "stopped", "failed", "interrupted"]);
+
+const config = JSON.parse(document.getElementById("parley-config").textContent);
+const slug = config.room.slug;
+const room = { ...config.room };
+const store = new RoomStore(config.me);
+const player = new AudioPlayer();
+
+const $ = (selector) => document.querySelector(selector);
+const els = {
+  list: $("#messages"),
+  empty: $("#empty"),
+  conn: $("#conn"),
+  connText: $("#conn-text"),
+  presence: $("#presence"),
+  presenceCount: $("#presence-count"),
+  typing: $("#typing"),
+  errors: $("#errors"),
+  announcer: $("#announcer"),
+  form: $("#composer"),
+  input: $("#composer-input"),
+  send: $("#send"),
+  askAi: $("#ask-ai"),
+  counter: $("#counter"),
+  voice: $("#voice-mode"),
+  speaker: $("#speaker"),
+  transport: $("#transport"),
+  jump: $("#jump"),
+  sideToggle: $("#side-toggle"),
+  side: $("#side"),
+};
+
+const elements = new Map(); // message id or client_id -> <article>
+
+// --- settings (URL beats localStorage beats default) ---
+
+const storageKey = (name) => `parley:${name}`;
+function stored(name, fallback) {
+  try {
+    return localStorage.getItem(storageKey(name)) ?? fallback;
+  } catch {
+    return fallback;
+  }
+}
+function remember(name, value) {
+  try {
+    localStorage.setItem(storageKey(name), value);
+  } catch {
+    // private mode: settings last for this page only
+  }
+}
+
+const urlTransport = new URLSearchParams(location.search).get("transport");
+const transportSetting = ["ws", "sse"].includes(urlTransport) ? urlTransport : stored("transport", "auto");
+let speakerOn = stored(`speaker:${slug}`, "off") === "on";
+
+// --- helpers ---
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const sameDay = date.toDateString() === new Date().toDateString();
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return sameDay ? time : `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
+}
+
+function hue(name) {
+  let h = 0;
+  for (const c of String(name)) h = (h * 31 + c.codePointAt(0)) % 360;
+  return h;
+}
+
+function announce(text) {
+  els.announcer.textContent = text;
+}
+
+function showError(detail, { sticky = false } = {}) {
+  const item = document.createElement("div");
+  item.className = "alert";
+  const text = document.createElement("span");
+  text.textContent = detail;
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "alert__close";
+  close.setAttribute("aria-label", "Dismiss");
+  close.textContent = "×";
+  close.addEventListener("click", () => item.remove());
+  item.append(text, close);
+  els.errors.append(item);
+  while (els.errors.children.length > 3) els.errors.firstElementChild.remove();
+  if (!sticky) setTimeout(() => item.remove(), ERROR_SHOWN_MS);
+}
+
+function isPinned() {
+  const l = els.list;
+  return l.scrollHeight - l.scrollTop - l.clientHeight < PIN_DISTANCE_PX;
+}
+
+function scrollToEnd() {
+  els.list.scrollTop = els.list.scrollHeight;
+  els.jump.hidden = true;
+}
+
+// Keeps the view at the end while new content arrives, unless the reader scrolled up.
+function keepPinned(change) {
+  const pinned = isPinned();
+  change();
+  if (pinned) scrollToEnd();
+  else els.jump.hidden = false;
+}
+
+// --- rendering messages ---
+
+function buildArticle(m, pending) {
+  const article = document.createElement("article");
+  const mine = m.author === config.me && m.role === "user";
+  article.className = `msg msg--${m.role}${mine ? " msg--mine" : ""}${pending ? " msg--pending" : ""}`;
+  if (pending) article.dataset.clientId = m.client_id;
+  else article.dataset.id = m.id;
+
+  const avatar = document.createElement("div");
+  avatar.className = "msg__avatar";
+  avatar.setAttribute("aria-hidden", "true");
+  if (m.role === "assistant") {
+    avatar.textContent = "✦";
+  } else {
+    avatar.textContent = (m.author || "?").slice(0, 1).toUpperCase();
+    avatar.style.setProperty("--hue", hue(m.author || "?"));
+  }
+
+  const main = document.createElement("div");
+  main.className = "msg__main";
+  const meta = document.createElement("header");
+  meta.className = "msg__meta";
+  const author = document.createElement("span");
+  author.className = "msg__author";
+  author.textContent = m.role === "assistant" ? "Assistant" : m.author || "someone";
+  const time = document.createElement("time");
+  time.className = "msg__time";
+  time.dateTime = m.created;
+  time.title = new Date(m.created).toLocaleString();
+  time.textContent = formatTime(m.created);
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  badge.hidden = true;
+  meta.append(author, time, badge);
+
+  const body = document.createElement("div");
+  body.className = "msg__body md";
+  const note = document.createElement("p");
+  note.className = "msg__note";
+  note.hidden = true;
+  main.append(meta, body, note);
+
+  if (m.role === "assistant") {
+    const controls = document.createElement("div");
+    controls.className = "msg__controls";
+    controls.setAttribute("role", "group");
+    controls.setAttribute("aria-label", "Reply controls");
+    for (const [action, label] of [["pause", "Pause"], ["resume", "Resume"], ["stop", "Stop"]]) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `btn btn--small btn--${action}`;
+      button.dataset.control = action;
+      button.textContent = label;
+      controls.append(button);
+    }
+    controls.hidden = true;
+    main.append(controls);
+  }
+  if (pending) {
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "btn btn--small msg__retry";
+    retry.textContent = "Retry";
+    retry.hidden = true;
+    retry.addEventListener("click", () => deliver(store.pending.get(m.client_id)));
+    main.append(retry);
+  }
+  article.append(avatar, main);
+  return article;
+}
+
+function placeCursor(body) {
+  let target = body;
+  for (;;) {
+    const last = target.lastElementChild;
+    if (!last || !/^(P|UL|OL|LI|PRE|CODE|BLOCKQUOTE|H[3-6])$/.test(last.tagName)) break;
+    target = last;
+  }
+  const cursor = document.createElement("span");
+  cursor.className = "cursor";
+  cursor.setAttribute("aria-hidden", "true");
+  target.append(cursor);
+}
+
+function noteFor(m) {
+  const by = m.by ? ` by ${m.by}` : "";
+  switch (m.status) {
+    case "paused":
+      return `Paused${by}`;
+    case "stopped":
+      return m.reason === "pause_timeout" ? "Stopped: paused for too long" : `Stopped${by}`;
+    case "failed":
+      return `The reply failed${m.reason ? `: ${m.reason}` : "."}`;
+    case "interrupted":
+      return `Interrupted${m.reason ? `: ${m.reason}` : ""}. The text so far is kept.`;
+    case "complete": {
+      const t = m.metrics;
+      if (!t || !t.tokens) return "";
+      const seconds = t.duration_ms ? ` · ${(t.duration_ms / 1000).toFixed(1)} s` : "";
+      return `${t.tokens} tokens${seconds}`;
+    }
+    default:
+      return "";
+  }
+}
+
+function renderBody(article, m) {
+  const body = article.querySelector(".msg__body");
+  const live = m.role === "assistant" && LIVE.has(m.status);
+  body.innerHTML = renderMarkdown(m.text);
+  for (const pre of body.querySelectorAll("pre")) {
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = "Copy";
+    copy.setAttribute("aria-label", "Copy code");
+    pre.prepend(copy);
+  }
+  if (live) placeCursor(body);
+  body.setAttribute("aria-busy", live ? "true" : "false");
+}
+
+function renderMessage(article, m) {
+  article.dataset.status = m.status;
+  renderBody(article, m);
+  const badge = article.querySelector(".badge");
+  const badged = BADGED.has(m.status);
+  badge.hidden = !badged;
+  badge.textContent = badged ? m.status : "";
+  badge.className = `badge badge--${m.status}`;
+  const note = article.querySelector(".msg__note");
+  const noteText = m.role === "assistant" ? noteFor(m) : "";
+  note.textContent = noteText;
+  note.hidden = !noteText;
+  note.classList.toggle("msg__note--muted", m.status === "complete");
+  const controls = article.querySelector(".msg__controls");
+  if (controls) {
+    const live = LIVE.has(m.status);
+    controls.hidden = !live;
+    const allowed = store.canControl(m, { owner: room.owner, isStaff: config.is_staff });
+    const enabled = {
+      pause: m.status === "streaming",
+      resume: m.status === "paused",
+      stop: live,
+    };
+    for (const button of controls.querySelectorAll("button")) {
+      button.disabled = !allowed || !enabled[button.dataset.control];
+      button.title = allowed ? "" : "Only the asker, the room owner or staff can control this reply";
+    }
+  }
+}
+
+function renderPending(article, p) {
+  article.dataset.status = p.status;
+  renderBody(article, p);
+  const note = article.querySelector(".msg__note");
+  note.textContent = p.error ? `Not sent: ${p.error}` : "";
+  note.hidden = !p.error;
+  article.querySelector(".msg__retry").hidden = p.status !== "failed";
+}
+
+function firstPendingArticle() {
+  return els.list.querySelector(".msg--pending");
+}
+
+function insertMessage(id) {
+  const m = store.get(id);
+  const article = buildArticle(m, false);
+  elements.set(id, article);
+  renderMessage(article, m);
+  els.list.insertBefore(article, firstPendingArticle());
+  els.empty.hidden = true;
+}
+
+function renderAll() {
+  keepPinned(() => {
+    for (const article of els.list.querySelectorAll(".msg")) article.remove();
+    elements.clear();
+    for (const id of store.messages.keys()) insertMessage(id);
+    for (const p of store.pending.values()) addPendingArticle(p);
+    els.empty.hidden = store.messages.size + store.pending.size > 0;
+  });
+}
+
+function addPendingArticle(p) {
+  const article = buildArticle(p, true);
+  elements.set(p.client_id, article);
+  renderPending(article, p);
+  els.list.append(article);
+  els.empty.hidden = true;
+}
+
+// Streaming text is rendered once per animation frame, however many deltas arrived.
+const dirty = new Set();
+let frameQueued = false;
+function markDirty(id) {
+  dirty.add(id);
+  if (frameQueued) return;
+  frameQueued = true;
+  requestAnimationFrame(() => {
+    frameQueued = false;
+    keepPinned(() => {
+      for (const dirtyId of dirty) {
+        const article = elements.get(dirtyId);
+        const m = store.get(dirtyId);
+        if (article && m) renderBody(article, m);
+      }
+    });
+    dirty.clear();
+  });
+}
+
+function refreshControls() {
+  for (const [id, article] of elements) {
+    const m = store.get(id);
+    if (m && m.role === "assistant" && LIVE.has(m.status)) renderMessage(article, m);
+  }
+}
+
+// --- events from the room ---
+
+let syncedConn = null; // the connection whose replay is known to be complete
+
+function onHello(hello, conn) {
+  Object.assign(room, hello.room);
+  syncedConn = null;
+  setPresence(hello.online);
+  refreshControls();
+  if (connection.transport === "ws") {
+    if (speakerOn) connection.send({ action: "audio", enabled: true });
+    // The server replays before it reads our frames: this pong marks the end of the replay.
+    connection.send({ action: "ping", id: `sync-${conn}` });
+  } else {
+    // Over SSE, sends go over HTTP whatever the stream is doing; this catches messages
+    // written while the page was still trying the WebSocket.
+    syncedConn = conn;
+    for (const p of store.pending.values()) if (p.status === "sending" && p.conn === null) deliver(p);
+  }
+}
+
+function onEvent(event) {
+  if (typeof event.seq === "number") {
+    onDurable(event);
+    return;
+  }
+  switch (event.type) {
+    case "presence":
+      setPresence(event.online);
+      break;
+    case "typing":
+      if (event.username !== config.me) showTyping(event.username);
+      break;
+    case "error":
+      onError(event);
+      break;
+    case "audio":
+      if (speakerOn) player.onEvent(event);
+      break;
+    case "pong":
+      if (event.id === `sync-${connection.conn}`) {
+        syncedConn = connection.conn;
+        for (const p of store.pending.values()) {
+          if (p.status === "sending" && p.conn !== syncedConn) deliver(p);
+        }
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+function onDurable(event) {
+  const change = store.apply(event);
+  switch (change.kind) {
+    case "gap":
+      connection.resync();
+      return;
+    case "duplicate":
+    case "unknown":
+      return;
+    case "snapshot":
+      renderAll();
+      return;
+    case "message": {
+      const m = store.get(change.id);
+      keepPinned(() => {
+        if (change.confirmed) {
+          elements.get(change.confirmed)?.remove();
+          elements.delete(change.confirmed);
+        }
+        const article = elements.get(change.id);
+        if (article) renderMessage(article, m);
+        else insertMessage(change.id);
+      });
+      if (m.role === "user") clearTyping(m.author);
+      if (m.role === "assistant" && change.isNew) announce("The assistant is replying.");
+      return;
+    }
+    case "delta":
+      if (!change.missing) markDirty(change.id);
+      return;
+    case "generation": {
+      if (change.missing) return;
+      const m = store.get(change.id);
+      const article = elements.get(change.id);
+      if (article) keepPinned(() => renderMessage(article, m));
+      if (speakerOn) player.onGeneration(change.id, change.state);
+      const by = change.by ? ` by ${change.by}` : "";
+      const words = {
+        paused: `Reply paused${by}.`,
+        streaming: "",
+        complete: "Reply complete.",
+        stopped: `Reply stopped${by}.`,
+        failed: "The reply failed.",
+        interrupted: "The reply was interrupted.",
+      };
+      if (words[change.state]) announce(words[change.state]);
+      return;
+    }
+    default:
+  }
+}
+
+function onError(event) {
+  const pending = event.id ? store.pending.get(event.id) : null;
+  let detail = event.detail || event.code || "something went wrong";
+  if (event.code === "rate_limited" && event.retry_after) {
+    detail += ` (try again in ${Math.ceil(event.retry_after)} s)`;
+  }
+  if (pending) {
+    failPending(pending, detail);
+  } else {
+    showError(detail);
+  }
+}
+
+// --- presence and typing ---
+
+function setPresence(online) {
+  els.presence.replaceChildren();
+  const names = [...new Set(online)].sort((a, b) =>
+    a === config.me ? -1 : b === config.me ? 1 : a.localeCompare(b),
+  );
+  for (const name of names) {
+    const li = document.createElement("li");
+    li.className = "person";
+    const dot = document.createElement("span");
+    dot.className = "person__avatar";
+    dot.setAttribute("aria-hidden", "true");
+    dot.style.setProperty("--hue", hue(name));
+    dot.textContent = name.slice(0, 1).toUpperCase();
+    const label = document.createElement("span");
+    label.className = "person__name";
+    label.textContent = name === config.me ? `${name} (you)` : name;
+    li.append(dot, label);
+    els.presence.append(li);
+  }
+  els.presenceCount.textContent = String(names.length);
+  for (const name of typists.keys()) if (!names.includes(name)) clearTyping(name);
+}
+
+const typists = new Map(); // username -> timeout
+function showTyping(username) {
+  clearTimeout(typists.get(username));
+  typists.set(username, setTimeout(() => clearTyping(username), TYPING_SHOWN_MS));
+  renderTyping();
+}
+function clearTyping(username) {
+  if (!typists.has(username)) return;
+  clearTimeout(typists.get(username));
+  typists.delete(username);
+  renderTyping();
+}
+function renderTyping() {
+  const names = [...typists.keys()];
+  let text = "";
+  if (names.length === 1) text = `${names[0]} is typing…`;
+  else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+  else if (names.length > 2) text = "Several people are typing…";
+  els.typing.textContent = text;
+  els.typing.classList.toggle("typing--on", Boolean(text));
+}
+
+// --- sending ---
+
+function failPending(p, detail) {
+  p.status = "failed";
+  p.error = detail;
+  const article = elements.get(p.client_id);
+  if (article) renderPending(article, p);
+}
+
+function deliver(p) {
+  if (!p) return;
+  p.status = "sending";
+  p.error = null;
+  const article = elements.get(p.client_id);
+  if (article) renderPending(article, p);
+  const fields = { text: p.text, client_id: p.client_id, voice: els.voice.value };
+  if (p.askAi) fields.ask_ai = true;
+  if (connection.transport === "ws") {
+    // Sent now if the connection is caught up; otherwise when it is (see onEvent "pong").
+    if (syncedConn === connection.conn && connection.send({ action: "send", id: p.client_id, ...fields })) {
+      p.conn = syncedConn;
+    }
+    return;
+  }
+  p.conn = connection.conn;
+  roomsApi
+    .send(slug, fields)
+    .then((result) => {
+      for (const m of [result.message, result.reply]) {
+        if (!m) continue;
+        const change = store.upsert(m, { keep: true });
+        if (change.confirmed) {
+          elements.get(change.confirmed)?.remove();
+          elements.delete(change.confirmed);
+        }
+        if (!elements.has(m.id)) keepPinned(() => insertMessage(m.id));
+      }
+    })
+    .catch((err) => failPending(p, err instanceof ApiError ? err.detail : String(err)));
+}
+
+function submit() {
+  const text = els.input.value;
+  if (!text.trim()) return;
+  if (text.length > config.max_chars) {
+    showError(`A message can be at most ${config.max_chars} characters.`);
+    return;
+  }
+  const p = store.addPending(text);
+  p.askAi = Boolean(els.askAi && els.askAi.checked);
+  keepPinned(() => addPendingArticle(p));
+  scrollToEnd();
+  els.input.value = "";
+  onInput();
+  deliver(p);
+  els.input.focus();
+}
+
+let lastTypingSent = 0;
+function onInput() {
+  const { input } = els;
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 220)}px`;
+  const left = config.max_chars - input.value.length;
+  els.counter.textContent = left < 500 ? `${left}` : "";
+  els.counter.classList.toggle("counter--over", left < 0);
+  els.send.disabled = !input.value.trim();
+}
+
+function maybeSendTyping() {
+  const now = Date.now();
+  if (!els.input.value.trim() || now - lastTypingSent < TYPING_SEND_EVERY_MS) return;
+  if (connection.send({ action: "typing" })) lastTypingSent = now;
+}
+
+// --- controls ---
+
+let controlIds = 0;
+function control(messageId, action) {
+  controlIds += 1;
+  if (connection.send({ action, message_id: messageId, id: `ctl-${controlIds}` })) return;
+  messagesApi
+    .control(messageId, action)
+    .catch((err) => showError(err instanceof ApiError ? err.detail : String(err)));
+}
+
+// --- the connection indicator ---
+
+let countdown = null;
+function onStatus(status) {
+  clearInterval(countdown);
+  countdown = null;
+  if (status.state === "reconnecting" && status.retryIn) {
+    // Count down to the next attempt, a second at a time.
+    const at = Date.now() + status.retryIn;
+    countdown = setInterval(() => {
+      const left = at - Date.now();
+      if (left <= 0) clearInterval(countdown);
+      else els.connText.textContent = `Reconnecting in ${Math.ceil(left / 1000)} s…`;
+    }, 1000);
+  }
+  const via = status.transport === "sse" ? "server-sent events" : "WebSocket";
+  let text;
+  switch (status.state) {
+    case "open":
+      text = status.transport === "sse"
+        ? status.fellBack
+          ? "Live via server-sent events (WebSocket blocked)"
+          : "Live via server-sent events"
+        : "Live";
+      break;
+    case "connecting":
+      text = `Connecting (${via})…`;
+      break;
+    case "reconnecting":
+      text = status.retryIn ? `Reconnecting in ${Math.ceil(status.retryIn / 1000)} s…` : "Reconnecting…";
+      break;
+    default:
+      text = status.detail || "Disconnected";
+  }
+  els.conn.dataset.state = status.state;
+  els.conn.dataset.transport = status.transport;
+  els.connText.textContent = text;
+  els.form.classList.toggle("composer--sse", status.transport === "sse");
+  if (status.state === "closed") showError(text, { sticky: true });
+}
+
+// --- wiring ---
+
+const connection = new Connection({
+  slug,
+  mode: transportSetting,
+  handlers: {
+    after: () => store.lastSeq,
+    audio: () => speakerOn,
+    hello: onHello,
+    event: onEvent,
+    binary: (buffer) => {
+      if (speakerOn) player.onBinary(buffer);
+    },
+    status: onStatus,
+  },
+});
+
+function setSpeaker(on) {
+  speakerOn = on;
+  remember(`speaker:${slug}`, on ? "on" : "off");
+  els.speaker.setAttribute("aria-pressed", String(on));
+  els.speaker.querySelector(".speaker__label").textContent = on ? "Speaker on" : "Speaker off";
+  if (on) player.unlock();
+  else player.cancelAll();
+  if (connection.transport === "ws") connection.send({ action: "audio", enabled: on });
+  else connection.refreshSse();
+}
+
+function wire() {
+  els.form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    submit();
+  });
+  els.input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    }
+  });
+  els.input.addEventListener("input", () => {
+    onInput();
+    maybeSendTyping();
+  });
+  els.list.addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-control]");
+    if (button) {
+      const id = button.closest(".msg").dataset.id;
+      control(id, button.dataset.control);
+      return;
+    }
+    const copy = e.target.closest("button.copy");
+    if (copy) {
+      navigator.clipboard?.writeText(copy.closest("pre").querySelector("code").textContent);
+      copy.textContent = "Copied";
+      setTimeout(() => (copy.textContent = "Copy"), 1500);
+    }
+  });
+  els.list.addEventListener("scroll", () => {
+    if (isPinned()) els.jump.hidden = true;
+  });
+  els.jump.addEventListener("click", scrollToEnd);
+
+  els.voice.value = stored(`voice:${slug}`, room.voice);
+  els.voice.addEventListener("change", () => remember(`voice:${slug}`, els.voice.value));
+  els.speaker.addEventListener("click", () => setSpeaker(!speakerOn));
+  els.speaker.setAttribute("aria-pressed", String(speakerOn));
+  els.speaker.querySelector(".speaker__label").textContent = speakerOn ? "Speaker on" : "Speaker off";
+
+  els.transport.value = transportSetting;
+  els.transport.addEventListener("change", () => {
+    remember("transport", els.transport.value);
+    const url = new URL(location.href);
+    url.searchParams.delete("transport");
+    location.assign(url);
+  });
+  els.sideToggle.addEventListener("click", () => {
+    const open = els.side.classList.toggle("side--open");
+    els.sideToggle.setAttribute("aria-expanded", String(open));
+  });
+  // Autoplay policy: the audio context may only start after the user's first gesture.
+  const unlock = () => {
+    if (speakerOn) player.unlock();
+  };
+  document.addEventListener("pointerdown", unlock, { once: true });
+  document.addEventListener("keydown", unlock, { once: true });
+  onInput();
+}
+
+async function start() {
+  wire();
+  try {
+    const page = await roomsApi.messages(slug);
+    store.load(page.messages, page.head);
+    // A reply still being written was loaded with its last saved text, which may lag what
+    // members have seen: ask for everything the server still holds (a full replay of
+    // those messages, or a snapshot with their live text) instead of going on from head.
+    if (store.hasLiveReply()) store.lastSeq = 0;
+  } catch (err) {
+    showError(`Could not load the conversation: ${err.detail || err}`);
+    store.lastSeq = 0; // the live connection will send what it has (replay or snapshot)
+  }
+  renderAll();
+  scrollToEnd();
+  connection.start();
+}
+
+window.parley = {
+  store,
+  player,
+  get connection() {
+    return connection;
+  },
+  debugDropSocket: () => connection.drop(),
+  debugState: () => ({
+    transport: connection.transport,
+    ready: connection.ready,
+    connects: connection.connects,
+    lastSeq: store.lastSeq,
+    audio: player.debugState(),
+  }),
+};
+
+start();

@@ -18,14 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, ClassVar
 
 import httpx
 
 from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+from chat.upstream import (
+    clip,
+    content_type,
+    error_message,
+    error_message_from_body,
+    read_capped,
+    transport_failure,
+)
 
 # A streamed reply's events are a few hundred bytes; anything this large without a line end
 # is not a chat completion stream, and buffering more would only cost memory.
@@ -33,9 +39,6 @@ _MAX_EVENT_BYTES = 1024 * 1024
 # An error body worth showing fits in a few kilobytes; an HTML error page from a proxy can
 # be large, and we only want its start.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
-# What of a server's own error message a room member sees: enough for "model not found" or
-# "Incorrect API key provided: sk-...", short enough for one line in the chat.
-_MAX_REASON_CHARS = 300
 # After ``[DONE]`` the body's end follows at once; reading it lets the connection be reused
 # for the next reply. A server that keeps talking is given no longer than this, because
 # the reply is complete and the room is waiting to hear so.
@@ -139,7 +142,7 @@ class OpenAIBackend(LLMBackend):
             async with client.stream("POST", self.url, json=self.request_body(messages)) as resp:
                 if not resp.is_success:
                     raise await self._status_error(resp)
-                if _content_type(resp) == "application/json":
+                if content_type(resp) == "application/json":
                     # Some servers answer an error, or ignore "stream", with a JSON body.
                     raise await self._json_instead_of_stream(resp)
                 async for delta in _parse_stream(_sse_data(resp.aiter_lines()), usage):
@@ -148,17 +151,17 @@ class OpenAIBackend(LLMBackend):
             raise self._transport_error(exc) from exc
 
     async def _status_error(self, resp: httpx.Response) -> LLMError:
-        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)
         status = f"HTTP {resp.status_code}"
         if resp.reason_phrase:
             status += f" {resp.reason_phrase}"
-        message = _error_message_from_body(body)
+        message = error_message_from_body(body)
         reason = f"The model server answered {status}"
         return LLMError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
 
     async def _json_instead_of_stream(self, resp: httpx.Response) -> LLMError:
-        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
-        message = _error_message_from_body(body)
+        body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        message = error_message_from_body(body)
         if message:
             return LLMError("upstream_status", f"The model server reported an error: {message}")
         return LLMError(
@@ -166,35 +169,15 @@ class OpenAIBackend(LLMBackend):
         )
 
     def _transport_error(self, exc: httpx.HTTPError) -> LLMError:
-        if isinstance(exc, httpx.ConnectTimeout):
-            return LLMError(
-                "refused",
-                f"Could not connect to the model server at {self._server}: "
-                f"no answer within {self.connect_timeout:g} s.",
-            )
-        if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
-            return LLMError(
-                "refused",
-                f"Could not connect to the model server at {self._server}: "
-                f"{_connect_failure(exc)}.",
-            )
-        if isinstance(exc, httpx.ReadTimeout):
-            return LLMError(
-                "timeout", f"The model server sent nothing for {self.read_timeout:g} s."
-            )
-        if isinstance(exc, httpx.WriteTimeout):
-            return LLMError(
-                "timeout",
-                f"The model server did not take the request within {self.connect_timeout:g} s.",
-            )
-        if isinstance(exc, httpx.PoolTimeout):
-            return LLMError("timeout", "Too many replies are waiting for the model server.")
-        if isinstance(exc, httpx.DecodingError):
-            return LLMError("malformed", "The model server sent a reply that could not be decoded.")
-        return LLMError(
-            "disconnected",
-            "The model server closed the connection before the reply was complete.",
+        code, reason = transport_failure(
+            exc,
+            service="model server",
+            product="reply",
+            server=self._server,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
         )
+        return LLMError(code, reason)
 
 
 async def _sse_data(lines: AsyncIterator[str]) -> AsyncGenerator[str, None]:
@@ -238,12 +221,12 @@ async def _parse_stream(events: AsyncIterator[str], usage: Usage) -> AsyncGenera
             chunk = json.loads(data)
         except ValueError:
             raise LLMError(
-                "malformed", f"The model server sent a line that is not JSON: {_clip(data)}"
+                "malformed", f"The model server sent a line that is not JSON: {clip(data)}"
             ) from None
         if not isinstance(chunk, dict):
             raise _shape_error(data)
         if chunk.get("error") is not None:
-            message = _error_message(chunk) or _clip(data)
+            message = error_message(chunk) or clip(data)
             raise LLMError("upstream_status", f"The model server reported an error: {message}")
         _fill_usage(chunk.get("usage"), usage, data)
         choices = chunk.get("choices")
@@ -304,76 +287,5 @@ def _is_count(value: object) -> bool:
 
 def _shape_error(data: str) -> LLMError:
     return LLMError(
-        "malformed", f"The model server sent a chunk that is not a chat completion: {_clip(data)}"
+        "malformed", f"The model server sent a chunk that is not a chat completion: {clip(data)}"
     )
-
-
-def _content_type(resp: httpx.Response) -> str:
-    return resp.headers.get("content-type", "").partition(";")[0].strip().lower()
-
-
-async def _read_capped(resp: httpx.Response, limit: int) -> str:
-    """Up to ``limit`` bytes of the body, decoded; the rest is left unread."""
-    body = bytearray()
-    async for part in resp.aiter_bytes():
-        body += part
-        if len(body) >= limit:
-            break
-    return bytes(body[:limit]).decode(resp.encoding or "utf-8", errors="replace")
-
-
-def _error_message_from_body(body: str) -> str:
-    """The server's own words: from an OpenAI-style JSON error, else the start of the body."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        message = _error_message(parsed)
-        if message:
-            return message
-    return _clip(body)
-
-
-def _error_message(payload: dict[str, Any]) -> str:
-    """``{"error": {"message"}}`` (OpenAI, vLLM), ``{"error": "..."}`` (Ollama), and kin."""
-    error = payload.get("error")
-    if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and message.strip():
-            return _clip(message)
-    if isinstance(error, str) and error.strip():
-        return _clip(error)
-    for key in ("message", "detail"):
-        value = payload.get(key)
-        if isinstance(value, str) and value.strip():
-            return _clip(value)
-    return ""
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _MAX_REASON_CHARS:
-        return text[: _MAX_REASON_CHARS - 1] + "…"
-    return text
-
-
-def _connect_failure(exc: BaseException) -> str:
-    """Name why a connection failed, from the OS error under httpx's wrappers."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "host not found"
-        if isinstance(cause, ssl.SSLError):
-            return "TLS handshake failed"
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "name or service not known" in text or "nodename nor servname" in text:
-        return "host not found"
-    return _clip(str(exc)) or type(exc).__name__

@@ -21,15 +21,18 @@ body was not read to the end: the server sees the disconnect at once.
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import ssl
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar, Final, Literal
 
 import httpx
 
+from chat.upstream import (
+    content_type,
+    error_message_from_body,
+    read_capped,
+    transport_failure,
+)
 from voice.engines.base import AudioChunk, PCMChunker, TTSEngine, TTSError
 
 SpeechFormat = Literal["pcm", "wav"]
@@ -38,8 +41,6 @@ SpeechFormat = Literal["pcm", "wav"]
 OPENAI_PCM_SAMPLE_RATE: Final = 24000
 # An error body worth showing fits in a few kilobytes; a proxy's HTML page may be large.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
-# What of a server's own error message a room member sees: one line in the chat.
-_MAX_REASON_CHARS: Final = 300
 # A WAV header is 44 bytes, a few hundred with LIST/fact chunks; this much without the
 # "data" chunk is not a WAV stream we can play.
 _MAX_WAV_HEADER_BYTES: Final = 64 * 1024
@@ -146,7 +147,7 @@ class OpenAISpeechEngine(TTSEngine):
             async with client.stream("POST", self.url, json=self.request_body(text)) as resp:
                 if not resp.is_success:
                     raise await self._status_error(resp)
-                if _content_type(resp) in ("application/json", "text/html", "text/plain"):
+                if content_type(resp) in ("application/json", "text/html", "text/plain"):
                     raise await self._not_audio(resp)
                 if self.response_format == "pcm":
                     audio = _raw_pcm(resp.aiter_bytes(), OPENAI_PCM_SAMPLE_RATE)
@@ -162,50 +163,31 @@ class OpenAISpeechEngine(TTSEngine):
             raise self._transport_error(exc) from exc
 
     async def _status_error(self, resp: httpx.Response) -> TTSError:
-        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)
         status = f"HTTP {resp.status_code}"
         if resp.reason_phrase:
             status += f" {resp.reason_phrase}"
-        message = _error_message_from_body(body)
+        message = error_message_from_body(body)
         reason = f"The speech server answered {status}"
         return TTSError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
 
     async def _not_audio(self, resp: httpx.Response) -> TTSError:
-        body = await _read_capped(resp, _MAX_ERROR_BODY_BYTES)
-        message = _error_message_from_body(body)
+        body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)
+        message = error_message_from_body(body)
         if message:
             return TTSError("upstream_status", f"The speech server reported an error: {message}")
         return TTSError("malformed", "The speech server answered with text instead of audio.")
 
     def _transport_error(self, exc: httpx.HTTPError) -> TTSError:
-        if isinstance(exc, httpx.ConnectTimeout):
-            return TTSError(
-                "refused",
-                f"Could not connect to the speech server at {self._server}: "
-                f"no answer within {self.connect_timeout:g} s.",
-            )
-        if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
-            return TTSError(
-                "refused",
-                f"Could not connect to the speech server at {self._server}: "
-                f"{_connect_failure(exc)}.",
-            )
-        if isinstance(exc, httpx.ReadTimeout):
-            return TTSError(
-                "timeout", f"The speech server sent nothing for {self.read_timeout:g} s."
-            )
-        if isinstance(exc, httpx.WriteTimeout):
-            return TTSError(
-                "timeout",
-                f"The speech server did not take the request within {self.connect_timeout:g} s.",
-            )
-        if isinstance(exc, httpx.PoolTimeout):
-            return TTSError("timeout", "Too many replies are waiting for the speech server.")
-        if isinstance(exc, httpx.DecodingError):
-            return TTSError("malformed", "The speech server sent audio that could not be decoded.")
-        return TTSError(
-            "disconnected", "The speech server closed the connection before the audio was complete."
+        code, reason = transport_failure(
+            exc,
+            service="speech server",
+            product="audio",
+            server=self._server,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
         )
+        return TTSError(code, reason)
 
 
 async def _raw_pcm(
@@ -298,63 +280,3 @@ def _check_wav_format(fmt: bytes) -> int:
             "only 16-bit mono PCM can be played.",
         )
     return int(sample_rate)
-
-
-def _content_type(resp: httpx.Response) -> str:
-    return resp.headers.get("content-type", "").partition(";")[0].strip().lower()
-
-
-async def _read_capped(resp: httpx.Response, limit: int) -> str:
-    body = bytearray()
-    async for part in resp.aiter_bytes():
-        body += part
-        if len(body) >= limit:
-            break
-    return bytes(body[:limit]).decode(resp.encoding or "utf-8", errors="replace")
-
-
-def _error_message_from_body(body: str) -> str:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict):
-        error = parsed.get("error")
-        if isinstance(error, dict):
-            message = error.get("message")
-            if isinstance(message, str) and message.strip():
-                return _clip(message)
-        if isinstance(error, str) and error.strip():
-            return _clip(error)
-        for key in ("message", "detail"):
-            value = parsed.get(key)
-            if isinstance(value, str) and value.strip():
-                return _clip(value)
-    return _clip(body)
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _MAX_REASON_CHARS:
-        return text[: _MAX_REASON_CHARS - 1] + "…"
-    return text
-
-
-def _connect_failure(exc: BaseException) -> str:
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "host not found"
-        if isinstance(cause, ssl.SSLError):
-            return "TLS handshake failed"
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "name or service not known" in text or "nodename nor servname" in text:
-        return "host not found"
-    return _clip(str(exc)) or type(exc).__name__

@@ -1,0 +1,125 @@
+"""Talking to upstream HTTP services (the model server, the speech server) over httpx.
+
+What every such client needs to turn a failure into a reason a room member can read:
+the server's own error message from its body, why a connection failed, and what each
+httpx error means. The model backend and the speech engine wrap the result in their own
+exception types (``LLMError``, ``TTSError``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from typing import Any
+
+import httpx
+
+# What of a server's own error message a room member sees: enough for "model not found" or
+# "Incorrect API key provided: sk-...", short enough for one line in the chat.
+MAX_REASON_CHARS = 300
+
+
+def content_type(resp: httpx.Response) -> str:
+    return resp.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> str:
+    """Up to ``limit`` bytes of the body, decoded; the rest is left unread."""
+    body = bytearray()
+    async for part in resp.aiter_bytes():
+        body += part
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit]).decode(resp.encoding or "utf-8", errors="replace")
+
+
+def error_message_from_body(body: str) -> str:
+    """The server's own words: from an OpenAI-style JSON error, else the start of the body."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        message = error_message(parsed)
+        if message:
+            return message
+    return clip(body)
+
+
+def error_message(payload: dict[str, Any]) -> str:
+    """``{"error": {"message"}}`` (OpenAI, vLLM), ``{"error": "..."}`` (Ollama), and kin."""
+    error = payload.get("error")
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(message, str) and message.strip():
+            return clip(message)
+    if isinstance(error, str) and error.strip():
+        return clip(error)
+    for key in ("message", "detail"):
+        value = payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return clip(value)
+    return ""
+
+
+def clip(text: str) -> str:
+    text = " ".join(text.split())
+    if len(text) > MAX_REASON_CHARS:
+        return text[: MAX_REASON_CHARS - 1] + "…"
+    return text
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Name why a connection failed, from the OS error under httpx's wrappers."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host not found"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "host not found"
+    return clip(str(exc)) or type(exc).__name__
+
+
+def transport_failure(
+    exc: httpx.HTTPError,
+    *,
+    service: str,
+    product: str,
+    server: str,
+    connect_timeout: float,
+    read_timeout: float,
+) -> tuple[str, str]:
+    """(code, reason) for an httpx error talking to ``service`` ("model server").
+
+    ``product`` names what it was sending ("reply", "audio"). Codes: ``refused``,
+    ``timeout``, ``malformed``, ``disconnected``.
+    """
+    the = f"The {service}"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "refused", (
+            f"Could not connect to the {service} at {server}: "
+            f"no answer within {connect_timeout:g} s."
+        )
+    if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
+        return "refused", f"Could not connect to the {service} at {server}: {connect_failure(exc)}."
+    if isinstance(exc, httpx.ReadTimeout):
+        return "timeout", f"{the} sent nothing for {read_timeout:g} s."
+    if isinstance(exc, httpx.WriteTimeout):
+        return "timeout", f"{the} did not take the request within {connect_timeout:g} s."
+    if isinstance(exc, httpx.PoolTimeout):
+        return "timeout", f"Too many replies are waiting for the {service}."
+    if isinstance(exc, httpx.DecodingError):
+        article = "a reply" if product == "reply" else product
+        return "malformed", f"{the} sent {article} that could not be decoded."
+    return "disconnected", f"{the} closed the connection before the {product} was complete."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import asyncio
 import io
 import math
 import struct
@@ -158,3 +159,36 @@ async def test_whole_reply_as_wav_and_audio_over_sse(daphne, llm, voice_room):
         question_id = r.json()["message"]["id"]
         r = await http.get(f"/api/messages/{question_id}/audio")
         assert (r.status_code, r.json()["code"]) == (404, "not_found")
+
+
+async def test_realtime_mode_feeds_volcano_text_as_it_arrives(daphne_factory, llm, voice_room):
+    from tests.support.tts_servers import FINISH_SESSION, TASK_REQUEST, FakeVolcanoServer
+
+    room, ann_token, _ = voice_room
+    words = [w + " " for w in "One short line. Then another line, and the end.".split()]
+    llm.set_default(Scenario.slow(words, delay=0.1))
+    with FakeVolcanoServer() as volcano:
+        server = daphne_factory(
+            TTS_BACKEND="volcano",
+            VOLCANO_TTS_URL=volcano.url,
+            VOLCANO_APP_KEY="test-app",
+            VOLCANO_ACCESS_KEY="test-access",
+            VOLCANO_SAMPLE_RATE="24000",
+        )
+        ann = await listen(server, room, ann_token, audio=True)
+        try:
+            await ann.send(action="send", text="talk", voice="realtime")
+            start = await ann.wait_type("audio", state="start", timeout=30)
+            assert (start["mode"], start["sample_rate"]) == ("realtime", 24000)
+            reply_id = start["message_id"]
+            await ann.wait_terminal(reply_id)
+            end = await ann.wait_type("audio", state="end", timeout=30)
+            assert end["chunks"] == len(ann.binary) > 0
+            # The engine got the text in several pieces as it streamed, before the finish.
+            await asyncio.to_thread(volcano.wait_frames, FINISH_SESSION, 1, 10)
+            texts = [f.text for f in volcano.frames_of(TASK_REQUEST)]
+            assert len(texts) > 1
+            assert "".join(texts).split() == "".join(words).split()
+            assert not volcano.protocol_errors
+        finally:
+            await ann.close()

@@ -82,6 +82,8 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal
 
+from tests.support.loopback import START_TIMEOUT, ThreadRunner
+
 Mode = Literal[
     "normal", "slow", "error_status", "malformed", "error_event", "disconnect", "hang", "endless"
 ]
@@ -89,9 +91,6 @@ Mode = Literal[
 DEFAULT_PIECES: tuple[str, ...] = ("Hello", ", ", "world", "!")
 # A request head larger than this is not from an HTTP client we care about.
 _MAX_HEAD_BYTES = 64 * 1024
-# How long start() waits for the background thread's server to be listening, and stop()
-# for its handlers to finish.
-_START_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,9 +349,7 @@ class FakeOpenAIServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._thread: threading.Thread | None = None
-        self._thread_loop: asyncio.AbstractEventLoop | None = None
-        self._thread_stop: asyncio.Event | None = None
+        self._runner = ThreadRunner("fake-openai-server", self.astart, self.astop)
 
     # -- what tests use ------------------------------------------------------------------
 
@@ -444,7 +441,7 @@ class FakeOpenAIServer:
             await conn.aclose()
         handlers = list(self._handlers)
         if handlers:
-            _, stuck = await asyncio.wait(handlers, timeout=_START_TIMEOUT)
+            _, stuck = await asyncio.wait(handlers, timeout=START_TIMEOUT)
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
@@ -467,44 +464,11 @@ class FakeOpenAIServer:
 
     def start(self) -> FakeOpenAIServer:
         """Serve from a daemon thread with its own event loop; return once listening."""
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def main() -> None:
-            self._thread_loop = asyncio.get_running_loop()
-            self._thread_stop = asyncio.Event()
-            try:
-                await self.astart()
-            except BaseException as exc:
-                failure.append(exc)
-                raise
-            finally:
-                ready.set()
-            try:
-                await self._thread_stop.wait()
-            finally:
-                await self.astop()
-
-        def run() -> None:
-            with contextlib.suppress(BaseException):
-                asyncio.run(main())
-
-        self._thread = threading.Thread(target=run, name="fake-openai-server", daemon=True)
-        self._thread.start()
-        if not ready.wait(_START_TIMEOUT):
-            raise TimeoutError("the fake OpenAI server did not start")
-        if failure:
-            raise failure[0]
+        self._runner.start()
         return self
 
     def stop(self) -> None:
-        if self._thread is None:
-            return
-        if self._thread_loop is not None and self._thread_stop is not None:
-            with contextlib.suppress(RuntimeError):  # loop already gone
-                self._thread_loop.call_soon_threadsafe(self._thread_stop.set)
-        self._thread.join(_START_TIMEOUT)
-        self._thread = None
+        self._runner.stop()
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()

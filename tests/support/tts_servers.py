@@ -63,7 +63,6 @@ count)``, ``wait_sent(event, count)``, ``wait_closed(connection)`` and ``await_*
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import itertools
 import json
@@ -72,7 +71,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -82,10 +81,10 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+# How long start() waits for the background thread's server, and stop() for it to end.
+from tests.support.loopback import START_TIMEOUT, ThreadRunner
 from tests.support.openai_server import _Connection
 
-# How long start() waits for the background thread's server, and stop() for it to end.
-_START_TIMEOUT = 10.0
 # A request head larger than this is not from an HTTP client we care about.
 _MAX_HEAD_BYTES = 64 * 1024
 #: The rate of OpenAI's ``pcm`` format.
@@ -128,62 +127,6 @@ class _Waiter:
     def notify(self) -> None:
         with self.cond:
             self.cond.notify_all()
-
-
-class _ThreadRunner:
-    """Run a server's ``astart``/``astop`` in a daemon thread with its own event loop."""
-
-    def __init__(
-        self,
-        name: str,
-        astart: Callable[[], Awaitable[object]],
-        astop: Callable[[], Awaitable[None]],
-    ) -> None:
-        self._name = name
-        self._astart = astart
-        self._astop = astop
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def start(self) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            try:
-                await self._astart()
-            except BaseException as exc:
-                failure.append(exc)
-                raise
-            finally:
-                ready.set()
-            try:
-                await self._stop.wait()
-            finally:
-                await self._astop()
-
-        def run() -> None:
-            with contextlib.suppress(BaseException):
-                asyncio.run(main())
-
-        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
-        self._thread.start()
-        if not ready.wait(_START_TIMEOUT):
-            raise TimeoutError(f"{self._name} did not start")
-        if failure:
-            raise failure[0]
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # loop already gone
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(_START_TIMEOUT)
-        self._thread = None
 
 
 # == OpenAI /v1/audio/speech ==============================================================
@@ -283,7 +226,7 @@ class FakeSpeechServer:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._runner = _ThreadRunner("fake-speech-server", self.astart, self.astop)
+        self._runner = ThreadRunner("fake-speech-server", self.astart, self.astop)
 
     @property
     def base_url(self) -> str:
@@ -347,7 +290,7 @@ class FakeSpeechServer:
             await conn.aclose()
         handlers = list(self._handlers)
         if handlers:
-            _, stuck = await asyncio.wait(handlers, timeout=_START_TIMEOUT)
+            _, stuck = await asyncio.wait(handlers, timeout=START_TIMEOUT)
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
@@ -750,7 +693,7 @@ class FakeVolcanoServer:
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner = _ThreadRunner("fake-volcano-server", self.astart, self.astop)
+        self._runner = ThreadRunner("fake-volcano-server", self.astart, self.astop)
 
     @property
     def url(self) -> str:

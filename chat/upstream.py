@@ -8,12 +8,17 @@ exception types (``LLMError``, ``TTSError``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 from typing import Any
 
 import httpx
+
+# How long an idle keep-alive connection is kept: shorter than the idle timeouts of common
+# servers and load balancers (60 s and up), so a pooled connection is rarely found dead.
+KEEPALIVE_EXPIRY = 30.0
 
 # What of a server's own error message a room member sees: enough for "model not found" or
 # "Incorrect API key provided: sk-...", short enough for one line in the chat.
@@ -123,3 +128,51 @@ def transport_failure(
         article = "a reply" if product == "reply" else product
         return "malformed", f"{the} sent {article} that could not be decoded."
     return "disconnected", f"{the} closed the connection before the {product} was complete."
+
+
+class LoopClient:
+    """One ``httpx.AsyncClient`` for an upstream service, made in the running event loop.
+
+    A client's pooled sockets belong to the loop that opened them; used from another loop
+    (a test suite with a loop per test) it starts afresh rather than touch sockets of a
+    loop that may be closed. Timeouts: ``read`` is the longest silence between two bytes,
+    including the wait for the response headers; writing the request and waiting for a
+    pooled connection are as quick as connecting.
+    """
+
+    def __init__(
+        self,
+        *,
+        headers: dict[str, str],
+        api_key: str | None,
+        connect_timeout: float,
+        read_timeout: float,
+        max_keepalive: int,
+    ) -> None:
+        self.headers = {"User-Agent": "parley", **headers}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
+        )
+        self.limits = httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=max_keepalive,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        )
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._loop is not loop:
+            self._client = httpx.AsyncClient(
+                headers=self.headers, timeout=self.timeout, limits=self.limits
+            )
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._loop = self._client, None, None
+        if client is not None:
+            await client.aclose()

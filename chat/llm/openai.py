@@ -25,6 +25,7 @@ import httpx
 
 from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
 from chat.upstream import (
+    LoopClient,
     clip,
     content_type,
     error_message,
@@ -46,9 +47,6 @@ _DRAIN_TIMEOUT = 0.25
 # Keep-alive connections held per process. One reply uses one connection; rooms answered
 # one after another reuse it, and a burst across rooms opens more.
 _MAX_KEEPALIVE_CONNECTIONS = 20
-# How long an idle keep-alive connection is kept: shorter than the idle timeouts of
-# common servers and load balancers (60 s and up), so we rarely reuse a dead socket.
-_KEEPALIVE_EXPIRY = 30.0
 
 
 class OpenAIBackend(LLMBackend):
@@ -81,45 +79,16 @@ class OpenAIBackend(LLMBackend):
         self.temperature = temperature
         # Where errors point: scheme, host and port, never the key or a path.
         self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-
-    def _get_client(self) -> httpx.AsyncClient:
-        """The backend's one client, created on first use in the running event loop.
-
-        A client's pooled sockets belong to the loop that opened them; should the backend
-        be used from another loop (a test suite with a loop per test), it starts afresh
-        rather than touch sockets of a loop that may be closed.
-        """
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            headers = {"Accept": "text/event-stream", "User-Agent": "parley"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(
-                    connect=self.connect_timeout,
-                    # Between two bytes of the reply, including the wait for its headers.
-                    read=self.read_timeout,
-                    # The request is a few kilobytes; sending it is as quick as connecting.
-                    write=self.connect_timeout,
-                    # Waiting for a free pooled connection is part of getting connected.
-                    pool=self.connect_timeout,
-                ),
-                limits=httpx.Limits(
-                    max_connections=None,
-                    max_keepalive_connections=_MAX_KEEPALIVE_CONNECTIONS,
-                    keepalive_expiry=_KEEPALIVE_EXPIRY,
-                ),
-            )
-            self._client_loop = loop
-        return self._client
+        self._http = LoopClient(
+            headers={"Accept": "text/event-stream"},
+            api_key=self.api_key,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_keepalive=_MAX_KEEPALIVE_CONNECTIONS,
+        )
 
     async def aclose(self) -> None:
-        client, self._client, self._client_loop = self._client, None, None
-        if client is not None:
-            await client.aclose()
+        await self._http.aclose()
 
     def request_body(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -137,7 +106,7 @@ class OpenAIBackend(LLMBackend):
     async def stream(
         self, messages: Sequence[ChatMessage], usage: Usage
     ) -> AsyncGenerator[str, None]:
-        client = self._get_client()
+        client = self._http.get()
         try:
             async with client.stream("POST", self.url, json=self.request_body(messages)) as resp:
                 if not resp.is_success:

@@ -20,7 +20,6 @@ body was not read to the end: the server sees the disconnect at once.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar, Final, Literal
@@ -28,6 +27,7 @@ from typing import Any, ClassVar, Final, Literal
 import httpx
 
 from chat.upstream import (
+    LoopClient,
     content_type,
     error_message_from_body,
     read_capped,
@@ -46,9 +46,6 @@ _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 _MAX_WAV_HEADER_BYTES: Final = 64 * 1024
 # Keep-alive connections held per process: one per reply speaking at once.
 _MAX_KEEPALIVE_CONNECTIONS: Final = 10
-# Shorter than the idle timeouts of common servers and load balancers (60 s and up), so a
-# pooled connection is rarely found dead.
-_KEEPALIVE_EXPIRY: Final = 30.0
 _WAVE_FORMAT_PCM: Final = 1
 _WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE
 
@@ -90,40 +87,17 @@ class OpenAISpeechEngine(TTSEngine):
         self.instructions = instructions
         # Where errors point: scheme, host and port, never the key or a path.
         self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-
-    def _get_client(self) -> httpx.AsyncClient:
-        """The engine's one client, made in the running loop (its sockets belong to it)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            headers = {"User-Agent": "parley"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(
-                    connect=self.connect_timeout,
-                    # Between two bytes of audio, including the wait for the headers
-                    # (which a server sends once the first audio is ready).
-                    read=self.read_timeout,
-                    write=self.connect_timeout,
-                    pool=self.connect_timeout,
-                ),
-                limits=httpx.Limits(
-                    max_connections=None,
-                    max_keepalive_connections=_MAX_KEEPALIVE_CONNECTIONS,
-                    keepalive_expiry=_KEEPALIVE_EXPIRY,
-                ),
-            )
-            self._client_loop = loop
-        return self._client
+        self._http = LoopClient(
+            headers={},
+            api_key=self.api_key,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            max_keepalive=_MAX_KEEPALIVE_CONNECTIONS,
+        )
 
     async def aclose(self) -> None:
         await super().aclose()
-        client, self._client, self._client_loop = self._client, None, None
-        if client is not None:
-            await client.aclose()
+        await self._http.aclose()
 
     def request_body(self, text: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -142,7 +116,7 @@ class OpenAISpeechEngine(TTSEngine):
         text = text.strip()
         if not text:
             return
-        client = self._get_client()
+        client = self._http.get()
         try:
             async with client.stream("POST", self.url, json=self.request_body(text)) as resp:
                 if not resp.is_success:

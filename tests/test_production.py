@@ -5,11 +5,11 @@ processes on Redis and PostgreSQL (docker-compose.yml runs the same pieces in co
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
-import socket
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import httpx
@@ -37,17 +37,23 @@ def nginx_binary() -> str:
     return found
 
 
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    """Readiness of a freshly started server: its port accepts connections."""
-    deadline = time.monotonic() + timeout
+def wait_started(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """nginx logs "start worker process" once its sockets listen: wait for that line."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put("EOF")
+
+    threading.Thread(target=pump, daemon=True).start()
     while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        line = lines.get(timeout=timeout)
+        if "start worker process" in line:
             return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+        if line == "EOF":
+            raise RuntimeError("nginx exited before it started serving")
 
 
 @pytest.fixture
@@ -72,7 +78,7 @@ def stack(daphne_factory, tmp_path):
     # The wrapper the official image provides around its templates, for a non-root run.
     (tmp_path / "nginx.conf").write_text(f"""
 worker_processes 1;
-error_log {tmp_path}/error.log warn;
+error_log stderr notice;
 pid {tmp_path}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
@@ -86,10 +92,12 @@ http {{
 }}
 """)
     proc = subprocess.Popen(
-        [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"]
+        [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        wait_listening(port)
+        wait_started(proc)
         yield f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", (web1, web2)
     finally:
         proc.terminate()

@@ -88,7 +88,7 @@ async def message_send(
     text, client_id, ask_ai, voice = validate_send(
         text=text, client_id=client_id, ask_ai=ask_ai, voice=voice
     )
-    send_allow(user_id=user.pk)
+    await send_allow(user_id=user.pk)
     manager = get_manager()
     await manager.ensure_started()
     reply_wanted = wants_reply(room=room, text=text, ask_ai=ask_ai)

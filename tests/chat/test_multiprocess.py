@@ -11,6 +11,8 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -295,3 +297,27 @@ async def test_redis_restart_mid_reply(daphne_factory, llm, members):
         await bob.close()
     finally:
         private.kill()
+
+
+def sent_with(client_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
+
+
+async def test_send_rate_limit_is_shared_across_processes(daphne_factory, redis_url, members):
+    limits = {"REDIS_URL": redis_url, "PARLEY_SEND_BURST": "2", "PARLEY_SEND_PER_SECOND": "0.1"}
+    one, two = daphne_factory(**limits), daphne_factory(**limits)
+    room, ann_token, _ = members
+    ann_one = await connect(one, room, ann_token)
+    ann_two = await connect(two, room, ann_token)
+    try:
+        for i, client in enumerate((ann_one, ann_two)):
+            await client.send(action="send", text=f"hi {i}", client_id=f"ok-{i}")
+            await client.wait_for(sent_with(f"ok-{i}"))
+        # The burst of two is spent, whichever process the third send reaches.
+        await ann_one.send(action="send", text="one too many", id="third")
+        error = await ann_one.wait_type("error", id="third")
+        assert error["code"] == "rate_limited"
+        assert 0 < error["retry_after"] <= 10
+    finally:
+        await ann_one.close()
+        await ann_two.close()

@@ -38,8 +38,9 @@ class Room(models.Model):
     )
     voice = models.CharField(max_length=10, choices=VoiceMode.choices, default=VoiceMode.OFF)
     system_prompt = models.TextField(blank=True, default="")
-    # Highest event seq reserved for this room. Seqs are handed out from blocks reserved
-    # here, so a restarted process never reuses one (see chat/events.py).
+    # A floor above every event seq this room has published: seqs are handed out from
+    # blocks reserved here (one process) or raised past each published seq (Redis), so
+    # neither a restarted process nor a restarted Redis reuses one (chat/events/).
     seq_reserved = models.BigIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
 

@@ -96,6 +96,17 @@ def connect_failure(exc: BaseException) -> str:
     return clip(str(exc)) or type(exc).__name__
 
 
+async def status_failure(resp: httpx.Response, *, service: str, limit: int) -> str:
+    """The reason for a non-2xx answer: its status and the server's own message."""
+    body = await read_capped(resp, limit)
+    status = f"HTTP {resp.status_code}"
+    if resp.reason_phrase:
+        status += f" {resp.reason_phrase}"
+    message = error_message_from_body(body)
+    reason = f"The {service} answered {status}"
+    return f"{reason}: {message}" if message else f"{reason}."
+
+
 def transport_failure(
     exc: httpx.HTTPError,
     *,

@@ -44,12 +44,6 @@ class SpeechStats:
     chunks: int = 0
     error: str = ""
 
-    @property
-    def real_time_factor(self) -> float | None:
-        if not self.audio_seconds:
-            return None
-        return self.synthesis_seconds / self.audio_seconds
-
 
 @dataclass(eq=False)
 class ReplySpeech:

@@ -31,6 +31,7 @@ from chat.upstream import (
     error_message,
     error_message_from_body,
     read_capped,
+    status_failure,
     transport_failure,
 )
 
@@ -120,13 +121,8 @@ class OpenAIBackend(LLMBackend):
             raise self._transport_error(exc) from exc
 
     async def _status_error(self, resp: httpx.Response) -> LLMError:
-        body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)
-        status = f"HTTP {resp.status_code}"
-        if resp.reason_phrase:
-            status += f" {resp.reason_phrase}"
-        message = error_message_from_body(body)
-        reason = f"The model server answered {status}"
-        return LLMError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
+        reason = await status_failure(resp, service="model server", limit=_MAX_ERROR_BODY_BYTES)
+        return LLMError("upstream_status", reason)
 
     async def _json_instead_of_stream(self, resp: httpx.Response) -> LLMError:
         body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)

@@ -70,7 +70,6 @@ Each returns the request's record as it is at that moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import itertools
 import json
@@ -79,10 +78,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any, Literal
 
-from tests.support.loopback import START_TIMEOUT, ThreadRunner
+from tests.support.loopback import Connection, LoopbackHTTPServer
 
 Mode = Literal[
     "normal", "slow", "error_status", "malformed", "error_event", "disconnect", "hang", "endless"
@@ -194,110 +192,10 @@ class RecordedRequest:
     closed_by: Literal["client", "server"] | None = None
 
 
-class _Connection:
-    """One accepted socket: a background reader fills a buffer and notices the close."""
-
-    def __init__(
-        self,
-        ident: int,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        on_close: Callable[[_Connection], None],
-    ) -> None:
-        self.ident = ident
-        self.reader = reader
-        self.writer = writer
-        self.buffer = bytearray()
-        self.closed = asyncio.Event()
-        self.closed_at: float | None = None
-        self.closing_by_server = False
-        self._data = asyncio.Event()
-        self._on_close = on_close
-        self._reader_task = asyncio.create_task(self._read_forever())
-
-    async def _read_forever(self) -> None:
-        try:
-            while True:
-                try:
-                    data = await self.reader.read(65536)
-                except (ConnectionError, OSError):
-                    data = b""
-                if not data:
-                    break
-                self.buffer += data
-                self._data.set()
-        finally:
-            # The moment the peer's FIN (or RST) reached us: what tests measure.
-            self.closed_at = time.monotonic()
-            self.closed.set()
-            self._data.set()
-            self._on_close(self)
-
-    async def _more(self) -> bool:
-        if self.closed.is_set():
-            return False
-        self._data.clear()
-        await self._data.wait()
-        return True
-
-    async def read_until(self, sep: bytes, limit: int) -> bytes | None:
-        while True:
-            at = self.buffer.find(sep)
-            if at >= 0:
-                chunk = bytes(self.buffer[: at + len(sep)])
-                del self.buffer[: at + len(sep)]
-                return chunk
-            if len(self.buffer) > limit or not await self._more():
-                return None
-
-    async def read_exactly(self, n: int) -> bytes | None:
-        while len(self.buffer) < n:
-            if not await self._more():
-                return None
-        chunk = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return chunk
-
-    async def gone_within(self, seconds: float | None) -> bool:
-        """Wait up to ``seconds`` (None: forever) for the client to leave; True if it did."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self.closed.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def send(self, data: bytes) -> bool:
-        """Write and flush; False if the client is gone."""
-        if self.closed.is_set():
-            return False
-        try:
-            self.writer.write(data)
-            await self.writer.drain()
-        except (ConnectionError, OSError):
-            return False
-        return not self.closed.is_set()
-
-    async def close(self) -> None:
-        if not self.closed.is_set():
-            self.closing_by_server = True
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-
-    async def aclose(self) -> None:
-        if not self.closed.is_set():
-            self.closing_by_server = True
-        self._reader_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader_task
-        await self.close()
-
-
 class _Reply:
     """Writes one HTTP response, chunked or delimited by the close."""
 
-    def __init__(self, conn: _Connection, chunked: bool) -> None:
+    def __init__(self, conn: Connection, chunked: bool) -> None:
         self.conn = conn
         self.chunked = chunked
 
@@ -327,7 +225,7 @@ def _copy(record: RecordedRequest) -> RecordedRequest:
     return replace(record, headers=dict(record.headers), piece_times=list(record.piece_times))
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackHTTPServer):
     def __init__(
         self,
         default: Scenario | None = None,
@@ -337,19 +235,13 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(name="fake-openai-server", host=host, port=port)
         self.model = model
         self.api_key = api_key
-        self.host = host
-        self.port = port
         self._default = default or Scenario.normal()
         self._queue: deque[Scenario] = deque()
         self._requests: list[RecordedRequest] = []
         self._cond = threading.Condition()
-        self._connection_ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._runner = ThreadRunner("fake-openai-server", self.astart, self.astop)
 
     # -- what tests use ------------------------------------------------------------------
 
@@ -425,81 +317,9 @@ class FakeOpenAIServer:
             r = self._requests[index]
             return _copy(r)
 
-    # -- running in the current loop -----------------------------------------------------
-
-    async def astart(self) -> FakeOpenAIServer:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def astop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Hang up on every client; each handler then sees its connection closed and ends
-        # on its own (cancelling them trips a Python 3.11 asyncio bug that logs noise).
-        for conn in list(self._connections):
-            await conn.aclose()
-        handlers = list(self._handlers)
-        if handlers:
-            _, stuck = await asyncio.wait(handlers, timeout=START_TIMEOUT)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> FakeOpenAIServer:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
-
-    # -- running in a background thread --------------------------------------------------
-
-    def start(self) -> FakeOpenAIServer:
-        """Serve from a daemon thread with its own event loop; return once listening."""
-        self._runner.start()
-        return self
-
-    def stop(self) -> None:
-        self._runner.stop()
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- the HTTP side -------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        conn = _Connection(next(self._connection_ids), reader, writer, self._connection_closed)
-        self._connections.add(conn)
-        try:
-            while await self._serve_one(conn):
-                pass
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            await conn.close()
-            self._handlers.discard(task)
-
-    def _connection_closed(self, conn: _Connection) -> None:
-        self._connections.discard(conn)
+    def connection_closed(self, conn: Connection) -> None:
         with self._cond:
             for r in self._requests:
                 if r.connection == conn.ident and r.disconnected_at is None:
@@ -507,7 +327,7 @@ class FakeOpenAIServer:
                     r.closed_by = "server" if conn.closing_by_server else "client"
             self._cond.notify_all()
 
-    async def _serve_one(self, conn: _Connection) -> bool:
+    async def _serve_one(self, conn: Connection) -> bool:
         """Read and answer one request; False when the connection is done."""
         head = await conn.read_until(b"\r\n\r\n", _MAX_HEAD_BYTES)
         if head is None:
@@ -549,7 +369,7 @@ class FakeOpenAIServer:
             await self._json(conn, 404, _error_body(f"Unknown URL: {method} {path}", "not_found"))
         return keep_alive and not conn.closed.is_set()
 
-    async def _read_body(self, conn: _Connection, headers: dict[str, str]) -> bytes | None:
+    async def _read_body(self, conn: Connection, headers: dict[str, str]) -> bytes | None:
         if "chunked" in headers.get("transfer-encoding", "").lower():
             body = bytearray()
             while True:
@@ -566,7 +386,7 @@ class FakeOpenAIServer:
         length = int(headers.get("content-length", "0") or "0")
         return await conn.read_exactly(length)
 
-    async def _json(self, conn: _Connection, status: int, payload: object) -> bool:
+    async def _json(self, conn: Connection, status: int, payload: object) -> bool:
         data = json.dumps(payload).encode()
         head = (
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
@@ -587,7 +407,7 @@ class FakeOpenAIServer:
         with self._cond:
             return self._queue.popleft() if self._queue else self._default
 
-    async def _chat(self, conn: _Connection, record: RecordedRequest, body: Any) -> bool:
+    async def _chat(self, conn: Connection, record: RecordedRequest, body: Any) -> bool:
         """Answer a chat completions request; False if the connection must not be reused."""
         scenario = self._next_scenario()
         with self._cond:
@@ -626,7 +446,7 @@ class FakeOpenAIServer:
             record.pieces_sent += 1
             record.piece_times.append(time.monotonic())
 
-    def _mark_finished(self, record: RecordedRequest, conn: _Connection) -> None:
+    def _mark_finished(self, record: RecordedRequest, conn: Connection) -> None:
         with self._cond:
             record.finished = not conn.closed.is_set()
             self._cond.notify_all()
@@ -638,7 +458,7 @@ class _Stream:
     def __init__(
         self,
         server: FakeOpenAIServer,
-        conn: _Connection,
+        conn: Connection,
         record: RecordedRequest,
         scenario: Scenario,
         model: str,

@@ -82,8 +82,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 # How long start() waits for the background thread's server, and stop() for it to end.
-from tests.support.loopback import START_TIMEOUT, ThreadRunner
-from tests.support.openai_server import _Connection
+from tests.support.loopback import Connection, LoopbackHTTPServer, ThreadRunner
 
 # A request head larger than this is not from an HTTP client we care about.
 _MAX_HEAD_BYTES = 64 * 1024
@@ -206,7 +205,7 @@ def wav_header(sample_rate: int, data_size: int) -> bytes:
     )
 
 
-class FakeSpeechServer:
+class FakeSpeechServer(LoopbackHTTPServer):
     def __init__(
         self,
         default: SpeechScenario | None = None,
@@ -215,18 +214,12 @@ class FakeSpeechServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(name="fake-speech-server", host=host, port=port)
         self.api_key = api_key
-        self.host = host
-        self.port = port
         self._default = default or SpeechScenario.normal()
         self._queue: deque[SpeechScenario] = deque()
         self._requests: list[SpeechRequest] = []
         self._waiter = _Waiter()
-        self._ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._runner = ThreadRunner("fake-speech-server", self.astart, self.astop)
 
     @property
     def base_url(self) -> str:
@@ -278,74 +271,7 @@ class FakeSpeechServer:
 
     # -- running -------------------------------------------------------------------------
 
-    async def astart(self) -> FakeSpeechServer:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def astop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._connections):
-            await conn.aclose()
-        handlers = list(self._handlers)
-        if handlers:
-            _, stuck = await asyncio.wait(handlers, timeout=START_TIMEOUT)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> FakeSpeechServer:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
-
-    def start(self) -> FakeSpeechServer:
-        self._runner.start()
-        return self
-
-    def stop(self) -> None:
-        self._runner.stop()
-
-    def __enter__(self) -> FakeSpeechServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- HTTP ----------------------------------------------------------------------------
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        conn = _Connection(next(self._ids), reader, writer, self._closed)
-        self._connections.add(conn)
-        try:
-            while await self._serve_one(conn):
-                pass
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            await conn.close()
-            self._handlers.discard(task)
-
-    def _closed(self, conn: _Connection) -> None:
-        self._connections.discard(conn)
+    def connection_closed(self, conn: Connection) -> None:
         with self._waiter.cond:
             for r in self._requests:
                 if r.connection == conn.ident and r.disconnected_at is None:
@@ -353,7 +279,7 @@ class FakeSpeechServer:
                     r.closed_by = "server" if conn.closing_by_server else "client"
             self._waiter.cond.notify_all()
 
-    async def _serve_one(self, conn: _Connection) -> bool:
+    async def _serve_one(self, conn: Connection) -> bool:
         head = await conn.read_until(b"\r\n\r\n", _MAX_HEAD_BYTES)
         if head is None:
             return False
@@ -394,7 +320,7 @@ class FakeSpeechServer:
         with self._waiter.cond:
             return self._queue.popleft() if self._queue else self._default
 
-    async def _speech(self, conn: _Connection, record: SpeechRequest, body: Any) -> bool:
+    async def _speech(self, conn: Connection, record: SpeechRequest, body: Any) -> bool:
         s = self._next()
         with self._waiter.cond:
             record.scenario = s
@@ -459,7 +385,7 @@ class FakeSpeechServer:
             self._waiter.cond.notify_all()
         return True
 
-    async def _piece(self, conn: _Connection, record: SpeechRequest, piece: bytes) -> bool:
+    async def _piece(self, conn: Connection, record: SpeechRequest, piece: bytes) -> bool:
         if not await conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n"):
             return False
         with self._waiter.cond:
@@ -474,7 +400,7 @@ def _openai_error(message: str) -> dict[str, Any]:
     }
 
 
-async def _send_json(conn: _Connection, status: int, payload: object) -> bool:
+async def _send_json(conn: Connection, status: int, payload: object) -> bool:
     data = json.dumps(payload).encode()
     head = (
         f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"

@@ -31,6 +31,7 @@ from chat.upstream import (
     content_type,
     error_message_from_body,
     read_capped,
+    status_failure,
     transport_failure,
 )
 from voice.engines.base import AudioChunk, PCMChunker, TTSEngine, TTSError
@@ -137,13 +138,8 @@ class OpenAISpeechEngine(TTSEngine):
             raise self._transport_error(exc) from exc
 
     async def _status_error(self, resp: httpx.Response) -> TTSError:
-        body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)
-        status = f"HTTP {resp.status_code}"
-        if resp.reason_phrase:
-            status += f" {resp.reason_phrase}"
-        message = error_message_from_body(body)
-        reason = f"The speech server answered {status}"
-        return TTSError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
+        reason = await status_failure(resp, service="speech server", limit=_MAX_ERROR_BODY_BYTES)
+        return TTSError("upstream_status", reason)
 
     async def _not_audio(self, resp: httpx.Response) -> TTSError:
         body = await read_capped(resp, _MAX_ERROR_BODY_BYTES)

@@ -53,7 +53,15 @@ def user_from_bearer(raw: str) -> User:
     now = timezone.now()
     if token.last_used is None or now - token.last_used > LAST_USED_RESOLUTION:
         ApiToken.objects.filter(pk=token.pk).update(last_used=now)
+    # Open connections re-check their token by id while they last (chat/events/delivery.py).
+    token.user.api_token_id = token.pk  # type: ignore[attr-defined]
     return token.user
+
+
+def token_id_of(user: Any) -> int | None:
+    """The id of the API token that authenticated ``user`` (None for a session)."""
+    value = getattr(user, "api_token_id", None)
+    return value if isinstance(value, int) else None
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -66,26 +74,32 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
 class BearerTokenAuthMiddleware:
     """ASGI middleware for WebSocket: a bearer token in the handshake sets ``scope['user']``.
 
-    Runs inside Channels' AuthMiddlewareStack, so a request without the header keeps the
-    session user. A header with a bad token leaves the connection anonymous; the consumer
-    then closes with 4401 (PROTOCOL.md section 5).
+    A handshake with the header skips the session stack altogether (one thread hop for the
+    token, none for an empty session); one without it goes through Channels'
+    AuthMiddlewareStack for the session user. A header with a bad token leaves the
+    connection anonymous; the consumer then closes with 4401 (PROTOCOL.md section 5).
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.session_stack = AuthMiddlewareStack(inner)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         try:
             raw = bearer_from_header(_header(scope.get("headers", []), b"authorization"))
-            if raw is not None:
-                scope = {**scope, "user": await sync_to_async(user_from_bearer)(raw)}
         except BadCredentials:
-            scope = {**scope, "user": AnonymousUser()}
-        return await self.inner(scope, receive, send)
+            return await self.inner({**scope, "user": AnonymousUser()}, receive, send)
+        if raw is None:
+            return await self.session_stack(scope, receive, send)
+        try:
+            user: Any = await sync_to_async(user_from_bearer)(raw)
+        except BadCredentials:
+            user = AnonymousUser()
+        return await self.inner({**scope, "user": user}, receive, send)
 
 
 def AuthStack(inner: Any) -> Any:  # noqa: N802 - named like Channels' AuthMiddlewareStack
-    return AuthMiddlewareStack(BearerTokenAuthMiddleware(inner))
+    return BearerTokenAuthMiddleware(inner)
 
 
 class OriginValidator(_ChannelsOriginValidator):

@@ -1,32 +1,30 @@
 """The room WebSocket (PROTOCOL.md section 5). Thin: parse, check, call a service.
 
-Durable events pass through a ``RoomFeed`` (chat/feed.py), which keeps them in order with
-no gap and no duplicate; the SSE view uses the same feed.
+Room events do not come through the channel layer to each connection: the process's
+``RoomChannel`` (chat/events/delivery.py) receives each event once and writes it, encoded
+once, to every local subscriber. This consumer opens and closes its ``Subscription`` and
+handles the client's frames; the SSE view uses the same ``Subscription``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from chat import selectors
-from chat.errors import BadJson, BadRequest, NotFound, ParleyError, RateLimited
-from chat.events import get_hub, group_name, room_live_emit
-from chat.feed import RoomFeed
+from accounts.auth import token_id_of
+from chat.errors import BadJson, BadRequest, Forbidden, NotFound, ParleyError, RateLimited
+from chat.events import StoreUnavailable, room_live_emit
+from chat.events.delivery import Subscription, WebSocketSubscriber, admit
 from chat.models import Room
-from chat.presence import get_presence
 from chat.replies import get_manager, message_send, reply_control
-from chat.serializers import room_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +33,8 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_MEMBER = 4403
 CLOSE_NO_ROOM = 4404
 CLOSE_TOO_BIG = 1009
+# The store is unreachable (Redis restarting): "try again later" (RFC 6455 section 7.4.1).
+CLOSE_TRY_AGAIN = 1013
 
 # A typing indicator lasts a few seconds on screen; relaying more than one per second
 # per connection adds nothing but traffic.
@@ -42,14 +42,25 @@ TYPING_MIN_INTERVAL = 1.0
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
+    # No channel-layer channel per connection: an idle member costs its socket and its
+    # pings, nothing else (its room events arrive through the room's RoomChannel).
+    channel_layer_alias = "parley.no-channel-per-connection"
+
     user: User
     room: Room
-    feed: RoomFeed
-    audio: bool
+    subscription: Subscription | None = None
+    sub: WebSocketSubscriber
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' dispatch makes a thread-pool hop (aclose_old_connections) before every
+        # handler. Every ORM call here runs through database_sync_to_async, which closes
+        # stale connections in its own thread, so the hop only costs (STYLE.md hot paths).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
-        self.room_id: int | None = None
-        self.audio = False
         self.last_typing = 0.0
         user = self.scope.get("user")
         # Accept first so the client can read the close code (a close before accept is
@@ -61,85 +72,46 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.user = user
         slug = self.scope["url_route"]["kwargs"]["slug"]
         try:
-            self.room = await database_sync_to_async(selectors.room_get)(slug=slug, user=user)
+            self.room = await admit(slug=slug, user=user)
         except NotFound:
             await self.close(code=CLOSE_NO_ROOM)
             return
-        if not await database_sync_to_async(selectors.is_member)(room=self.room, user=user):
+        except Forbidden:
             await self.close(code=CLOSE_NOT_MEMBER)
             return
         after, after_error = _parse_after(self.scope.get("query_string", b""))
-
-        await get_manager().ensure_started()
-        self.room_id = self.room.pk
-        self.feed = RoomFeed(self.room.pk, self._send_json)
-        # Subscribe before reading the head: whatever happens after it arrives live, and
-        # anything both replayed and live is sent once (chat/feed.py).
-        await self.channel_layer.group_add(group_name(self.room.pk), self.channel_name)
-        head = await get_hub().head(self.room.pk)
-        presence = get_presence()
-        came_online = await presence.join(self.room.pk, self.user.get_username())
-        await self._send_json(
-            {
-                "type": "hello",
-                "room": room_to_dict(self.room, head=head),
-                "you": self.user.get_username(),
-                "head": head,
-                "online": await presence.online(self.room.pk),
-            }
+        self.sub = WebSocketSubscriber(
+            self.base_send,
+            user_id=user.pk,
+            username=user.get_username(),
+            token_id=token_id_of(user),
         )
+        subscription = Subscription(room=self.room, sub=self.sub, after=after)
+        try:
+            await get_manager().ensure_started()
+            hello = await subscription.open()
+        except StoreUnavailable:
+            await subscription.close()
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        self.subscription = subscription
+        await self._send_json(hello)
         if after_error:
             await self._error("bad_request", after_error, None)
-        await self.feed.start(head=head, after=after)
-        self.resync = asyncio.create_task(self._watch_head())
-        if came_online:
-            await self._broadcast_presence()
+        try:
+            await subscription.start()
+        except StoreUnavailable:
+            await self.close(code=CLOSE_TRY_AGAIN)
 
     async def disconnect(self, code: int) -> None:
-        if self.room_id is None:
-            return
-        self.resync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.resync
-        await self.channel_layer.group_discard(group_name(self.room_id), self.channel_name)
-        if await get_presence().leave(self.room_id, self.user.get_username()):
-            await self._broadcast_presence()
-
-    async def _watch_head(self) -> None:
-        while True:
-            await asyncio.sleep(settings.PARLEY_RESYNC_INTERVAL)
-            await self.feed.check_head()
-
-    # --- events from the room ---
-
-    async def room_event(self, message: dict[str, Any]) -> None:
-        await self.feed.deliver(message["event"])
-
-    async def room_audio(self, message: dict[str, Any]) -> None:
-        if not self.audio:
-            return
-        if "frame" in message:
-            await self.send(bytes_data=message["frame"])
-        else:
-            await self._send_json(message["event"])
-
-    async def room_live(self, message: dict[str, Any]) -> None:
-        if message.get("exclude") == self.channel_name:
-            return
-        await self._send_json(message["event"])
-
-    async def _broadcast_presence(self) -> None:
-        assert self.room_id is not None
-        await room_live_emit(
-            room_id=self.room_id,
-            event={"type": "presence", "online": await get_presence().online(self.room_id)},
-        )
+        if self.subscription is not None:
+            await self.subscription.close()
 
     # --- frames from the client ---
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.room_id is None:
-            return
+        if self.subscription is None or self.sub.ended:
+            return  # not admitted, or cut off (revoked, too slow): nothing more is done
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > settings.PARLEY_MAX_FRAME_BYTES:
             await self.close(code=CLOSE_TOO_BIG)
@@ -179,7 +151,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except ParleyError as exc:
             await self._error(exc.code, exc.detail, request_id)
         except Exception:
-            logger.exception("room %s: action failed", self.room_id)
+            logger.exception("room %s: action failed", self.room.pk)
             await self._error("internal", "something went wrong; try again", request_id)
 
     async def action_send(self, frame: dict[str, Any], request_id: object) -> None:
@@ -212,18 +184,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if now - self.last_typing < TYPING_MIN_INTERVAL:
             return
         self.last_typing = now
-        assert self.room_id is not None
         await room_live_emit(
-            room_id=self.room_id,
+            room_id=self.room.pk,
             event={"type": "typing", "username": self.user.get_username()},
-            exclude=self.channel_name,
+            exclude=self.sub.id,
         )
 
     async def action_audio(self, frame: dict[str, Any], request_id: object) -> None:
         enabled = frame.get("enabled")
         if not isinstance(enabled, bool):
             raise BadRequest("enabled must be true or false")
-        self.audio = enabled
+        if self.sub.room is not None:
+            self.sub.room.set_audio(self.sub, enabled)
 
     async def action_ping(self, frame: dict[str, Any], request_id: object) -> None:
         await self._send_json({"type": "pong", "id": request_id})

@@ -22,6 +22,20 @@ from chat import redis as redis_conn
 logger = logging.getLogger(__name__)
 
 
+def online_fields(online: list[str]) -> dict[str, object]:
+    """``online`` for ``hello`` and ``presence``: the names, at most
+    PARLEY_PRESENCE_LIST_MAX of them, and ``online_count`` (a Parley extension) when the
+    list is cut, so a room of thousands does not send thousands of names to each member."""
+    limit = settings.PARLEY_PRESENCE_LIST_MAX
+    if len(online) <= limit:
+        return {"online": online}
+    return {"online": online[:limit], "online_count": len(online)}
+
+
+def presence_event(online: list[str]) -> dict[str, object]:
+    return {"type": "presence", **online_fields(online)}
+
+
 def _key(room_id: int) -> str:
     return f"parley:r:{room_id}:online"
 

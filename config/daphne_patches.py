@@ -5,7 +5,12 @@
    ``close(code=1009)`` into a crash (1011). The patched ``serverClose`` sends a close frame
    with 1009 itself.
 
-2. Slow WebSocket clients: a bounded outbound buffer per connection, then close 4408.
+2. Slow clients: a bounded outbound buffer per connection, then close 4408 (WebSocket) or
+   the end of the response (SSE).
+
+3. Encode once, write many: a frame prepared once (``prepare_frame``) is written to every
+   member's connection as it is, with no per-member UTF-8 encode or WebSocket framing.
+   A send to a connection that is closing or closed is a no-op, never an exception.
 
 Daphne writes every frame the application sends straight into the connection's Twisted
 transport, which buffers without limit when the client stops reading: one stalled
@@ -15,7 +20,13 @@ setting for this and the application cannot see the buffer, so Parley wraps daph
 4408 (PROTOCOL.md: "the client read too slowly and fell behind; reconnect with after")
 and nothing more is queued for it. If the client does not answer the close within
 ``SLOW_CLOSE_GRACE``, autobahn drops the TCP connection, freeing the buffer. Other
-connections are untouched.
+connections are untouched. An SSE response (an HTTP body that keeps streaming) has the
+same bound on its transport: past it daphne's connection is aborted, Django cancels the
+stream, and the client resumes with ``Last-Event-ID``.
+
+Prepared frames travel in the ASGI ``websocket.send`` message under the key
+``parley.frame`` (an autobahn ``PreparedMessage``) beside the usual ``text`` / ``bytes``,
+so a server without this patch (Channels' test communicator) still reads ``text``.
 """
 
 from __future__ import annotations
@@ -45,16 +56,74 @@ def unsent_bytes(transport: Any) -> int:
 PROTOCOL_CLOSE_CODES = frozenset({1008, 1009, 1011})
 
 
+FRAME_KEY = "parley.frame"
+
+try:  # the server's WebSocket library; absent where Parley runs without daphne
+    from autobahn.websocket.protocol import PreparedMessage
+except ImportError:  # pragma: no cover - daphne depends on autobahn
+    PreparedMessage = None
+
+
+def prepare_frame(payload: bytes, *, binary: bool) -> Any:
+    """One server-to-client WebSocket frame, built once for every connection (no mask, no
+    compression: daphne negotiates none), or None where daphne is not serving."""
+    if PreparedMessage is None or not _installed:
+        return None
+    return PreparedMessage(payload, binary, False, True)
+
+
+_installed = False
+
+
 def install(limit: int) -> None:
     """Patch daphne's WebSocket protocol (idempotent; a no-op outside daphne)."""
     try:
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # not running under daphne
         return
+    global _installed
     if getattr(WebSocketProtocol, "_parley_patched", False):
+        _installed = True
         return
+    from daphne.http_protocol import WebRequest
+
     original = WebSocketProtocol.serverSend
     original_close = WebSocketProtocol.serverClose
+    original_reply = WebSocketProtocol.handle_reply
+    original_http_reply = WebRequest.handle_reply
+
+    def too_slow(self: Any) -> bool:
+        """Cut a connection whose unsent bytes passed the bound (once); True if cut."""
+        if getattr(self, "_parley_too_slow", False):
+            return True
+        if self.state == self.STATE_OPEN and unsent_bytes(self.transport) > limit:
+            self._parley_too_slow = True
+            self.closeHandshakeTimeout = SLOW_CLOSE_GRACE
+            logger.warning("closing a WebSocket that fell %d bytes behind (4408)", limit)
+            self.sendClose(code=CLOSE_TOO_SLOW, reason="too slow; reconnect with after")
+            return True
+        return False
+
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.send":
+            # A member that left mid-reply: drop the frame (autobahn would raise
+            # Disconnected and crash the sender, which then never ran its cleanup).
+            if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+                return
+            prepared = message.get(FRAME_KEY)
+            if prepared is not None and self.state == self.STATE_OPEN:
+                if not too_slow(self):
+                    self.sendPreparedMessage(prepared)
+                return
+        original_reply(self, message)
+
+    def http_reply(self: Any, message: dict[str, Any]) -> None:
+        original_http_reply(self, message)
+        if message.get("type") == "http.response.body" and message.get("more_body"):
+            transport = getattr(self.channel, "transport", None)
+            if transport is not None and unsent_bytes(transport) > limit:
+                logger.warning("ending a streamed response that fell %d bytes behind", limit)
+                transport.abortConnection()
 
     def server_close(self: Any, code: int | None = None) -> None:
         if code in PROTOCOL_CLOSE_CODES:
@@ -63,16 +132,13 @@ def install(limit: int) -> None:
         original_close(self, code)
 
     def server_send(self: Any, content: Any, binary: bool = False) -> None:
-        if getattr(self, "_parley_too_slow", False):
-            return
-        if self.state == self.STATE_OPEN and unsent_bytes(self.transport) > limit:
-            self._parley_too_slow = True
-            self.closeHandshakeTimeout = SLOW_CLOSE_GRACE
-            logger.warning("closing a WebSocket that fell %d bytes behind (4408)", limit)
-            self.sendClose(code=CLOSE_TOO_SLOW, reason="too slow; reconnect with after")
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED) or too_slow(self):
             return
         original(self, content, binary)
 
     WebSocketProtocol.serverSend = server_send
     WebSocketProtocol.serverClose = server_close
+    WebSocketProtocol.handle_reply = handle_reply
+    WebRequest.handle_reply = http_reply
     WebSocketProtocol._parley_patched = True
+    _installed = True

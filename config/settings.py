@@ -184,10 +184,16 @@ PARLEY_LOG_MAX_EVENTS = env.int("PARLEY_LOG_MAX_EVENTS", default=30000)
 # Seqs are reserved from the database in blocks so that a restarted process never reuses
 # one, at one database write per block rather than one per event.
 PARLEY_SEQ_BLOCK = env.int("PARLEY_SEQ_BLOCK", default=1000)
-# Nagle-style delta coalescing: text goes out at once when the previous delta left at
-# least this long ago; otherwise it is merged into the next frame, sent when the window
-# ends. 30 ms is below what a reader perceives and caps a reply at ~33 frames/s per member.
-PARLEY_DELTA_WINDOW = env.float("PARLEY_DELTA_WINDOW", default=0.03)
+# Adaptive delta coalescing: a reply's text goes out at once when the room's outbound is
+# idle (this process has written the previous delta to every local member) and at least
+# this long after the previous delta; otherwise it is merged into the next one. 5 ms caps a
+# reply at 200 frames/s, which a reader cannot tell from per-token, and keeps every token
+# of a model at 50-100 tokens/s its own frame in a quiet room.
+PARLEY_DELTA_MIN_INTERVAL = env.float("PARLEY_DELTA_MIN_INTERVAL", default=0.005)
+# The longest a delta waits for the room's outbound to drain before it goes anyway: a
+# stalled fan-out (thousands of members) then merges tokens at ~20 frames/s instead of
+# holding the text back.
+PARLEY_DELTA_MAX_WAIT = env.float("PARLEY_DELTA_MAX_WAIT", default=0.05)
 # While streaming, the reply's text is saved at least this often, so a crash loses at
 # most this much (PROTOCOL.md section 4), without a database write per token.
 PARLEY_SAVE_INTERVAL = env.float("PARLEY_SAVE_INTERVAL", default=1.0)
@@ -210,9 +216,23 @@ PARLEY_REDIS_TTL = env.int("PARLEY_REDIS_TTL", default=24 * 3600)
 # How long an event emit keeps retrying while Redis is unreachable (a restart takes a
 # few seconds) before the reply it belongs to fails cleanly.
 PARLEY_STORE_RETRY_SECONDS = env.float("PARLEY_STORE_RETRY_SECONDS", default=15.0)
-# Each connection checks this often whether it missed the room's latest event (a pub/sub
-# message lost while Redis restarted), and catches up from the log if so.
+# Each room, once per process, checks this often whether it missed the room's latest event
+# (a pub/sub message lost while Redis restarted) and catches up from the log if so; the
+# same timer re-checks its connections' access, so a revoked token, a deactivated user or
+# a removed member is cut off within this (plus one query) - well inside 5 s.
 PARLEY_RESYNC_INTERVAL = env.float("PARLEY_RESYNC_INTERVAL", default=2.0)
+# Recent encoded frames each room keeps per process: a reconnect storm after a blip replays
+# from them with no store read and no encode (the log itself holds far more).
+PARLEY_FANOUT_RECENT_FRAMES = env.int("PARLEY_FANOUT_RECENT_FRAMES", default=1000)
+# A room with no connection left in a process keeps its subscription this long, so members
+# reconnecting after a deploy or a network blip find it warm.
+PARLEY_ROOM_LINGER = env.float("PARLEY_ROOM_LINGER", default=30.0)
+# Presence changes of one room are broadcast at most this often: a burst of joins makes one
+# event, not one per join to every member (N joins x N members).
+PARLEY_PRESENCE_DEBOUNCE = env.float("PARLEY_PRESENCE_DEBOUNCE", default=0.25)
+# Names listed in hello/presence "online"; past it the list is cut and "online_count" says
+# how many are online (no screen shows thousands of names; the event stays small).
+PARLEY_PRESENCE_LIST_MAX = env.int("PARLEY_PRESENCE_LIST_MAX", default=200)
 # A process proves it is alive by refreshing a Redis key this often; replies of a process
 # silent for PARLEY_WORKER_LEASE seconds are marked interrupted by the survivors. The
 # lease is several heartbeats long so one slow beat never kills a live process's reply.

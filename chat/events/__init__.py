@@ -1,5 +1,9 @@
 """Where every durable room event is born, recorded and fanned out.
 
+The package reads top to bottom as an event's route: born and stored here
+(``room_event_emit`` → ``EventHub.emit`` → the store in ``memory.py`` / ``redis_store.py``),
+encoded once in ``frames.py``, delivered and replayed in ``delivery.py``.
+
 ``room_event_emit`` is the only function that creates a durable room event: the store
 assigns the room's next ``seq`` and records it for replay, then the event goes through the
 channel layer to the room's group. Consumers and views never call ``group_send`` for room
@@ -103,7 +107,6 @@ class EventHub:
         self.store = store or make_store()
         # Emits of one room from this process go out in seq order.
         self._locks: dict[int, asyncio.Lock] = {}
-        self._heads: dict[int, tuple[float, int]] = {}
 
     def _lock(self, room_id: int) -> asyncio.Lock:
         lock = self._locks.get(room_id)
@@ -137,17 +140,6 @@ class EventHub:
 
     async def head(self, room_id: int) -> int:
         return await self.store.head(room_id)
-
-    async def recent_head(self, room_id: int) -> int:
-        """The head as read at most half a resync interval ago: the connections of one
-        room on this process share one store read per check."""
-        now = time.monotonic()
-        cached = self._heads.get(room_id)
-        if cached is not None and now - cached[0] < settings.PARLEY_RESYNC_INTERVAL / 2:
-            return cached[1]
-        head = await self.store.head(room_id)
-        self._heads[room_id] = (now, head)
-        return head
 
     async def replay(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
         return await self.store.since(room_id, after)
@@ -198,7 +190,7 @@ async def room_live_emit(
 ) -> None:
     """Fan out a live-only event (presence, typing): no seq, never replayed.
 
-    ``exclude`` names a channel that should not get it (the typist's own connection).
+    ``exclude`` names a subscriber that should not get it (the typist's own connection).
     """
     layer = get_channel_layer()
     assert layer is not None

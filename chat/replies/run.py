@@ -22,6 +22,7 @@ from django.conf import settings
 
 from chat.errors import NotGenerating
 from chat.events import room_event_emit
+from chat.events.delivery import wait_room_drained
 from chat.llm import LLMError, Usage, get_backend
 from chat.llm.base import ChatMessage
 from chat.models import Status, VoiceMode
@@ -164,8 +165,13 @@ class ReplyRun:
             self.wake.set()
 
     async def _steer(self, reader: asyncio.Task[None]) -> None:
-        window = settings.PARLEY_DELTA_WINDOW
-        last_emit = -window
+        # Adaptive coalescing: text goes out at once while the room's outbound is idle;
+        # it is merged only while this process is still writing the previous delta to its
+        # members (up to PARLEY_DELTA_MAX_WAIT), or within PARLEY_DELTA_MIN_INTERVAL.
+        gap = settings.PARLEY_DELTA_MIN_INTERVAL
+        max_wait = settings.PARLEY_DELTA_MAX_WAIT
+        last_emit = -gap
+        last_seq = 0
         last_save = time.monotonic()
         saved_len = 0
         while True:
@@ -186,9 +192,15 @@ class ReplyRun:
                     return
             timeout: float | None = None
             if not self.paused and self.pending:
-                wait = last_emit + window - now
+                wait = last_emit + gap - now
                 if wait <= 0:
-                    await self._deliver()
+                    # The previous delta must have reached this process's members (or
+                    # waited max_wait): while it is being written, more text piles up
+                    # and leaves as one delta.
+                    await wait_room_drained(self.room_id, last_seq, last_emit + max_wait - now)
+                    if self.controls:
+                        continue
+                    last_seq = await self._deliver()
                     last_emit = time.monotonic()
                     continue
                 timeout = wait
@@ -254,16 +266,18 @@ class ReplyRun:
             self.paused_at = None
         await self._finish(Status.STOPPED, by=by, reason=reason)
 
-    async def _deliver(self) -> None:
+    async def _deliver(self) -> int:
+        """Send what is pending as one delta; its seq."""
         text = "".join(self.pending)
         self.pending.clear()
         self.delivered.append(text)
-        await room_event_emit(
+        event = await room_event_emit(
             room_id=self.room_id,
             body={"type": "delta", "message_id": self.message_key, "text": text},
         )
         if self.speech is not None:
             self.speech.feed(text)
+        return int(event["seq"])
 
     async def _set_state(self, state: str, *, by: str | None, reason: str | None) -> None:
         self.status = state

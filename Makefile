@@ -7,11 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-quick clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt bench/peers/requirements.txt
 	@test -x $(BIN)/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "==> installing dependencies (the first time builds llama.cpp from source: ~4 minutes on 2 cores)"
@@ -37,3 +37,7 @@ clean:
 
 bench: install
 	$(BIN)/python -m bench.run --out bench/results.json
+
+# The same scenarios, small (under two minutes): CI runs it to prove it runs, no thresholds.
+bench-quick: install
+	$(BIN)/python -m bench.run --quick --out bench/results-quick.json

@@ -7,6 +7,8 @@ WebSocket middleware both call it, so the transports cannot disagree on who some
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -43,19 +45,88 @@ def bearer_from_header(value: str | None) -> str | None:
 
 def user_from_bearer(raw: str) -> User:
     """The active user owning token ``raw``; raises BadCredentials otherwise."""
-    token = (
-        ApiToken.objects.select_related("user")
-        .filter(key_hash=hash_token(raw), revoked__isnull=True)
-        .first()
-    )
-    if token is None or not token.user.is_active:
+    user = users_from_bearers([raw]).get(raw)
+    if user is None:
         raise BadCredentials("invalid or revoked token")
+    return user
+
+
+def users_from_bearers(raws: list[str]) -> dict[str, User]:
+    """The active users owning the tokens ``raws`` (unknown and revoked ones left out), in
+    one query and at most one write for the lot."""
+    by_hash = {hash_token(raw): raw for raw in raws}
+    tokens = ApiToken.objects.select_related("user").filter(
+        key_hash__in=list(by_hash), revoked__isnull=True, user__is_active=True
+    )
     now = timezone.now()
-    if token.last_used is None or now - token.last_used > LAST_USED_RESOLUTION:
-        ApiToken.objects.filter(pk=token.pk).update(last_used=now)
-    # Open connections re-check their token by id while they last (chat/events/delivery.py).
-    token.user.api_token_id = token.pk  # type: ignore[attr-defined]
-    return token.user
+    found: dict[str, User] = {}
+    stale = []
+    for token in tokens:
+        if token.last_used is None or now - token.last_used > LAST_USED_RESOLUTION:
+            stale.append(token.pk)
+        # Open connections re-check their token by id while they last (chat/events/).
+        token.user.api_token_id = token.pk  # type: ignore[attr-defined]
+        found[by_hash[token.key_hash]] = token.user
+    if stale:
+        ApiToken.objects.filter(pk__in=stale).update(last_used=now)
+    return found
+
+
+class TokenBatcher:
+    """Token checks of concurrent handshakes share one query (a DataLoader).
+
+    The first check starts a lookup; checks arriving while it runs wait for the next one,
+    which takes them all. One handshake alone costs what it did (one thread hop); a
+    reconnect storm of thousands costs a few dozen queries instead of thousands of
+    queries and writes serialized on the one database thread.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[asyncio.Future[User | None]]] = {}
+        self.running = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def user_for(self, raw: str) -> User | None:
+        future: asyncio.Future[User | None] = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(raw, []).append(future)
+        if not self.running:
+            self.running = True
+            self.task = asyncio.create_task(self._run(), name="token-batch")
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, {}
+                try:
+                    found = await sync_to_async(users_from_bearers)(list(batch))
+                except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for raw, futures in batch.items():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(found.get(raw))
+        finally:
+            self.running = False
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TokenBatcher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def user_from_bearer_async(raw: str) -> User | None:
+    """``user_from_bearer`` for async code, batched with concurrent checks; None when the
+    token is unknown, revoked or its user inactive."""
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = TokenBatcher()
+    return await batcher.user_for(raw)
 
 
 def token_id_of(user: Any) -> int | None:
@@ -91,11 +162,8 @@ class BearerTokenAuthMiddleware:
             return await self.inner({**scope, "user": AnonymousUser()}, receive, send)
         if raw is None:
             return await self.session_stack(scope, receive, send)
-        try:
-            user: Any = await sync_to_async(user_from_bearer)(raw)
-        except BadCredentials:
-            user = AnonymousUser()
-        return await self.inner({**scope, "user": user}, receive, send)
+        user = await user_from_bearer_async(raw)
+        return await self.inner({**scope, "user": user or AnonymousUser()}, receive, send)
 
 
 def AuthStack(inner: Any) -> Any:  # noqa: N802 - named like Channels' AuthMiddlewareStack

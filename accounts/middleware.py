@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from accounts.auth import BadCredentials, bearer_from_header, user_from_bearer
+from accounts.auth import BadCredentials, bearer_from_header, user_from_bearer_async
 
 
 class BearerTokenMiddleware:
@@ -31,7 +31,10 @@ class BearerTokenMiddleware:
         try:
             raw = bearer_from_header(request.headers.get("Authorization"))
             if raw is not None:
-                user = await sync_to_async(user_from_bearer)(raw)
+                found = await user_from_bearer_async(raw)
+                if found is None:
+                    raise BadCredentials("invalid or revoked token")
+                user = found
                 request.user = user
 
                 async def auser() -> User:

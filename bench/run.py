@@ -1,18 +1,21 @@
-"""Parley's benchmark: one command, JSON out.
+"""Parley's benchmark, side by side with the peer people would pick instead: one command,
+JSON out, ratios printed.
 
-    make bench            (or: .venv/bin/python -m bench.run --out bench/results.json)
+    make bench          (.venv/bin/python -m bench.run --out bench/results.json)
+    make bench-quick    (the same scenarios, small: under two minutes, run in CI)
 
-It serves Parley with a real daphne on loopback (SQLite, in-memory layer, the bundled
-voice) against the loopback fake model server, and measures what users feel:
+One loopback model server (tests/support/openai_server.py) streams the same tokens (by
+default 200 at 50 tokens/s) to both servers: Parley under daphne, and a python-socketio
+server under uvicorn (bench/peers/socketio_server.py; its Redis manager for two
+processes). The load generator (bench/loadgen.py) runs as its own process. Token latency
+is the time from the model server writing a token to a member receiving it; both stamp
+``time.monotonic()``, one clock on Linux.
 
-- fan-out: N members in a room while a fast model streams; for every token, the time
-  from the model server writing it to each member receiving it (p50/p95), and how many
-  frames each member got (delta coalescing on, and off in the same run, as a ratio);
-- time to first token through the server;
-- time to first audio per voice mode, from the first token and from the first complete
-  sentence reaching the member.
-
-The machine is shared and noisy: compare runs by the ratios measured within one run.
+Scenarios: fan-out at 200 members in one process and over two processes on Redis, 500 and
+1,000 members, SSE beside WebSocket listeners, idle members (memory and CPU per member),
+handshakes per second into one room, one quiet member (frames per token), and the time
+from a ``send`` to the model server having the request. The machine is shared and noisy
+(2 cores for servers and generator): compare the ratios measured within one run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,195 +52,431 @@ def _setup_django(db_path: Path) -> None:
 
 
 def _users(count: int) -> tuple[str, list[str]]:
+    """``count`` members of one room, each with a token (bulk: no password hashing)."""
     from django.contrib.auth import get_user_model
 
-    from accounts.services import api_token_create
-    from chat.services import room_create, room_join
+    from accounts.models import ApiToken, generate_token, hash_token
+    from chat.models import Membership
+    from chat.services import room_create
 
     User = get_user_model()
-    users = [
-        User.objects.create_user(username=f"bench{i}", password="bench-pass-123")
-        for i in range(count)
-    ]
-    room = room_create(owner=users[0], name=f"Bench {time.monotonic_ns()}")
-    for user in users:
-        room_join(room=room, user=user)
-    return room.slug, [api_token_create(user=user)[1] for user in users]
+    owner = User.objects.create_user(username="bench-owner", password=None)
+    room = room_create(owner=owner, name=f"Bench {time.monotonic_ns()}")
+    users = User.objects.bulk_create(
+        [User(username=f"bench{i}", password="!") for i in range(count)], batch_size=2000
+    )
+    Membership.objects.bulk_create([Membership(room=room, user=u) for u in users], batch_size=2000)
+    raws = [generate_token() for _ in users]
+    ApiToken.objects.bulk_create(
+        [
+            ApiToken(user=u, key_hash=hash_token(raw), prefix=raw[:10])
+            for u, raw in zip(users, raws, strict=True)
+        ],
+        batch_size=2000,
+    )
+    return room.slug, raws
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def fanout(
-    server: Any, fake: Any, slug: str, tokens: list[str], *, n_tokens: int, interval: float
-) -> dict[str, Any]:
-    from tests.support.openai_server import Scenario
-    from tests.support.wsclient import RoomClient
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    pieces = [f"t{i} " for i in range(n_tokens)]
-    fake.set_default(Scenario.slow(pieces, delay=interval))
-    clients = [await RoomClient.connect(server.ws_url, slug, token=t) for t in tokens]
-    for c in clients:
-        await c.wait_type("hello")
-    sent_at: dict[str, float] = {}
-    # The fake writes each piece from its own thread; stamp them from its record.
-    started = time.monotonic()
-    await clients[0].send(action="send", text="go", client_id="bench")
-    reply = await clients[0].wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
-    )
-    reply_id = reply["message"]["id"]
-    arrivals: list[list[tuple[float, str]]] = [[] for _ in clients]
 
-    async def watch(index: int, client: Any) -> None:
-        seen = 0
+class Peer:
+    """The python-socketio server under uvicorn, one process."""
+
+    def __init__(self, model_url: str, redis_url: str | None) -> None:
+        self.port = free_port()
+        env = {**os.environ, "BENCH_MODEL_URL": model_url}
+        if redis_url:
+            env["BENCH_REDIS_URL"] = redis_url
+        uvicorn = [sys.executable, "-m", "uvicorn", "bench.peers.socketio_server:app"]
+        self.proc = subprocess.Popen(
+            [*uvicorn, "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+            cwd=ROOT,
+            env=env,
+        )
+        deadline = time.monotonic() + 30
         while True:
-            event = await client.wait_for(lambda e: True, timeout=120, start=seen)
-            seen = client.events.index(event, seen) + 1
-            if event.get("type") == "delta" and event.get("message_id") == reply_id:
-                arrivals[index].append((time.monotonic(), event["text"]))
-            if (
-                event.get("type") == "generation"
-                and event.get("message_id") == reply_id
-                and event["state"] in ("complete", "stopped", "failed")
-            ):
-                return
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the socketio peer did not start")
+            time.sleep(0.05)  # polling a port for a server we do not control
 
-    await asyncio.gather(*(watch(i, c) for i, c in enumerate(clients)))
-    record = fake.requests[-1]
-    for c in clients:
-        await c.close()
-    # The fake stamps each piece as it writes it (same clock: it runs in this process).
-    for piece, at in zip(pieces, record.piece_times, strict=True):
-        sent_at[piece] = at
-    latencies = []
-    for member in arrivals:
-        for at, text in member:
-            for piece in text.split(" "):
-                if piece:
-                    latencies.append(at - sent_at[piece + " "])
-    first_delta = min(m[0][0] for m in arrivals if m)
-    frames = statistics.mean(len(m) for m in arrivals)
-    return {
-        "members": len(clients),
-        "tokens": n_tokens,
-        "token_interval_ms": interval * 1000,
-        "frames_per_member": round(frames, 1),
-        "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-        "latency_p95_ms": round(percentile(latencies, 0.95) * 1000, 2),
-        "time_to_first_delta_ms": round((first_delta - started) * 1000, 1),
-    }
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
-async def first_audio(server: Any, fake: Any, slug: str, token: str, mode: str) -> dict[str, Any]:
-    from tests.support.openai_server import Scenario
-    from tests.support.wsclient import RoomClient
-
-    words = "The first sentence is short. Then a second one follows. And a third.".split()
-    fake.set_default(Scenario.slow([w + " " for w in words], delay=0.05))
-    c = await RoomClient.connect(server.ws_url, slug, token=token)
-    await c.wait_type("hello")
-    await c.send(action="audio", enabled=True)
-    await c.send(action="send", text="speak", voice=mode)
-    stamps: dict[str, float] = {}
-    text = ""
-    seen = 0
-    while "audio" not in stamps:
-        event = await c.wait_for(lambda e: True, timeout=120, start=seen)
-        seen = c.events.index(event, seen) + 1
-        now = time.monotonic()
-        if event.get("type") == "delta":
-            stamps.setdefault("first_token", now)
-            text += event["text"]
-            if "." in text:
-                stamps.setdefault("first_sentence", now)
-        elif event.get("type") == "audio" and event.get("state") == "start":
-            stamps["audio"] = now
-    await c.wait_type("audio", state="end", timeout=120)
-    await c.close()
-    return {
-        "mode": mode,
-        "from_first_token_ms": round((stamps["audio"] - stamps["first_token"]) * 1000, 1),
-        "from_first_sentence_ms": round(
-            (stamps["audio"] - stamps.get("first_sentence", stamps["audio"])) * 1000, 1
-        ),
-    }
+def loadgen(plan: dict[str, Any], *, on_ready: Any = None) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(plan) + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if plan.get("idle"):
+        assert json.loads(line).get("ready"), line
+        extra = on_ready() if on_ready else {}
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        result = json.loads(line)
+        result.update(extra)
+    else:
+        result = json.loads(line)
+    proc.wait(30)
+    return result
 
 
-async def main(members: int, tokens: int) -> dict[str, Any]:
-    from tests.support.daphne import DaphneServer
-    from tests.support.openai_server import FakeOpenAIServer
+def latency_row(result: dict[str, Any], times: list[float], expect: int) -> dict[str, Any]:
+    def summarize(members: list[dict[str, Any]]) -> dict[str, Any]:
+        latencies = []
+        lost = 0
+        for member in members:
+            got = {t for t, _ in member["tokens"]}
+            lost += expect - len(got & set(range(expect)))
+            latencies += [at - times[t] for t, at in member["tokens"] if t < len(times)]
+        return {
+            "members": len(members),
+            "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "lost": lost,
+            "frames_per_member": round(statistics.mean(m["frames"] for m in members), 1)
+            if members
+            else 0,
+        }
 
-    tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
-    db = tmp / "bench.sqlite3"
-    await asyncio.to_thread(_setup_django, db)
-    slug, user_tokens = await asyncio.to_thread(_users, members)
-    results: dict[str, Any] = {
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "fanout": [],
-        "first_audio": [],
-    }
-    with FakeOpenAIServer() as fake:
+    arrivals = result.get("arrivals", [])
+    row = summarize(arrivals)
+    row["connected"] = result["connected"]
+    row["handshakes_per_second"] = result["handshakes_per_second"]
+    ws = [m for m in arrivals if not m["sse"]]
+    sse = [m for m in arrivals if m["sse"]]
+    if ws and sse:
+        row["ws"] = summarize(ws)
+        row["sse"] = summarize(sse)
+    return row
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+        self.db = self.tmp / "bench.sqlite3"
+        self.pieces = [f"t{i} " for i in range(args.tokens)]
+
+    def parley_env(self, **extra: str) -> dict[str, str]:
         env = {
-            "DATABASE_URL": f"sqlite:///{db}",
+            "DATABASE_URL": f"sqlite:///{self.db}",
             "LLM_BACKEND": "openai",
-            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_BASE_URL": self.fake.base_url,
             "OPENAI_API_KEY": "bench",
             "PARLEY_SEND_BURST": "100000",
-            "LOG_LEVEL": "WARNING",
+            "PARLEY_MAX_CONNECTIONS_PER_USER": "100000",
+            "VOICE_PRELOAD": "0",
+            "LOG_LEVEL": "INFO",
         }
-        for window in ("0.03", "0"):
-            server = DaphneServer(
-                {**env, "PARLEY_DELTA_WINDOW": window, "VOICE_PRELOAD": "0", "LOG_LEVEL": "INFO"}
-            ).start()
+        env.update(extra)
+        return env
+
+    def parley(self, count: int = 1, **extra: str) -> list[Any]:
+        from tests.support.daphne import DaphneServer
+
+        return [DaphneServer(self.parley_env(**extra)).start() for _ in range(count)]
+
+    def fanout(self, kind: str, urls: list[str], members: int) -> dict[str, Any]:
+        from tests.support.openai_server import Scenario
+
+        self.fake.set_default(Scenario.slow(self.pieces, delay=1 / self.args.rate))
+        before = len(self.fake.requests)
+        plan: dict[str, Any] = {"kind": kind, "urls": urls, "members": members, "wait": 120}
+        if kind == "socketio":
+            plan["trigger"] = '42["ask",{}]'
+        else:
+            plan.update(
+                path=f"/ws/rooms/{self.slug}/",
+                sse_path=f"/api/rooms/{self.slug}/events",
+                tokens=self.tokens[:members],
+                trigger=json.dumps({"action": "send", "text": "go", "ask_ai": True}),
+            )
+        result = loadgen(plan)
+        record = self.fake.requests[before]
+        return latency_row(result, record.piece_times, len(self.pieces))
+
+    def send_to_model(self, url: str, sends: int) -> dict[str, Any]:
+        """From a member's ``send`` to the model server having the request."""
+        from bench.loadgen import ws_connect
+        from tests.support.openai_server import Scenario
+
+        self.fake.set_default(Scenario.normal(["ok"]))
+
+        async def go() -> list[float]:
+            client = await ws_connect(
+                url, f"/ws/rooms/{self.slug}/", {"Authorization": f"Bearer {self.tokens[0]}"}
+            )
+            while not client.frames:
+                client.changed.clear()
+                await client.changed.wait()
+            gaps = []
+            for i in range(sends):
+                before = len(self.fake.requests)
+                frame = {"action": "send", "text": f"q{i}", "ask_ai": True}
+                sent = time.monotonic()
+                client.send(json.dumps(frame).encode())
+                record = await self.fake.await_request(before, timeout=30)
+                gaps.append(record.received_at - sent)
+                # Let the reply finish before the next send (one reply at a time per room).
+                while not any(b'"state":"complete"' in p for _, p in client.frames[-3:]):
+                    client.changed.clear()
+                    await client.changed.wait()
+                client.frames.clear()
+            assert client.transport is not None
+            client.transport.close()
+            return gaps
+
+        return {"gaps": asyncio.run(go())}
+
+    def idle(self, server: Any, pid: int, members: int) -> dict[str, Any]:
+        def sample() -> dict[str, Any]:
+            time.sleep(2)  # let the handshake burst settle before sampling (not a sync)
+            rss0 = _rss_kb(pid)
+            cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+            time.sleep(self.args.idle_seconds)  # the measurement window
+            cpu = (_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+            return {"rss_kb": rss0, "cpu_percent_of_core": round(cpu * 100, 2)}
+
+        base = _rss_kb(pid)
+        plan = {
+            "kind": "parley",
+            "urls": [server.http_url.replace("http", "http")],
+            "members": members,
+            "path": f"/ws/rooms/{self.slug}/",
+            "tokens": self.tokens[:members],
+            "idle": True,
+            "concurrency": 100,
+        }
+        result = loadgen(plan, on_ready=sample)
+        result["kb_per_member"] = round((result["rss_kb"] - base) / members, 1)
+        result["rss_before_kb"] = base
+        return result
+
+    def run(self) -> dict[str, Any]:
+        from tests.support.openai_server import FakeOpenAIServer
+        from tests.support.redis_server import RedisServer
+
+        args = self.args
+        _setup_django(self.db)
+        most = max(args.idle_members, args.members_large, args.members_huge, args.members)
+        self.slug, self.tokens = _users(most)
+        report: dict[str, Any] = {
+            "machine": _machine(),
+            "settings": {
+                "tokens": args.tokens,
+                "tokens_per_second": args.rate,
+                "repeat": args.repeat,
+            },
+            "runs": [],
+        }
+        with FakeOpenAIServer() as fake:
+            self.fake = fake
+            model_url = fake.base_url
+            redis = RedisServer().start()
             try:
-                for count in sorted({1, members}):
-                    row = await fanout(
-                        server, fake, slug, user_tokens[:count], n_tokens=tokens, interval=0.002
-                    )
-                    row["delta_window_ms"] = float(window) * 1000
-                    results["fanout"].append(row)
+                for rep in range(args.repeat):
+                    run: dict[str, Any] = {}
+                    # -- one process, side by side --
+                    server = self.parley()[0]
+                    try:
+                        run["parley_quiet"] = self.fanout("parley", [server.http_url], 1)
+                        run["parley_1p"] = self.fanout("parley", [server.http_url], args.members)
+                        run["parley_mixed"] = self.fanout(
+                            "parley-mixed", [server.http_url], args.members
+                        )
+                        run["parley_large"] = self.fanout(
+                            "parley", [server.http_url], args.members_large
+                        )
+                        run["parley_huge"] = self.fanout(
+                            "parley", [server.http_url], args.members_huge
+                        )
+                    finally:
+                        server.stop()
+                    peer = Peer(model_url, None)
+                    try:
+                        run["socketio_1p"] = self.fanout("socketio", [peer.url], args.members)
+                        run["socketio_large"] = self.fanout(
+                            "socketio", [peer.url], args.members_large
+                        )
+                    finally:
+                        peer.stop()
+                    # -- two processes on Redis --
+                    servers = self.parley(2, REDIS_URL=redis.url)
+                    try:
+                        run["parley_2p"] = self.fanout(
+                            "parley", [s.http_url for s in servers], args.members
+                        )
+                    finally:
+                        for s in servers:
+                            s.stop()
+                    peers = [Peer(model_url, redis.url) for _ in range(2)]
+                    try:
+                        run["socketio_2p"] = self.fanout(
+                            "socketio", [p.url for p in peers], args.members
+                        )
+                    finally:
+                        for p in peers:
+                            p.stop()
+                    # -- send -> model, first send after start, idle members --
+                    server = self.parley()[0]
+                    try:
+                        first = self.send_to_model(server.http_url, 1)["gaps"][0]
+                        warm = self.send_to_model(server.http_url, args.sends)["gaps"]
+                        run["send_to_model"] = {
+                            "first_ms": round(first * 1000, 1),
+                            "warm_median_ms": round(statistics.median(warm) * 1000, 1),
+                            "warm_p90_ms": round(percentile(warm, 0.9) * 1000, 1),
+                        }
+                    finally:
+                        server.stop()
+                    server = self.parley()[0]
+                    try:
+                        assert server.proc is not None
+                        run["idle"] = self.idle(server, server.proc.pid, args.idle_members)
+                    finally:
+                        server.stop()
+                    report["runs"].append(run)
+                    print(json.dumps({"run": rep, **_summary_line(run)}), flush=True)
             finally:
-                server.stop()
-        server = DaphneServer({**env, "LOG_LEVEL": "INFO"}).start()
-        try:
-            # Warm the voice first: its one-time load is not a per-reply cost.
-            await first_audio(server, fake, slug, user_tokens[0], "normal")
-            for mode in ("normal", "streaming", "realtime"):
-                results["first_audio"].append(
-                    await first_audio(server, fake, slug, user_tokens[0], mode)
-                )
-        finally:
-            server.stop()
-    on = {r["members"]: r for r in results["fanout"] if r["delta_window_ms"] > 0}
-    off = {r["members"]: r for r in results["fanout"] if r["delta_window_ms"] == 0}
-    results["coalescing_ratios"] = {
-        str(m): {
-            "frames_off_over_on": _ratio(off[m], on[m], "frames_per_member"),
-            "p95_latency_off_over_on": _ratio(off[m], on[m], "latency_p95_ms"),
-        }
-        for m in on
-        if m in off
+                redis.kill()
+        report["summary"] = summarize(report["runs"])
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return report
+
+
+def _summary_line(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.get("p99_ms", v) for k, v in run.items() if isinstance(v, dict)}
+
+
+def _stat(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
     }
-    return results
 
 
-def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
-    return round(a[key] / b[key], 2)
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians and spread over the repeated runs, and the ratios that matter."""
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        row = runs[0][key]
+        for metric in ("p50_ms", "p99_ms", "lost", "frames_per_member", "handshakes_per_second"):
+            if metric in row:
+                out[f"{key}.{metric}"] = _stat([r[key][metric] for r in runs])
+        if key == "parley_mixed" and "ws" in row:
+            for side in ("ws", "sse"):
+                out[f"{key}.{side}.p99_ms"] = _stat([r[key][side]["p99_ms"] for r in runs])
+    for key in ("first_ms", "warm_median_ms"):
+        out[f"send_to_model.{key}"] = _stat([r["send_to_model"][key] for r in runs])
+    for key in ("kb_per_member", "cpu_percent_of_core", "handshakes_per_second"):
+        out[f"idle.{key}"] = _stat([r["idle"][key] for r in runs])
+    ratios = {}
+    for parley, peer in (
+        ("parley_1p", "socketio_1p"),
+        ("parley_2p", "socketio_2p"),
+        ("parley_large", "socketio_large"),
+    ):
+        values = [r[peer]["p99_ms"] / r[parley]["p99_ms"] for r in runs if r[parley]["p99_ms"]]
+        ratios[f"{peer}_p99_over_{parley}"] = _stat(values)
+    values = [
+        r["parley_mixed"]["sse"]["p99_ms"] / r["parley_mixed"]["ws"]["p99_ms"]
+        for r in runs
+        if "sse" in r["parley_mixed"]
+    ]
+    if values:
+        ratios["sse_p99_over_ws_p99"] = _stat(values)
+    out["ratios"] = ratios
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": {
+            name: version(name)
+            for name in (
+                "django",
+                "channels",
+                "channels-redis",
+                "daphne",
+                "python-socketio",
+                "uvicorn",
+                "redis",
+            )
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run (CI)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--members-large", type=int, default=500)
+    parser.add_argument("--members-huge", type=int, default=1000)
+    parser.add_argument("--idle-members", type=int, default=10000)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=50.0, help="tokens per second")
+    parser.add_argument("--sends", type=int, default=20)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.members, args.members_large, args.members_huge = 1, 20, 50, 100
+        args.idle_members, args.idle_seconds, args.tokens, args.sends = 200, 2.0, 40, 5
+    report = Bench(args).run()
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["summary"], indent=2))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
-    parser.add_argument("--members", type=int, default=20)
-    parser.add_argument("--tokens", type=int, default=400)
-    args = parser.parse_args()
-    report = asyncio.run(main(args.members, args.tokens))
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    main()

@@ -23,6 +23,7 @@ from accounts.auth import token_id_of
 from chat.errors import BadJson, BadRequest, Forbidden, NotFound, ParleyError, RateLimited
 from chat.events import StoreUnavailable, room_live_emit
 from chat.events.delivery import Subscription, WebSocketSubscriber, admit
+from chat.events.frames import Frame
 from chat.models import Room
 from chat.replies import get_manager, message_send, reply_control
 
@@ -203,7 +204,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # --- sending ---
 
     async def _send_json(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(event, separators=(",", ":")))
+        # The same write path as room events (a prepared frame, written at once).
+        await self.base_send(Frame(event).ws)
 
     async def _error(self, code: str, detail: str, request_id: object) -> None:
         await self._send_json({"type": "error", "code": code, "detail": detail, "id": request_id})

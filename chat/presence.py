@@ -45,6 +45,7 @@ class Presence:
         self.worker_id = worker_id
         self._rooms: dict[int, Counter[str]] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._recent: dict[int, tuple[float, list[str]]] = {}
 
     def _member(self, username: str) -> str:
         return f"{self.worker_id}|{username}"
@@ -73,10 +74,23 @@ class Presence:
         del counts[username]
         if not counts:
             del self._rooms[room_id]
+            self._recent.pop(room_id, None)
         if redis_conn.enabled():
             with contextlib.suppress(*redis_conn.UNAVAILABLE):
                 await redis_conn.get_redis().zrem(_key(room_id), self._member(username))
         return True
+
+    async def online_recent(self, room_id: int) -> list[str]:
+        """``online`` as read at most PARLEY_PRESENCE_DEBOUNCE ago: a burst of handshakes
+        shares one read (and one sort) for their ``hello``; a ``presence`` event follows
+        any change anyway."""
+        now = time.monotonic()
+        cached = self._recent.get(room_id)
+        if cached is not None and now - cached[0] < settings.PARLEY_PRESENCE_DEBOUNCE:
+            return cached[1]
+        names = await self.online(room_id)
+        self._recent[room_id] = (now, names)
+        return names
 
     async def online(self, room_id: int) -> list[str]:
         names = set(self._rooms.get(room_id, {}))

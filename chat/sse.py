@@ -57,9 +57,9 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         # a clean 503 rather than a stream that dies at once.
         await subscription.prepare()
     except StoreUnavailable as exc:
-        response = JsonResponse({"code": exc.code, "detail": exc.detail}, status=503)
-        response["Retry-After"] = str(RETRY_AFTER_OUTAGE)
-        return response
+        busy = JsonResponse({"code": exc.code, "detail": exc.detail}, status=503)
+        busy["Retry-After"] = str(RETRY_AFTER_OUTAGE)
+        return busy
 
     async def stream() -> AsyncIterator[bytes]:
         try:

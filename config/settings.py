@@ -77,10 +77,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests share their database with a real daphne process, so it must be a file; one per
     # test session, so two sessions on one machine do not trample each other.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}
-else:
-    # Persistent connections: one per worker thread, checked before reuse.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Persistent connections: one per worker thread, checked before reuse. Without it every
+# database_sync_to_async call would open a new connection (on SQLite: open the file and
+# switch to WAL, about a millisecond on the one database thread that handshakes share).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -230,6 +231,9 @@ PARLEY_ROOM_LINGER = env.float("PARLEY_ROOM_LINGER", default=30.0)
 # Presence changes of one room are broadcast at most this often: a burst of joins makes one
 # event, not one per join to every member (N joins x N members).
 PARLEY_PRESENCE_DEBOUNCE = env.float("PARLEY_PRESENCE_DEBOUNCE", default=0.25)
+# ...and in a big room the interval grows with its size (each event reaches every member),
+# up to this: who is online in a room of thousands can lag a few seconds.
+PARLEY_PRESENCE_DEBOUNCE_MAX = env.float("PARLEY_PRESENCE_DEBOUNCE_MAX", default=5.0)
 # Names listed in hello/presence "online"; past it the list is cut and "online_count" says
 # how many are online (no screen shows thousands of names; the event stays small).
 PARLEY_PRESENCE_LIST_MAX = env.int("PARLEY_PRESENCE_LIST_MAX", default=200)

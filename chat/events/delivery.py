@@ -230,6 +230,8 @@ class RoomChannel:
             with contextlib.suppress(Exception):
                 await layer.group_discard(group_name(self.room_id), self.channel)
             raise
+        # The member list first, so a burst of handshakes is admitted without a query each.
+        await self.check_access()
         self._tasks = [
             asyncio.create_task(self._receive(), name=f"room-{self.room_id}-receive"),
             asyncio.create_task(self._tick(), name=f"room-{self.room_id}-timer"),
@@ -564,20 +566,39 @@ def get_fanout() -> Fanout:
     return fanout
 
 
-async def wait_room_drained(room_id: int, seq: int, timeout: float) -> None:  # noqa: ASYNC109
-    """Wait (at most ``timeout``) until this process has written the room's events up to
-    ``seq`` to every local subscriber; at once if it has no subscriber here."""
+async def wait_room_drained(
+    room_id: int,
+    seq: int,
+    timeout: float,  # noqa: ASYNC109
+    interrupt: asyncio.Event | None = None,
+) -> None:
+    """Wait (at most ``timeout``, or until ``interrupt`` is set) until this process has
+    written the room's events up to ``seq`` to every local subscriber; at once if it has
+    no subscriber here."""
     channel = get_fanout().get(room_id)
-    if channel is None or not channel.subscribers:
+    if channel is None or not channel.subscribers or channel.last_seq >= seq:
         return
-    deadline = asyncio.get_running_loop().time() + timeout
-    while channel.last_seq < seq:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return
-        channel.progress.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(channel.progress.wait(), remaining)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    waiters: list[asyncio.Future[Any]] = []
+    if interrupt is not None:
+        waiters.append(asyncio.ensure_future(interrupt.wait()))
+    try:
+        while channel.last_seq < seq and not (interrupt is not None and interrupt.is_set()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            channel.progress.clear()
+            progress = asyncio.ensure_future(channel.progress.wait())
+            try:
+                await asyncio.wait(
+                    [progress, *waiters], timeout=remaining, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                progress.cancel()
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def admit(*, slug: str, user: Any) -> Any:
@@ -651,7 +672,7 @@ class Subscription:
             "room": room_to_dict(self.room, head=self.head),
             "you": self.sub.username,
             "head": self.head,
-            **online_fields(await presence.online(self.room.pk)),
+            **online_fields(await presence.online_recent(self.room.pk)),
         }
 
     async def start(self) -> None:

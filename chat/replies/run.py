@@ -56,6 +56,8 @@ class ReplyRun:
     pending: list[str] = field(default_factory=list)
     controls: deque[_Control] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by a control only: cuts short a wait for the room's outbound to drain.
+    interrupt: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -91,6 +93,7 @@ class ReplyRun:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.controls.append(_Control(action, by, future))
         self.wake.set()
+        self.interrupt.set()
         await future
 
     async def _control_queued(self, action: str, *, by: str) -> None:
@@ -177,6 +180,7 @@ class ReplyRun:
         while True:
             # Cleared before looking, so a wake-up during any await below is not lost.
             self.wake.clear()
+            self.interrupt.clear()
             while self.controls:
                 control = self.controls.popleft()
                 try:
@@ -197,7 +201,9 @@ class ReplyRun:
                     # The previous delta must have reached this process's members (or
                     # waited max_wait): while it is being written, more text piles up
                     # and leaves as one delta.
-                    await wait_room_drained(self.room_id, last_seq, last_emit + max_wait - now)
+                    await wait_room_drained(
+                        self.room_id, last_seq, last_emit + max_wait - now, self.interrupt
+                    )
                     if self.controls:
                         continue
                     last_seq = await self._deliver()

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from accounts.auth import token_id_of
+from chat import redis as redis_conn
 from chat.errors import BadJson, BadRequest, Forbidden, NotFound, ParleyError, RateLimited
 from chat.events import StoreUnavailable, room_live_emit
 from chat.events.delivery import Subscription, WebSocketSubscriber, admit
@@ -91,7 +92,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             await get_manager().ensure_started()
             hello = await subscription.open()
-        except StoreUnavailable:
+        except (StoreUnavailable, *redis_conn.UNAVAILABLE):
             await subscription.close()
             await self.close(code=CLOSE_TRY_AGAIN)
             return

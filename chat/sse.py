@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 from django.views.decorators.http import require_GET
 
 from accounts.auth import token_id_of
+from chat import redis as redis_conn
 from chat.errors import BadRequest
 from chat.events import StoreUnavailable
 from chat.events.delivery import SseSubscriber, Subscription, admit
@@ -56,8 +57,9 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         # Subscribe the process to the room before answering, so an unreachable store is
         # a clean 503 rather than a stream that dies at once.
         await subscription.prepare()
-    except StoreUnavailable as exc:
-        busy = JsonResponse({"code": exc.code, "detail": exc.detail}, status=503)
+    except (StoreUnavailable, *redis_conn.UNAVAILABLE):
+        outage = StoreUnavailable("unreachable")
+        busy = JsonResponse({"code": outage.code, "detail": outage.detail}, status=503)
         busy["Retry-After"] = str(RETRY_AFTER_OUTAGE)
         return busy
 

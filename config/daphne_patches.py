@@ -53,7 +53,7 @@ def unsent_bytes(transport: Any) -> int:
 
 
 # Protocol-level close codes (RFC 6455 section 7.4.1) the application may close with.
-PROTOCOL_CLOSE_CODES = frozenset({1008, 1009, 1011})
+PROTOCOL_CLOSE_CODES = frozenset({1008, 1009, 1011, 1013})
 
 
 FRAME_KEY = "parley.frame"

@@ -33,6 +33,7 @@ empty for a while. Presence changes are broadcast at most once per debounce inte
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -217,12 +218,16 @@ class RoomChannel:
         await asyncio.shield(self._started)
 
     async def _start(self) -> None:
-        from chat.events import get_hub, group_name
+        from chat import redis as redis_conn
+        from chat.events import StoreUnavailable, get_hub, group_name
 
         layer = get_channel_layer()
         assert layer is not None
-        self.channel = await layer.new_channel("parley.room.")
-        await layer.group_add(group_name(self.room_id), self.channel)
+        try:
+            self.channel = await layer.new_channel("parley.room.")
+            await layer.group_add(group_name(self.room_id), self.channel)
+        except redis_conn.UNAVAILABLE as exc:  # the pub/sub layer cannot reach Redis
+            raise StoreUnavailable(str(exc)) from exc
         try:
             # Subscribed first: whatever follows this head arrives live.
             self.last_seq = await get_hub().head(self.room_id)
@@ -624,6 +629,15 @@ async def admit(*, slug: str, user: Any) -> Any:
     return room
 
 
+def _with(names: list[str], name: str) -> list[str]:
+    """The sorted ``names`` with ``name`` in it: one joining sees themselves online even
+    when the list was read a moment before they came."""
+    at = bisect.bisect_left(names, name)
+    if at < len(names) and names[at] == name:
+        return names
+    return [*names[:at], name, *names[at:]]
+
+
 class Subscription:
     """One subscriber's life in a room, the same for every transport: subscribe, head,
     presence, ``hello``, replay, live, leave.
@@ -672,7 +686,7 @@ class Subscription:
             "room": room_to_dict(self.room, head=self.head),
             "you": self.sub.username,
             "head": self.head,
-            **online_fields(await presence.online_recent(self.room.pk)),
+            **online_fields(_with(await presence.online_recent(self.room.pk), self.sub.username)),
         }
 
     async def start(self) -> None:

@@ -165,7 +165,7 @@ async def test_an_idle_room_reads_the_store_once_per_interval_not_per_connection
         reader, writer = await asyncio.open_connection("127.0.0.1", redis.port)
         writer.write(b"MONITOR\r\n")
         await reader.readline()  # +OK
-        reads = []
+        reads: list[float] = []
         while len(reads) < 6:
             line = await asyncio.wait_for(reader.readline(), 10)
             if b'"GET"' in line.upper() and seq_key in line:

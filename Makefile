@@ -35,8 +35,10 @@ lint: install
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
+# BEFORE: the revision measured beside this one (the last before the fan-out rewrite).
+BEFORE ?= ef8ce62
 bench: install
-	$(BIN)/python -m bench.run --out bench/results.json
+	$(BIN)/python -m bench.run --before $(BEFORE) --out bench/results.json
 
 # The same scenarios, small (under two minutes): CI runs it to prove it runs, no thresholds.
 bench-quick: install

@@ -188,6 +188,16 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="parley-bench-"))
         self.db = self.tmp / "bench.sqlite3"
         self.pieces = [f"t{i} " for i in range(args.tokens)]
+        self.checkout: Path | None = None
+        if args.before:
+            # A worktree of the earlier revision, served from the same database.
+            self.checkout = self.tmp / "before"
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(self.checkout), args.before],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
 
     def parley_env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -203,10 +213,37 @@ class Bench:
         env.update(extra)
         return env
 
-    def parley(self, count: int = 1, **extra: str) -> list[Any]:
+    def parley(self, count: int = 1, *, cwd: Path = ROOT, **extra: str) -> list[Any]:
         from tests.support.daphne import DaphneServer
 
-        return [DaphneServer(self.parley_env(**extra)).start() for _ in range(count)]
+        env = self.parley_env(**extra)
+        return [DaphneServer(env, cwd=cwd).start() for _ in range(count)]
+
+    def before(self, checkout: Path, run: dict[str, Any]) -> None:
+        """The same one-process scenarios against an earlier Parley (``--before REV``)."""
+        args = self.args
+        server = self.parley(cwd=checkout)[0]
+        try:
+            run["before_1p"] = self.fanout("parley", [server.http_url], args.members)
+            run["before_large"] = self.fanout("parley", [server.http_url], args.members_large)
+        finally:
+            server.stop()
+        server = self.parley(cwd=checkout)[0]
+        try:
+            first = self.send_to_model(server.http_url, 1)["gaps"][0]
+            warm = self.send_to_model(server.http_url, args.sends)["gaps"]
+            run["before_send_to_model"] = {
+                "first_ms": round(first * 1000, 1),
+                "warm_median_ms": round(statistics.median(warm) * 1000, 1),
+            }
+        finally:
+            server.stop()
+        server = self.parley(cwd=checkout)[0]
+        try:
+            assert server.proc is not None
+            run["before_idle"] = self.idle(server, server.proc.pid, args.before_idle_members)
+        finally:
+            server.stop()
 
     def fanout(self, kind: str, urls: list[str], members: int) -> dict[str, Any]:
         from tests.support.openai_server import Scenario
@@ -367,11 +404,18 @@ class Bench:
                         run["idle"] = self.idle(server, server.proc.pid, args.idle_members)
                     finally:
                         server.stop()
+                    if self.checkout is not None:
+                        self.before(self.checkout, run)
                     report["runs"].append(run)
                     print(json.dumps({"run": rep, **_summary_line(run)}), flush=True)
             finally:
                 redis.kill()
         report["summary"] = summarize(report["runs"])
+        if self.checkout is not None:
+            report["settings"]["before"] = args.before
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(self.checkout)], cwd=ROOT, check=False
+            )
         shutil.rmtree(self.tmp, ignore_errors=True)
         return report
 
@@ -411,6 +455,22 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ):
         values = [r[peer]["p99_ms"] / r[parley]["p99_ms"] for r in runs if r[parley]["p99_ms"]]
         ratios[f"{peer}_p99_over_{parley}"] = _stat(values)
+    if "before_1p" in runs[0]:
+        for before, after in (("before_1p", "parley_1p"), ("before_large", "parley_large")):
+            ratios[f"{before}_p99_over_{after}"] = _stat(
+                [r[before]["p99_ms"] / r[after]["p99_ms"] for r in runs]
+            )
+            out[f"{before}.p99_ms"] = _stat([r[before]["p99_ms"] for r in runs])
+            out[f"{before}.p50_ms"] = _stat([r[before]["p50_ms"] for r in runs])
+            out[f"{before}.frames_per_member"] = _stat(
+                [r[before]["frames_per_member"] for r in runs]
+            )
+        for key in ("first_ms", "warm_median_ms"):
+            out[f"before_send_to_model.{key}"] = _stat(
+                [r["before_send_to_model"][key] for r in runs]
+            )
+        for key in ("kb_per_member", "cpu_percent_of_core", "handshakes_per_second"):
+            out[f"before_idle.{key}"] = _stat([r["before_idle"][key] for r in runs])
     values = [
         r["parley_mixed"]["sse"]["p99_ms"] / r["parley_mixed"]["ws"]["p99_ms"]
         for r in runs
@@ -469,6 +529,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second")
     parser.add_argument("--sends", type=int, default=20)
+    parser.add_argument(
+        "--before", metavar="REV", help="also measure this earlier revision of Parley"
+    )
+    parser.add_argument("--before-idle-members", type=int, default=2000)
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.members, args.members_large, args.members_huge = 1, 20, 50, 100

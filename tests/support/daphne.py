@@ -44,7 +44,8 @@ def database_url() -> str:
 class DaphneServer:
     """``daphne config.asgi:application`` in a subprocess; its log is kept for failures."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], *, cwd: Path = ROOT) -> None:
+        self.cwd = cwd  # another checkout of Parley, for the benchmark's before/after
         self.port = free_port()
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env}
         self.lines: list[str] = []
@@ -72,7 +73,7 @@ class DaphneServer:
                 str(self.port),
                 "config.asgi:application",
             ],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -178,6 +178,17 @@ def install(limit: int) -> None:
                 logger.warning("ending a streamed response that fell %d bytes behind", limit)
                 transport.abortConnection()
 
+    original_send_data = WebSocketProtocol.sendData
+
+    def send_data(self: Any, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Every frame autobahn makes (pings above all: one per idle member per ping
+        # interval) goes the same cheap way as a prepared frame; autobahn's own sendData
+        # also formats a debug line per call whether or not debug logging is on.
+        if sync or chopsize or self.send_queue:
+            original_send_data(self, data, sync, chopsize)
+        else:
+            write_now(self.transport, data)
+
     def server_close(self: Any, code: int | None = None) -> None:
         if code in PROTOCOL_CLOSE_CODES:
             self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
@@ -190,6 +201,7 @@ def install(limit: int) -> None:
         original(self, content, binary)
 
     _skip_eager_debug_formatting()
+    WebSocketProtocol.sendData = send_data
     WebSocketProtocol.serverSend = server_send
     WebSocketProtocol.serverClose = server_close
     WebSocketProtocol.handle_reply = handle_reply

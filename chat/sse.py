@@ -24,6 +24,7 @@ from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
+from accounts.connections import connection_slot_take
 from chat import selectors
 from chat.errors import BadRequest
 from chat.events import get_hub, group_name, room_live_emit
@@ -127,7 +128,8 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
                     if await presence.leave(room.pk, username):
                         await _broadcast_presence(room.pk)
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    slot = connection_slot_take(user_id=user.pk)  # 429 past PARLEY_MAX_CONNECTIONS_PER_USER
+    response = StreamingHttpResponse(slot.hold(stream()), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx: pass each event on at once instead of buffering the response.
     response["X-Accel-Buffering"] = "no"

@@ -222,6 +222,12 @@ PARLEY_WORKER_LEASE = env.float("PARLEY_WORKER_LEASE", default=10.0)
 # slow and closed with 4408 (it then resumes with ?after=): bounds server memory per
 # connection while leaving room for a burst of several seconds of streaming.
 PARLEY_WS_MAX_BUFFER = env.int("PARLEY_WS_MAX_BUFFER", default=1024 * 1024)
+# Room WebSockets plus SSE streams one user may hold open in one process; past it a
+# handshake closes with 4429 (SSE: HTTP 429). A person with a few tabs and devices, or a
+# bot watching several rooms, stays far below 20; a script opening thousands is stopped
+# before its handshakes cost the members a room lookup, a presence write and a replay
+# each. 0 turns the cap off.
+PARLEY_MAX_CONNECTIONS_PER_USER = env.int("PARLEY_MAX_CONNECTIONS_PER_USER", default=20)
 # How long a cross-process control (pause/resume/stop sent to another process's reply)
 # waits for the owner's answer before reporting busy.
 PARLEY_CONTROL_TIMEOUT = env.float("PARLEY_CONTROL_TIMEOUT", default=5.0)

@@ -17,7 +17,7 @@ from channels.security.websocket import OriginValidator as _ChannelsOriginValida
 from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
-from accounts.connections import ConnectionCapMiddleware
+from accounts.connections import ConnectionCapMiddleware, HandshakeGateMiddleware
 from accounts.models import ApiToken, hash_token
 
 # Writing last_used on every request would make each API call a write; once a minute is
@@ -86,8 +86,11 @@ class BearerTokenAuthMiddleware:
 
 
 def AuthStack(inner: Any) -> Any:  # noqa: N802 - named like Channels' AuthMiddlewareStack
-    """Who is connecting (session or bearer token), then their connection cap."""
-    return AuthMiddlewareStack(BearerTokenAuthMiddleware(ConnectionCapMiddleware(inner)))
+    """Who is connecting (session or bearer token), then their connection cap; a bounded
+    number of handshakes at a time (accounts/connections.py)."""
+    return HandshakeGateMiddleware(
+        AuthMiddlewareStack(BearerTokenAuthMiddleware(ConnectionCapMiddleware(inner)))
+    )
 
 
 class OriginValidator(_ChannelsOriginValidator):

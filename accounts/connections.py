@@ -19,7 +19,7 @@ ASGI library counts per authenticated Django user.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -29,8 +29,6 @@ from typing import Any, TypeVar
 from django.conf import settings
 
 from chat.errors import TooManyConnections
-
-logger = logging.getLogger(__name__)
 
 # WebSocket close code for a refused connection (PROTOCOL.md section 5).
 CLOSE_TOO_MANY_CONNECTIONS = 4429
@@ -132,6 +130,61 @@ class ConnectionCapMiddleware:
             return None
         async with slot:
             return await self.inner(scope, receive, send)
+
+
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gate() -> asyncio.Semaphore:
+    # One per event loop (daphne has one; the in-process tests make one per test).
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(settings.PARLEY_HANDSHAKE_CONCURRENCY)
+    return gate
+
+
+class HandshakeGateMiddleware:
+    """At most PARLEY_HANDSHAKE_CONCURRENCY WebSocket handshakes worked on at once.
+
+    A handshake's work (the session or token lookup, the room and membership checks, the
+    presence write) runs on the single thread Django's ORM calls share with every open
+    connection's own calls (Channels closes stale DB connections there before each frame
+    it handles). A flood of handshakes queued hundreds of jobs on it, in front of an
+    established member's ping. Here the rest wait in the event loop, where waiting is
+    free, so at most a handful of jobs are ever ahead of a member's frame.
+
+    A handshake is done when the app sends its first frame (``hello``) or closes; the
+    wrapped ``send`` costs one flag check per frame after that.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if scope.get("type") != "websocket" or settings.PARLEY_HANDSHAKE_CONCURRENCY <= 0:
+            return await self.inner(scope, receive, send)
+        gate = _gate()
+        await gate.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                gate.release()
+
+        async def gated_send(message: dict[str, Any]) -> None:
+            if held and message["type"] in ("websocket.send", "websocket.close"):
+                release()
+            await send(message)
+
+        try:
+            return await self.inner(scope, receive, gated_send)
+        finally:
+            release()
 
 
 async def _refuse(receive: Any, send: Any) -> None:

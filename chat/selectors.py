@@ -73,7 +73,7 @@ def message_get(*, message_id: str | int, user: AnyUser) -> Message:
 
 
 def can_control_reply(*, user: AnyUser, message: Message, member: bool) -> bool:
-    """Who may pause, resume or stop an assistant reply (docs/protocol.md, "Controls").
+    """Who may pause, resume or stop a reply (docs/protocol.md, "Who controls a reply").
 
     Staff may control any reply, in any room, whether or not they are members of it (they
     moderate the whole server). Otherwise the asker (the author of the message the reply

@@ -1,8 +1,8 @@
 """Who may control a reply (chat/selectors.py ``can_control_reply``), held on every path.
 
-The rule (docs/protocol.md, "Controls"): staff may control any reply, in any room, member
-or not; otherwise the asker or the room's owner, while members. Others: 403 when they are
-members, 404 when they are not (a private room's messages are invisible to them).
+The rule (docs/protocol.md, "Who controls a reply"): staff may control any reply, in any
+room, member or not; otherwise the asker or the room's owner, while members. Others: 403
+when they are members, 404 when they are not (a private room's messages are invisible).
 """
 
 from __future__ import annotations

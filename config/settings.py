@@ -36,6 +36,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -121,7 +122,48 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic's output, served by daphne (config/static.py); make run, the Dockerfile and
+# the test session fill it.
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed names for long caching; while DEBUG, the apps' files as they are (no
+    # collectstatic needed to see an edit).
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "config.static.StaticStorage"
+    },
+}
+
+# --- Security headers and cookies (README, "Production") --------------------------------
+
+# The pages' policy (config/security.py): code only from this origin, no inline script or
+# style, no eval, no framing, no plugins. connect-src 'self' covers the room WebSocket
+# (same host, ws: or wss:) and the SSE/HTTP fallbacks; media and images may be blob:/data:
+# URLs the page makes itself.
+PARLEY_CSP = env.str(
+    "PARLEY_CSP",
+    default=(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+)
+# Served over HTTPS (TLS ended by nginx, which sets X-Forwarded-Proto): cookies are sent
+# only over TLS, and Django trusts the proxy's word that the request came in as https.
+# Off by default so a laptop on plain http can log in. Only set it behind a proxy that
+# overwrites X-Forwarded-Proto on every request (deploy/nginx does), or a client could
+# claim https itself.
+DJANGO_HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SESSION_COOKIE_SECURE = DJANGO_HTTPS
+CSRF_COOKIE_SECURE = DJANGO_HTTPS
+if DJANGO_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 
 LOGGING = {
     "version": 1,

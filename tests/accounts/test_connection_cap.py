@@ -107,3 +107,40 @@ async def test_anonymous_handshakes_are_not_counted(capped):
     held = [await connect_open(server, room.slug, ann_token) for _ in range(CAP)]
     for ws in held:
         await ws.close()
+
+
+async def test_a_stream_gives_its_slot_back_however_it_ends(settings):
+    """Started and cancelled (the client left), or never started at all (it left before
+    the first byte, so no ``finally`` runs): either way the slot is free again."""
+    from accounts.connections import connection_slot_take, connections_held
+    from chat.errors import TooManyConnections
+
+    settings.PARLEY_MAX_CONNECTIONS_PER_USER = 1
+    user_id = -7
+    started = asyncio.Event()
+
+    async def stream():
+        yield "retry: 3000\n\n"
+        started.set()
+        await asyncio.Event().wait()  # an idle stream, until cancelled
+        yield "never"
+
+    never = connection_slot_take(user_id=user_id).hold(stream())
+    with pytest.raises(TooManyConnections):
+        connection_slot_take(user_id=user_id)
+    del never  # dropped unstarted
+    assert connections_held(user_id) == 0
+
+    held = connection_slot_take(user_id=user_id).hold(stream())
+
+    async def consume() -> None:
+        async for _ in held:
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 5)
+    assert connections_held(user_id) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert connections_held(user_id) == 0

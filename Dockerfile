@@ -12,6 +12,9 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
 ENV DJANGO_SETTINGS_MODULE=config.settings PYTHONUNBUFFERED=1
+# The pages' JS and CSS (and the admin's) under hashed names, served by daphne with
+# long-lived caching (config/static.py).
+RUN python manage.py collectstatic --noinput --verbosity 0
 EXPOSE 8000
 CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", \
      "--proxy-headers", "config.asgi:application"]

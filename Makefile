@@ -20,6 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt bench/peers/requirements.txt
 
 run: install
 	@$(BIN)/python manage.py migrate --noinput
+	@$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@$(BIN)/python manage.py bootstrap
 	@echo "==> Parley is serving at http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
 	@$(BIN)/daphne -b 127.0.0.1 -p $(PORT) config.asgi:application

@@ -19,6 +19,7 @@ from channels.security.websocket import OriginValidator as _ChannelsOriginValida
 from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
+from accounts.connections import ConnectionCapMiddleware, HandshakeGateMiddleware
 from accounts.models import ApiToken, hash_token
 
 # Writing last_used on every request would make each API call a write; once a minute is
@@ -167,7 +168,9 @@ class BearerTokenAuthMiddleware:
 
 
 def AuthStack(inner: Any) -> Any:  # noqa: N802 - named like Channels' AuthMiddlewareStack
-    return BearerTokenAuthMiddleware(inner)
+    """Who is connecting (bearer token, else the session), then their connection cap; a
+    bounded number of handshakes at a time (accounts/connections.py)."""
+    return HandshakeGateMiddleware(BearerTokenAuthMiddleware(ConnectionCapMiddleware(inner)))
 
 
 class OriginValidator(_ChannelsOriginValidator):

@@ -1,10 +1,32 @@
+"""The admin: rooms, members, messages and replies, for the people who run Parley.
+
+Statuses are read-only here: a reply's status belongs to the task running it, and the
+way to end one is the "Stop reply" action, which goes through ``reply_control`` like the
+asker's own stop. Reviewers read a room's transcript, or export it as JSON or Markdown,
+from the room's page.
+"""
+
 from __future__ import annotations
 
-from django.contrib import admin
+from asgiref.sync import async_to_sync
+from django.contrib import admin, messages
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
-from chat.models import Generation, Membership, Message, Room
+from chat.errors import ParleyError
+from chat.models import LIVE_STATUSES, Generation, Membership, Message, Role, Room
+from chat.replies import reply_control
+from chat.transcripts import room_transcript, transcript_json, transcript_markdown
+
+# URL names of the review views of a room.
+TRANSCRIPT = "chat_room_transcript"
+EXPORT_JSON = "chat_room_export_json"
+EXPORT_MD = "chat_room_export_md"
 
 
 class MembershipInline(admin.TabularInline):
@@ -18,8 +40,73 @@ class RoomAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "owner", "visibility", "assistant", "voice", "created"]
     list_filter = ["visibility", "assistant", "voice"]
     search_fields = ["name", "slug"]
-    readonly_fields = ["seq_reserved", "created"]
+    readonly_fields = ["seq_reserved", "created", "review"]
+    list_select_related = ["owner"]
     inlines = [MembershipInline]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("<int:room_id>/transcript/", view(self.transcript_view), name=TRANSCRIPT),
+            path("<int:room_id>/export.json", view(self.export_json_view), name=EXPORT_JSON),
+            path("<int:room_id>/export.md", view(self.export_markdown_view), name=EXPORT_MD),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="review")
+    def review(self, obj: Room) -> str:
+        if obj.pk is None:
+            return "-"
+        return format_html(
+            '<a href="{}">Transcript</a> · <a href="{}">Export JSON</a> · '
+            '<a href="{}">Export Markdown</a>',
+            reverse(f"admin:{TRANSCRIPT}", args=[obj.pk]),
+            reverse(f"admin:{EXPORT_JSON}", args=[obj.pk]),
+            reverse(f"admin:{EXPORT_MD}", args=[obj.pk]),
+        )
+
+    def _reviewed_room(self, request: HttpRequest, room_id: int) -> Room:
+        room = Room.objects.filter(pk=room_id).first()
+        if room is None:
+            raise Http404("no such room")
+        # Reading a conversation is viewing the room (and its messages) in the admin.
+        if not (
+            self.has_view_permission(request, room) and request.user.has_perm("chat.view_message")
+        ):
+            raise PermissionDenied
+        return room
+
+    def transcript_view(self, request: HttpRequest, room_id: int) -> HttpResponse:
+        room = self._reviewed_room(request, room_id)
+        transcript = room_transcript(room_id=room.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": room,
+            "title": f"Transcript of {room.name}",
+            "transcript": transcript,
+            "assistant_role": Role.ASSISTANT,
+            "review": self.review(room),
+        }
+        return TemplateResponse(request, "admin/chat/room/transcript.html", context)
+
+    def export_json_view(self, request: HttpRequest, room_id: int) -> HttpResponse:
+        room = self._reviewed_room(request, room_id)
+        response = JsonResponse(
+            transcript_json(room_transcript(room_id=room.pk)),
+            json_dumps_params={"indent": 2, "ensure_ascii": False},
+        )
+        response["Content-Disposition"] = f'attachment; filename="{room.slug}.json"'
+        return response
+
+    def export_markdown_view(self, request: HttpRequest, room_id: int) -> HttpResponse:
+        room = self._reviewed_room(request, room_id)
+        response = HttpResponse(
+            transcript_markdown(room_transcript(room_id=room.pk)),
+            content_type="text/markdown; charset=utf-8",
+        )
+        response["Content-Disposition"] = f'attachment; filename="{room.slug}.md"'
+        return response
 
 
 @admin.register(Membership)
@@ -42,7 +129,39 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ["role", "status", "room"]
     search_fields = ["text", "author__username"]
     raw_id_fields = ["room", "author", "reply_to"]
+    # One query for the page's rows with their room and author, however many rows.
+    list_select_related = ["room", "author"]
+    # The status belongs to the task running the reply; end a reply with "Stop reply".
+    readonly_fields = ["status"]
     inlines = [GenerationInline]
+    actions = ["stop_reply"]
+
+    @admin.action(description="Stop reply", permissions=["change"])
+    def stop_reply(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        """Stop the selected replies that are still running, as their asker could."""
+        live = list(
+            queryset.filter(role=Role.ASSISTANT, status__in=LIVE_STATUSES).values_list(
+                "pk", flat=True
+            )
+        )
+        user = request.user
+        assert isinstance(user, User)  # admin_view lets only signed-in staff in
+        stopped, failed = 0, []
+        for pk in live:
+            try:
+                async_to_sync(reply_control)(user=user, message_id=pk, action="stop")
+            except ParleyError as exc:
+                failed.append(f"#{pk}: {exc.detail}")
+            else:
+                stopped += 1
+        if stopped:
+            self.message_user(request, f"Stopped {stopped} reply(ies).", messages.SUCCESS)
+        if failed:
+            self.message_user(request, "Not stopped: " + "; ".join(failed), messages.WARNING)
+        if not live:
+            self.message_user(
+                request, "None of the selected messages is a running reply.", messages.WARNING
+            )
 
     @admin.display(description="text")
     def short_text(self, obj: Message) -> str:

@@ -124,7 +124,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 raise BadRequest("frames must be JSON text, not binary")
             try:
                 frame = json.loads(text_data)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # nested past the parser's stack
                 raise BadJson("frame is not valid JSON") from exc
             if not isinstance(frame, dict):
                 raise BadRequest("frame must be a JSON object")

@@ -68,3 +68,13 @@ class RateLimited(ParleyError):
 class Busy(ParleyError):
     code = "busy"
     status = 503
+
+
+class TooManyConnections(ParleyError):
+    """The user already holds PARLEY_MAX_CONNECTIONS_PER_USER connections here.
+
+    (accounts/connections.py)
+    """
+
+    code = "too_many_connections"
+    status = 429

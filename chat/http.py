@@ -46,7 +46,8 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: "[[[[..." nested deeper than the parser's stack, within the limit.
         raise BadJson("request body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 
-from chat.errors import Forbidden, NotFound
-from chat.models import Membership, Message, Room, Visibility
+from chat.errors import BadRequest, Forbidden, NotFound
+from chat.models import Membership, Message, Role, Room, Visibility
 
 AnyUser = User | AnonymousUser
+
+# What a Room.slug can be (a SlugField of max_length 80, so Django's validate_slug): any
+# other name in a URL is no such room, answered before it reaches the database, where a
+# NUL or a lone surrogate would be an error (PostgreSQL) rather than "not found".
+_SLUG = re.compile(r"[-a-zA-Z0-9_]{1,80}")
 
 
 def rooms_visible_to(*, user: AnyUser) -> QuerySet[Room]:
@@ -32,6 +39,8 @@ def is_member(*, room: Room, user: AnyUser) -> bool:
 
 def room_get(*, slug: str, user: AnyUser) -> Room:
     """The room, if ``user`` may see it; a private room is invisible to non-members."""
+    if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+        raise NotFound("no such room")
     room = Room.objects.select_related("owner").filter(slug=slug).first()
     if room is None or (
         room.visibility != Visibility.PUBLIC and not is_member(room=room, user=user)
@@ -60,6 +69,46 @@ def message_get(*, message_id: str | int, user: AnyUser) -> Message:
     )
     if message is None:
         raise NotFound("no such message")
+    return message
+
+
+def can_control_reply(*, user: AnyUser, message: Message, member: bool) -> bool:
+    """Who may pause, resume or stop a reply (docs/protocol.md, "Who controls a reply").
+
+    Staff may control any reply, in any room, whether or not they are members of it (they
+    moderate the whole server). Otherwise the asker (the author of the message the reply
+    answers) and the room's owner may, while they are members of the room.
+    """
+    if not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_staff:
+        return True
+    asker_id = message.reply_to.author_id if message.reply_to else None
+    return member and user.pk in (asker_id, message.room.owner_id)
+
+
+def reply_for_control(*, message_id: object, user: AnyUser) -> Message:
+    """The reply ``user`` asks to control, if ``can_control_reply`` lets them.
+
+    The one check behind every control (WebSocket, HTTP, the admin's "Stop reply"). A
+    non-staff user outside the room gets not_found, as for reading the message; a member
+    who is neither asker nor owner gets forbidden.
+    """
+    pk = parse_message_id(message_id if isinstance(message_id, str | int) else "")
+    message = (
+        Message.objects.select_related("room", "author", "reply_to", "generation")
+        .filter(pk=pk)
+        .first()
+    )
+    if message is None:
+        raise NotFound("no such message")
+    member = is_member(room=message.room, user=user)
+    if not member and not user.is_staff:
+        raise NotFound("no such message")
+    if message.role != Role.ASSISTANT:
+        raise BadRequest("only assistant replies can be controlled")
+    if not can_control_reply(user=user, message=message, member=member):
+        raise Forbidden("only the asker, the room owner or staff can control this reply")
     return message
 
 

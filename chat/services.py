@@ -15,9 +15,12 @@ from django.utils.text import slugify
 
 from chat.errors import BadRequest, Forbidden, NotFound
 from chat.models import AssistantMode, Membership, Room, Visibility, VoiceMode
+from chat.text import clean_text
 
 NAME_MAX = 120
 SYSTEM_PROMPT_MAX = 4000
+# Django's User.username max_length: a longer name cannot exist.
+USERNAME_MAX = 150
 
 
 def _choice(
@@ -45,17 +48,13 @@ def room_create(
     system_prompt: object = None,
 ) -> Room:
     """Create a room owned (and joined) by ``owner``; its slug comes from its name."""
-    if not isinstance(name, str) or not name.strip():
-        raise BadRequest("name is required")
-    name = name.strip()
-    if len(name) > NAME_MAX:
-        raise BadRequest(f"name is at most {NAME_MAX} characters")
-    if system_prompt is None:
-        system_prompt = ""
-    if not isinstance(system_prompt, str) or len(system_prompt) > SYSTEM_PROMPT_MAX:
-        raise BadRequest(
-            f"system_prompt must be a string of at most {SYSTEM_PROMPT_MAX} characters"
-        )
+    name = clean_text(name, field="name", max_chars=NAME_MAX, single_line=True, strip=True)
+    system_prompt = clean_text(
+        "" if system_prompt is None else system_prompt,
+        field="system_prompt",
+        max_chars=SYSTEM_PROMPT_MAX,
+        required=False,
+    )
     fields = {
         "name": name,
         "owner": owner,
@@ -97,8 +96,7 @@ def room_member_add(*, room: Room, by: User, username: object) -> Membership:
     """The owner (or staff) adds ``username`` to ``room``."""
     if room.owner_id != by.pk and not getattr(by, "is_staff", False):
         raise Forbidden("only the room's owner can add members")
-    if not isinstance(username, str) or not username:
-        raise BadRequest("username is required")
+    username = clean_text(username, field="username", max_chars=USERNAME_MAX, single_line=True)
     user = get_user_model().objects.filter(username=username, is_active=True).first()
     if user is None:
         raise NotFound(f"no user named {username!r}")

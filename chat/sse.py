@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 from django.views.decorators.http import require_GET
 
 from accounts.auth import token_id_of
+from accounts.connections import connection_slot_take
 from chat import redis as redis_conn
 from chat.errors import BadRequest
 from chat.events import StoreUnavailable
@@ -45,6 +46,7 @@ def _resume_point(request: HttpRequest) -> int | None:
 async def room_events(request: HttpRequest, user: User, slug: str) -> HttpResponseBase:
     room = await admit(slug=slug, user=user)
     after = _resume_point(request)
+    slot = connection_slot_take(user_id=user.pk)  # 429 past PARLEY_MAX_CONNECTIONS_PER_USER
     sub = SseSubscriber(
         user_id=user.pk,
         username=user.get_username(),
@@ -58,6 +60,7 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         # a clean 503 rather than a stream that dies at once.
         await subscription.prepare()
     except (StoreUnavailable, *redis_conn.UNAVAILABLE):
+        slot.release()
         outage = StoreUnavailable("unreachable")
         busy = JsonResponse({"code": outage.code, "detail": outage.detail}, status=503)
         busy["Retry-After"] = str(RETRY_AFTER_OUTAGE)
@@ -75,7 +78,7 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         finally:
             await subscription.close()
 
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
+    response = StreamingHttpResponse(slot.hold(stream()), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     # nginx: pass each event on at once instead of buffering the response.
     response["X-Accel-Buffering"] = "no"

@@ -13,11 +13,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config import daphne_patches  # noqa: E402
+from config.static import StaticFilesHandler  # noqa: E402
 from voice import registry as voice_registry  # noqa: E402
 
 daphne_patches.install(settings.PARLEY_WS_MAX_BUFFER)
@@ -25,9 +25,8 @@ voice_registry.preload()
 
 application = ProtocolTypeRouter(
     {
-        # Static files (the admin's) straight from the apps: no collectstatic step, and
-        # small enough to serve from the app; the chat pages inline their own assets.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # /static/: collectstatic's hashed files, cached for good (config/static.py).
+        "http": StaticFilesHandler(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -129,7 +130,48 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# collectstatic's output, served by daphne (config/static.py); make run, the Dockerfile and
+# the test session fill it.
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed names for long caching; while DEBUG, the apps' files as they are (no
+    # collectstatic needed to see an edit).
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "config.static.StaticStorage"
+    },
+}
+
+# --- Security headers and cookies (README, "Production") --------------------------------
+
+# The pages' policy (config/security.py): code only from this origin, no inline script or
+# style, no eval, no framing, no plugins. connect-src 'self' covers the room WebSocket
+# (same host, ws: or wss:) and the SSE/HTTP fallbacks; media and images may be blob:/data:
+# URLs the page makes itself.
+PARLEY_CSP = env.str(
+    "PARLEY_CSP",
+    default=(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+)
+# Served over HTTPS (TLS ended by nginx, which sets X-Forwarded-Proto): cookies are sent
+# only over TLS, and Django trusts the proxy's word that the request came in as https.
+# Off by default so a laptop on plain http can log in. Only set it behind a proxy that
+# overwrites X-Forwarded-Proto on every request (deploy/nginx does), or a client could
+# claim https itself.
+DJANGO_HTTPS = env.bool("DJANGO_HTTPS", default=False)
+SESSION_COOKIE_SECURE = DJANGO_HTTPS
+CSRF_COOKIE_SECURE = DJANGO_HTTPS
+if DJANGO_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 
 LOGGING = {
     "version": 1,
@@ -253,6 +295,19 @@ PARLEY_WORKER_LEASE = env.float("PARLEY_WORKER_LEASE", default=10.0)
 # slow and closed with 4408 (it then resumes with ?after=): bounds server memory per
 # connection while leaving room for a burst of several seconds of streaming.
 PARLEY_WS_MAX_BUFFER = env.int("PARLEY_WS_MAX_BUFFER", default=1024 * 1024)
+# Room WebSockets plus SSE streams one user may hold open in one process; past it a
+# handshake closes with 4429 (SSE: HTTP 429). A person with a few tabs and devices, or a
+# bot watching several rooms, stays far below 20; a script opening thousands is stopped
+# before its handshakes cost the members a room lookup, a presence write and a replay
+# each. 0 turns the cap off.
+PARLEY_MAX_CONNECTIONS_PER_USER = env.int("PARLEY_MAX_CONNECTIONS_PER_USER", default=20)
+# WebSocket handshakes worked on at once per process; the rest wait their turn in the
+# event loop. Each makes a few calls on the ORM's one shared thread, which also serves
+# every open connection's frames, so this bounds the queue in front of a member's ping.
+# Measured on 2 cores with 1,000 handshakes 50 at a time (bench/flood.py): another user's
+# ping p95 was ~560 ms with no gate, ~420 ms at 32, ~100 ms at 8, ~30-50 ms at 2-4, while
+# refused handshakes still went through at ~110/s. 0 turns the gate off.
+PARLEY_HANDSHAKE_CONCURRENCY = env.int("PARLEY_HANDSHAKE_CONCURRENCY", default=4)
 # How long a cross-process control (pause/resume/stop sent to another process's reply)
 # waits for the owner's answer before reporting busy.
 PARLEY_CONTROL_TIMEOUT = env.float("PARLEY_CONTROL_TIMEOUT", default=5.0)

@@ -22,6 +22,15 @@ def pytest_configure(config: Any) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _collected_static() -> None:
+    """The pages name their JS and CSS by content hash (config/static.py): collect them
+    once per session, as ``make run`` and the Dockerfile do, before any page renders."""
+    from django.core.management import call_command
+
+    call_command("collectstatic", "--noinput", verbosity=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _close_worker_thread_connections(django_db_setup: Any) -> Iterator[None]:
     """Close the connections that async tests opened in asgiref's worker thread.
 

@@ -75,3 +75,172 @@ def test_tokens_are_issued_once_and_revoked_in_the_admin(admin_client, django_us
     )
     token.refresh_from_db()
     assert token.revoked is not None
+
+
+# --- Query counts: constant, whatever the number of rows --------------------------------
+
+
+def _messages(count: int, django_user_model) -> None:
+    from chat.services import room_create
+
+    # No passwords: hashing a hundred of them would be most of the test's time.
+    owner = django_user_model.objects.create_user(f"owner{count}")
+    rooms = [room_create(owner=owner, name=f"Counted {count} {i}") for i in range(5)]
+    authors = django_user_model.objects.bulk_create(
+        [django_user_model(username=f"author{count}-{i}") for i in range(count)]
+    )
+    for i, author in enumerate(authors):
+        room = rooms[i % len(rooms)]
+        ask = Message.objects.create(room=room, role=Role.USER, author=author, text=f"find {i}")
+        reply = Message.objects.create(
+            room=room, role=Role.ASSISTANT, text=f"find r{i}", reply_to=ask
+        )
+        Generation.objects.create(message=reply, backend="openai", queued_at=timezone.now())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/chat/message/",
+        "/admin/chat/message/?q=find",
+        "/admin/chat/message/?q=author",
+        "/admin/chat/generation/",
+        "/admin/chat/generation/?q=find",
+        "/admin/chat/room/",
+    ],
+)
+def test_changelists_make_the_same_number_of_queries_for_10_and_100_rows(
+    admin_client, django_user_model, url
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    counts = []
+    for rows in (10, 100):
+        _messages(rows, django_user_model)
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(url + ("&" if "?" in url else "?") + "all=")
+        assert response.status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1], (url, counts)
+    assert counts[1] <= 12, counts
+
+
+# --- Statuses are read-only; stopping a reply is an action through reply_control ------------
+
+
+def test_a_reply_status_cannot_be_edited_in_the_admin(admin_client, reviewed):
+    reviewed.status = Status.STREAMING
+    reviewed.save(update_fields=["status"])
+    url = f"/admin/chat/message/{reviewed.pk}/change/"
+    form = admin_client.get(url).context["adminform"].form
+    assert "status" not in form.fields
+    data = {
+        "room": reviewed.room_id,
+        "role": reviewed.role,
+        "text": reviewed.text,
+        "reply_to": reviewed.reply_to_id,
+        "client_id": "",
+        "status": Status.STOPPED,
+        "generation-TOTAL_FORMS": "1",
+        "generation-INITIAL_FORMS": "1",
+        "generation-MIN_NUM_FORMS": "0",
+        "generation-MAX_NUM_FORMS": "1",
+        "generation-0-id": reviewed.generation.pk,
+        "generation-0-message": reviewed.pk,
+    }
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    reviewed.refresh_from_db()
+    assert reviewed.status == Status.STREAMING
+
+
+# --- Transcript and exports for reviewers -----------------------------------------------------
+
+
+@pytest.fixture
+def conversation(django_user_model):
+    from chat.services import room_create, room_join
+
+    owner = django_user_model.objects.create_user("rita", password="pw-12345678")
+    guest = django_user_model.objects.create_user("gus", password="pw-12345678")
+    room = room_create(owner=owner, name="Reviewed talk", visibility="private")
+    room_join(room=room, user=owner)
+    from chat.models import Membership
+
+    Membership.objects.create(room=room, user=guest)
+    ask = Message.objects.create(
+        room=room, role=Role.USER, author=guest, text="### not a heading\nsecond <b>line</b>"
+    )
+    reply = Message.objects.create(
+        room=room, role=Role.ASSISTANT, text="Half an ans", reply_to=ask, status=Status.STOPPED
+    )
+    Generation.objects.create(
+        message=reply,
+        backend="openai",
+        model="m1",
+        queued_at=timezone.now(),
+        stop_reason="user",
+        stopped_by=owner,
+    )
+    return room, ask, reply
+
+
+def test_reviewers_read_a_transcript_and_export_it(admin_client, conversation):
+    room, ask, reply = conversation
+    change = admin_client.get(f"/admin/chat/room/{room.pk}/change/").content.decode()
+    assert f"/admin/chat/room/{room.pk}/transcript/" in change
+
+    page = admin_client.get(f"/admin/chat/room/{room.pk}/transcript/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Transcript of Reviewed talk" in html
+    assert "second &lt;b&gt;line&lt;/b&gt;" in html  # message text is escaped
+    assert html.index("### not a heading") < html.index("Half an ans")
+    assert "stopped" in html
+
+    exported = admin_client.get(f"/admin/chat/room/{room.pk}/export.json")
+    assert exported["Content-Disposition"] == f'attachment; filename="{room.slug}.json"'
+    body = exported.json()
+    assert body["room"]["slug"] == room.slug
+    assert body["members"] == ["gus", "rita"]
+    assert [m["id"] for m in body["messages"]] == [str(ask.pk), str(reply.pk)]
+    assert body["messages"][0]["author"] == "gus"
+    assert body["messages"][1]["status"] == "stopped"
+    assert body["messages"][1]["generation"]["stopped_by"] == "rita"
+    assert body["messages"][1]["generation"]["model"] == "m1"
+
+    md = admin_client.get(f"/admin/chat/room/{room.pk}/export.md")
+    assert md["Content-Type"].startswith("text/markdown")
+    text = md.content.decode()
+    assert text.startswith("# Reviewed talk\n")
+    assert f"### gus · {ask.created.isoformat(timespec='seconds')} · #{ask.pk}" in text
+    assert "> ### not a heading\n> second <b>line</b>" in text  # quoted, not a heading
+    assert "### assistant · " in text
+    assert "· stopped (user by rita)" in text
+
+
+def test_transcripts_are_for_staff_only(client, django_user_model, conversation):
+    room, _, _ = conversation
+    django_user_model.objects.create_user("nosy", password="pw-12345678")
+    client.login(username="nosy", password="pw-12345678")
+    for suffix in ("transcript/", "export.json", "export.md"):
+        response = client.get(f"/admin/chat/room/{room.pk}/{suffix}")
+        assert response.status_code == 302
+        assert "/admin/login/" in response["Location"]
+    assert client.get("/admin/chat/room/999999/transcript/").status_code == 302
+
+
+def test_a_transcript_reads_in_a_constant_number_of_queries(admin_client, conversation):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    room, ask, _ = conversation
+    url = f"/admin/chat/room/{room.pk}/export.json"
+    with CaptureQueriesContext(connection) as few:
+        admin_client.get(url)
+    for i in range(30):
+        Message.objects.create(room=room, role=Role.USER, author=ask.author, text=f"more {i}")
+    with CaptureQueriesContext(connection) as many:
+        assert len(admin_client.get(url).json()["messages"]) == 32
+    assert len(few) == len(many)

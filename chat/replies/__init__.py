@@ -15,16 +15,17 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from chat.errors import BadRequest, Busy, Forbidden, NotGenerating, TooLong
+from chat.errors import BadRequest, Busy, NotGenerating, TooLong
 from chat.events import room_event_emit
 from chat.llm import get_backend
-from chat.models import TERMINAL_STATUSES, AssistantMode, Message, Role, Room, VoiceMode
+from chat.models import TERMINAL_STATUSES, AssistantMode, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
 from chat.replies import db
 from chat.replies.manager import ReplyManager, get_manager
 from chat.replies.run import ReplyRun
-from chat.selectors import message_get
+from chat.selectors import reply_for_control
 from chat.serializers import MessageDict, message_to_dict
+from chat.text import clean_text
 
 __all__ = [
     "ReplyManager",
@@ -52,17 +53,16 @@ def wants_reply(*, room: Room, text: str, ask_ai: bool) -> bool:
 def validate_send(
     *, text: object, client_id: object, ask_ai: object, voice: object
 ) -> tuple[str, str, bool, str | None]:
-    if not isinstance(text, str):
-        raise BadRequest("text must be a string")
-    if not text.strip():
-        raise BadRequest("text must not be empty")
-    limit = settings.PARLEY_MAX_MESSAGE_CHARS
-    if len(text) > limit:
-        raise TooLong(f"text is over {limit} characters")
-    if client_id is None:
-        client_id = ""
-    if not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX:
-        raise BadRequest(f"client_id must be a string of at most {CLIENT_ID_MAX} characters")
+    text = clean_text(
+        text, field="text", max_chars=settings.PARLEY_MAX_MESSAGE_CHARS, too_long=TooLong
+    )
+    client_id = clean_text(
+        "" if client_id is None else client_id,
+        field="client_id",
+        max_chars=CLIENT_ID_MAX,
+        required=False,
+        single_line=True,
+    )
     if ask_ai is None:
         ask_ai = False
     if not isinstance(ask_ai, bool):
@@ -130,15 +130,8 @@ async def message_send(
 
 
 def _control_target(*, user: User, message_id: object) -> Message:
-    message = message_get(
-        message_id=message_id if isinstance(message_id, str | int) else "", user=user
-    )
-    if message.role != Role.ASSISTANT:
-        raise BadRequest("only assistant replies can be controlled")
-    asker_id = message.reply_to.author_id if message.reply_to else None
-    if not (user.pk == asker_id or user.pk == message.room.owner_id or user.is_staff):
-        raise Forbidden("only the asker, the room owner or staff can control this reply")
-    return message
+    # The rule of who may control a reply is chat.selectors.can_control_reply.
+    return reply_for_control(message_id=message_id, user=user)
 
 
 async def reply_control(*, user: User, message_id: object, action: str) -> MessageDict:

@@ -2,7 +2,7 @@
 
 Each user logs in through the login form in a browser context of their own. The model is
 the fake OpenAI-compatible server, scripted per test. Waiting is always Playwright's
-auto-waiting ``expect`` (or ``wait_for_function``) with a timeout, never a sleep.
+auto-waiting ``expect`` (or ``wait_js``) with a timeout, never a sleep.
 Screenshots of the main states go to test-artifacts/; the README's screenshot to docs/.
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import re
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from django.templatetags.static import static
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -89,6 +91,25 @@ def contexts(browser: Browser) -> Iterator[Any]:
     yield new_context
     for context in opened:
         context.close()
+
+
+def wait_js(page: Page, expression: str, arg: Any = None, timeout: float = WAIT_MS) -> Any:
+    """Wait until ``expression`` (a JS expression, or a function of ``arg``) is truthy.
+
+    Playwright's ``wait_for_function`` compiles its predicate with ``eval`` inside the
+    page, which the pages' Content-Security-Policy forbids (no 'unsafe-eval'). This checks
+    the same predicate through ``page.evaluate`` (the DevTools protocol, outside the page's
+    policy) every 50 ms, until it holds or ``timeout`` ms pass.
+    """
+    is_function = "=>" in expression or expression.lstrip().startswith("function")
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        value = page.evaluate(expression, arg) if is_function else page.evaluate(expression)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never true within {timeout} ms: {expression}")
+        page.wait_for_timeout(50)  # the polling interval, as wait_for_function's own
 
 
 def shot(page: Page, name: str) -> None:
@@ -285,9 +306,7 @@ def test_pause_resume_and_stop_from_the_buttons(daphne, llm, contexts, trio):
     ann_reply = ann.locator(f'article[data-id="{rid}"]')
     ann_reply.get_by_role("button", name="Resume").click()
     expect(bob_reply.locator(".badge")).to_have_text("streaming")
-    bob.wait_for_function(
-        "([id, n]) => window.parley.store.get(id).text.length > n + 20", arg=[rid, held]
-    )
+    wait_js(bob, "([id, n]) => window.parley.store.get(id).text.length > n + 20", arg=[rid, held])
 
     bob_reply.get_by_role("button", name="Stop").click()
     for page in (bob, ann, cat):
@@ -318,10 +337,10 @@ def test_a_dropped_connection_resumes_without_loss_or_duplicates(daphne, llm, co
 
     send(ann, "Say many words")
     rid = reply_id(ann)
-    ann.wait_for_function("(id) => window.parley.store.get(id).text.length > 10", arg=rid)
+    wait_js(ann, "(id) => window.parley.store.get(id).text.length > 10", arg=rid)
     ann.evaluate("window.parley.debugDropSocket()")
     expect(ann.locator("#conn")).not_to_have_attribute("data-state", "open", timeout=2_000)
-    ann.wait_for_function("window.parley.debugState().connects === 2")
+    wait_js(ann, "window.parley.debugState().connects === 2")
     expect(ann.locator("#conn")).to_have_attribute("data-state", "open")
     expect(ann.locator(f'article[data-id="{rid}"]')).to_have_attribute("data-status", "complete")
 
@@ -346,10 +365,10 @@ def test_a_snapshot_replaces_the_conversation_and_streaming_goes_on(daphne, llm,
     open_room(ann, daphne, room.slug)
     send(ann, "Stream please")
     rid = reply_id(ann)
-    ann.wait_for_function("(id) => window.parley.store.get(id).text.length > 10", arg=rid)
+    wait_js(ann, "(id) => window.parley.store.get(id).text.length > 10", arg=rid)
     # Resume from a seq the server never issued: it must answer with a snapshot.
     ann.evaluate("window.parley.store.lastSeq = 10 ** 9; window.parley.debugDropSocket()")
-    ann.wait_for_function("window.parley.debugState().connects === 2")
+    wait_js(ann, "window.parley.debugState().connects === 2")
     expect(ann.locator(f'article[data-id="{rid}"]')).to_have_attribute("data-status", "complete")
     assert [f for f in frames if f.get("type") == "snapshot"]
     stored = api_message(daphne, tokens["ann"], rid)
@@ -379,7 +398,7 @@ def test_with_the_websocket_blocked_the_page_works_over_sse_and_http(daphne, llm
     rid = reply_id(ann)
     reply = ann.locator(f'article[data-id="{rid}"]')
     expect(reply.locator(".badge")).to_have_text("streaming")
-    ann.wait_for_function("(id) => window.parley.store.get(id).text.length > 20", arg=rid)
+    wait_js(ann, "(id) => window.parley.store.get(id).text.length > 20", arg=rid)
     shot(ann, "room-sse")
     reply.get_by_role("button", name="Stop").click()
     expect(reply.locator(".badge")).to_have_text("stopped")
@@ -433,9 +452,10 @@ def test_markup_in_messages_renders_as_text(daphne, llm, contexts, trio):
 def test_markdown_renderer_allows_only_its_own_tags(daphne, contexts, trio):
     room, _ = trio
     ann = user_in(daphne, contexts, "ann", room.slug)
+    # The module under its hashed static name, as the page itself imports it.
     cases = ann.evaluate(
-        """async () => {
-          const { renderMarkdown } = await import("parley/markdown.js");
+        """async (url) => {
+          const { renderMarkdown } = await import(url);
           const r = (s) => renderMarkdown(s);
           return {
             link: r("[docs](https://example.com/a?b=1&c=\\"2\\")"),
@@ -447,7 +467,8 @@ def test_markdown_renderer_allows_only_its_own_tags(daphne, contexts, trio):
             code: r("use `<script>` here"),
             bare: r("see https://example.org/x."),
           };
-        }"""
+        }""",
+        static("chat/js/markdown.js"),
     )
     assert cases["link"] == (
         '<p><a href="https://example.com/a?b=1&amp;c=&quot;2&quot;" target="_blank" '
@@ -465,6 +486,95 @@ def test_markdown_renderer_allows_only_its_own_tags(daphne, contexts, trio):
     assert cases["code"] == "<p>use <code>&lt;script&gt;</code> here</p>"
     assert '<a href="https://example.org/x"' in cases["bare"]
     assert cases["bare"].endswith("</a>.</p>")
+
+
+# --- Content-Security-Policy ---------------------------------------------------------------
+
+# Records every CSP violation the page reports, before any of the page's own code runs.
+# (Playwright's init scripts are injected by the browser, so the policy does not block it.)
+CSP_RECORDER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+});
+"""
+
+
+def test_the_pages_run_under_a_csp_with_no_inline_script(daphne, llm, contexts, trio):
+    room, _ = trio
+    context = contexts()
+    context.add_init_script(CSP_RECORDER)
+    console: list[str] = []
+    responses: dict[str, Any] = {}
+    page = context.new_page()
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("response", lambda r: responses.setdefault(r.url, r))
+
+    page.goto(f"{daphne.http_url}/accounts/login/")
+    page.get_by_label("Username").fill("ann")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{daphne.http_url}/")
+    expect(page.get_by_role("link", name="Design review")).to_be_visible()
+    open_room(page, daphne, room.slug)
+    send(page, "Does this page run under its policy?")
+    rid = reply_id(page)
+    expect(page.locator(f'article[data-id="{rid}"]')).to_have_attribute("data-status", "complete")
+
+    document = responses[f"{daphne.http_url}/rooms/{room.slug}/"]
+    policy = document.headers["content-security-policy"]
+    script_src = next(d for d in policy.split(";") if d.strip().startswith("script-src"))
+    assert "'unsafe-inline'" not in script_src
+    assert "'unsafe-eval'" not in script_src
+    assert "data:" not in script_src
+    # The page's code is static files under hashed names, cached for good.
+    scripts = [u for u in responses if "/static/chat/js/" in u]
+    assert any(re.search(r"/static/chat/js/room\.[0-9a-f]{12}\.js$", u) for u in scripts)
+    assert any(re.search(r"/static/chat/js/store\.[0-9a-f]{12}\.js$", u) for u in scripts)
+    for url in scripts:
+        assert "immutable" in responses[url].headers["cache-control"], url
+    assert not re.search(r"<script(?![^>]*\bsrc=)(?![^>]*application/json)", document.text())
+    # Nothing the page does was refused...
+    assert page.evaluate("window.__cspViolations") == []
+    assert not [line for line in console if "Content Security Policy" in line], console
+    # ...and the policy is really in force: an injected inline script does not run.
+    page.evaluate(
+        """() => { const s = document.createElement("script");
+                   s.textContent = "window.__inlineRan = true"; document.body.append(s); }"""
+    )
+    wait_js(page, "window.__cspViolations.length > 0", timeout=WAIT_MS)
+    assert page.evaluate("window.__inlineRan") is None
+
+
+def test_the_admin_runs_under_the_same_csp(daphne, contexts, trio, make_user):
+    room, _ = trio
+    boss, _ = make_user("boss", staff=True)
+    boss.is_superuser = True
+    boss.save(update_fields=["is_superuser"])
+    reply = Message.objects.create(room=room, role=Role.ASSISTANT, text="hi", status="complete")
+    context = contexts()
+    context.add_init_script(CSP_RECORDER)
+    page = context.new_page()
+    page.goto(f"{daphne.http_url}/admin/login/")
+    page.get_by_label("Username").fill("boss")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{daphne.http_url}/admin/")
+    for path in (
+        "/admin/chat/message/",
+        f"/admin/chat/message/{reply.pk}/change/",
+        f"/admin/chat/room/{room.pk}/change/",
+        f"/admin/chat/room/{room.pk}/transcript/",
+    ):
+        response = page.goto(daphne.http_url + path)
+        assert response is not None
+        assert response.status == 200, path
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        assert page.evaluate("window.__cspViolations") == [], path
+    # The admin's own scripts ran (the action bar counts the selection).
+    page.goto(f"{daphne.http_url}/admin/chat/message/")
+    page.locator("input.action-select").first.check()
+    expect(page.locator(".action-counter")).to_contain_text("1 of")
 
 
 # --- rooms: list, create, join, access ---------------------------------------------------
@@ -569,11 +679,11 @@ def test_voice_controls_and_gapless_audio_playback(daphne, contexts, trio):
     ann.get_by_role("button", name="Speaker off").click()
     expect(ann.get_by_role("button", name="Speaker on")).to_have_attribute("aria-pressed", "true")
     assert {"action": "audio", "enabled": True} in sent
-    ann.wait_for_function("window.parley.player.debugState().context === 'running'")
+    wait_js(ann, "window.parley.player.debugState().context === 'running'")
 
     send(ann, "Speak to me")
     expect(ann.locator("article.msg--pending")).to_contain_text("Speak to me")
-    ann.wait_for_function("window.parley.store.pending.values().next().value.conn !== null")
+    wait_js(ann, "window.parley.store.pending.values().next().value.conn !== null")
     send_frames = [f for f in sent if f.get("action") == "send"]
     assert send_frames
     assert send_frames[0]["voice"] == "streaming"
@@ -608,7 +718,7 @@ def test_voice_controls_and_gapless_audio_playback(daphne, contexts, trio):
     # Out of order on purpose: chunk 1 waits for chunk 0, then both play back to back.
     ws.send(audio_frame(5, 1, 8000))
     ws.send(audio_frame(5, 0, 8000))
-    ann.wait_for_function("window.parley.player.debugState().played === 2")
+    wait_js(ann, "window.parley.player.debugState().played === 2")
     state = ann.evaluate("window.parley.player.debugState()")
     assert state["streams"] == 1
     assert state["dropped"] == 0
@@ -625,7 +735,7 @@ def test_voice_controls_and_gapless_audio_playback(daphne, contexts, trio):
             }
         )
     )
-    ann.wait_for_function("window.parley.player.debugState().context === 'suspended'")
+    wait_js(ann, "window.parley.player.debugState().context === 'suspended'")
     ws.send(
         json.dumps(
             {
@@ -638,11 +748,11 @@ def test_voice_controls_and_gapless_audio_playback(daphne, contexts, trio):
             }
         )
     )
-    ann.wait_for_function("window.parley.player.debugState().context === 'running'")
+    wait_js(ann, "window.parley.player.debugState().context === 'running'")
     ws.send(audio_frame(5, 2, 16000))
-    ann.wait_for_function("window.parley.player.debugState().played === 3")
+    wait_js(ann, "window.parley.player.debugState().played === 3")
     ws.send(json.dumps({"type": "audio", "state": "cancel", "stream": 5}))
-    ann.wait_for_function("window.parley.player.debugState().streams === 0")
+    wait_js(ann, "window.parley.player.debugState().streams === 0")
     assert ann.evaluate("window.parley.player.debugState().queued") == 0
 
 

@@ -1,6 +1,6 @@
 // The room list and the join page: create a room, join a public one (JSON API).
 
-import { ApiError, rooms } from "parley/api.js";
+import { ApiError, rooms } from "./api.js";
 
 const roomUrl = (slug) => `/rooms/${encodeURIComponent(slug)}/`;
 

@@ -5,11 +5,11 @@
 // shows at once, greyed, and is replaced when its `message` event (same client_id) comes
 // back. window.parley exposes the pieces and a few debug handles for tests.
 
-import { ApiError, messages as messagesApi, rooms as roomsApi } from "parley/api.js";
-import { AudioPlayer } from "parley/audio.js";
-import { Connection } from "parley/connection.js";
-import { renderMarkdown } from "parley/markdown.js";
-import { LIVE, RoomStore } from "parley/store.js";
+import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
+import { AudioPlayer } from "./audio.js";
+import { Connection } from "./connection.js";
+import { renderMarkdown } from "./markdown.js";
+import { LIVE, RoomStore } from "./store.js";
 
 // A typing indicator fades this long after the last `typing` event from that person.
 const TYPING_SHOWN_MS = 4000;

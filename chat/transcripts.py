@@ -1,0 +1,125 @@
+"""A room's whole conversation for the people who review sessions (admin, staff only).
+
+``room_transcript`` reads it in a fixed number of queries whatever its length; the
+renderers turn it into the JSON and Markdown exports. The JSON uses the wire's Message
+shape (docs/protocol.md) plus, on assistant replies, how each was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from chat.models import Generation, Message, Role, Room, Status
+from chat.serializers import ASSISTANT_NAME, message_to_dict
+
+
+@dataclass(frozen=True)
+class Transcript:
+    room: Room
+    members: list[str]
+    messages: list[Message]
+
+
+def room_transcript(*, room_id: int) -> Transcript:
+    """The room, its members and every message, oldest first (three queries)."""
+    room = Room.objects.select_related("owner").get(pk=room_id)
+    members = sorted(
+        m.user.get_username() for m in room.memberships.select_related("user").order_by()
+    )
+    messages = list(
+        Message.objects.filter(room=room)
+        .select_related("author", "generation", "generation__stopped_by")
+        .order_by("id")
+    )
+    return Transcript(room=room, members=members, messages=messages)
+
+
+def _generation(message: Message) -> Generation | None:
+    try:
+        return message.generation
+    except Generation.DoesNotExist:
+        return None
+
+
+def _generation_dict(gen: Generation) -> dict[str, Any]:
+    ttft = None
+    if gen.started_at is not None and gen.first_token_at is not None:
+        ttft = round((gen.first_token_at - gen.started_at).total_seconds() * 1000, 1)
+    return {
+        "backend": gen.backend,
+        "model": gen.model,
+        "queued_at": gen.queued_at.isoformat(),
+        "ended_at": gen.ended_at.isoformat() if gen.ended_at else None,
+        "ttft_ms": ttft,
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "paused_seconds": gen.paused_seconds,
+        "stop_reason": gen.stop_reason or None,
+        "stopped_by": gen.stopped_by.get_username() if gen.stopped_by else None,
+        "error": gen.error or None,
+        "voice": gen.voice or None,
+    }
+
+
+def transcript_json(transcript: Transcript) -> dict[str, Any]:
+    room = transcript.room
+    messages = []
+    for message in transcript.messages:
+        item: dict[str, Any] = dict(message_to_dict(message, room_slug=room.slug))
+        gen = _generation(message)
+        if gen is not None:
+            item["generation"] = _generation_dict(gen)
+        messages.append(item)
+    return {
+        "room": {
+            "slug": room.slug,
+            "name": room.name,
+            "owner": room.owner.get_username(),
+            "visibility": room.visibility,
+            "assistant": room.assistant,
+            "voice": room.voice,
+            "system_prompt": room.system_prompt,
+            "created": room.created.isoformat(),
+        },
+        "members": transcript.members,
+        "exported_at": timezone.now().isoformat(),
+        "messages": messages,
+    }
+
+
+def _quote_block(text: str) -> str:
+    # Each message is a block quote: its own Markdown renders inside it, and a line of it
+    # that looks like one of our headings cannot pass for another message.
+    if not text.strip():
+        return "> _(no text)_"
+    return "\n".join(f"> {line}".rstrip() for line in text.splitlines())
+
+
+def transcript_markdown(transcript: Transcript) -> str:
+    room = transcript.room
+    lines = [
+        f"# {room.name}",
+        "",
+        f"- Room: `{room.slug}` ({room.visibility}), owner {room.owner.get_username()}",
+        f"- Members: {', '.join(transcript.members) or '-'}",
+        f"- Exported: {timezone.now().isoformat(timespec='seconds')}",
+        "",
+    ]
+    for message in transcript.messages:
+        if message.role == Role.ASSISTANT:
+            who = ASSISTANT_NAME
+        else:
+            who = message.author.get_username() if message.author else "(deleted user)"
+        when = message.created.isoformat(timespec="seconds")
+        heading = f"### {who} · {when} · #{message.pk}"
+        if message.role == Role.ASSISTANT and message.status != Status.COMPLETE:
+            heading += f" · {message.status}"
+            gen = _generation(message)
+            if gen is not None and gen.stop_reason:
+                by = f" by {gen.stopped_by.get_username()}" if gen.stopped_by else ""
+                heading += f" ({gen.stop_reason}{by})"
+        lines += [heading, "", _quote_block(message.text), ""]
+    return "\n".join(lines)

@@ -551,7 +551,9 @@ class RoomSession:
         seq = getattr(event, "seq", None)
         if isinstance(seq, int):
             if isinstance(event, Snapshot):
-                self.last_seq = max(seq, self.last_seq or 0)
+                # The room as of seq: go on from there, even below a resume point the
+                # server never issued (else every later event would look seen).
+                self.last_seq = seq
             else:
                 if self.last_seq is not None and seq <= self.last_seq:
                     return  # seen already (replay and live overlapped)

@@ -41,6 +41,11 @@ HELLO_TIMEOUT = 8.0
 # Frames from the server can be big: a snapshot carries up to 50 messages of any length.
 # websockets' default (1 MiB) could refuse one; 32 MiB still bounds a broken server.
 MAX_SERVER_FRAME = 32 * 1024 * 1024
+# Frames websockets may hold before it stops reading the socket. The session's own bounded
+# buffer is where events wait; keeping this small lets a caller that stops reading push
+# back on the server (which then cuts us with 4408 and we resume) instead of piling up
+# frames here: websockets' default, 16, can be many megabytes of large deltas.
+WS_MAX_QUEUE = 4
 # The contract's limit on frames we send (PROTOCOL.md 5: over 64 KiB closes with 1009).
 MAX_CLIENT_FRAME = 64 * 1024
 # The server sends a ": ping" comment at least every 15 s (PROTOCOL.md 5); three missed
@@ -115,6 +120,7 @@ class WebSocketConnection:
                 url,
                 additional_headers=headers,
                 max_size=MAX_SERVER_FRAME,
+                max_queue=WS_MAX_QUEUE,
                 open_timeout=open_timeout,
                 ping_interval=ping_interval,
                 ping_timeout=ping_interval,

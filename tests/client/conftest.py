@@ -16,14 +16,25 @@ FAST = Backoff(initial=0.02, maximum=0.2)
 
 @pytest.fixture
 def members(make_user, make_room) -> Any:
-    """ann owns room "Client tests" (assistant always); bob is a member."""
+    """ann owns room "Client tests" (assistant always); bob and cat are members."""
     from chat.services import room_join
 
     ann, ann_token = make_user("ann")
     bob, bob_token = make_user("bob")
+    cat, cat_token = make_user("cat")
     room = make_room(ann, "Client tests")
     room_join(room=room, user=bob)
-    return room, {"ann": ann_token, "bob": bob_token}
+    room_join(room=room, user=cat)
+    return room, {"ann": ann_token, "bob": bob_token, "cat": cat_token}
+
+
+@pytest.fixture
+def dora_rooms(make_user, make_room) -> Any:
+    """dora's private room and her public room, neither of which the others joined."""
+    dora, _ = make_user("dora")
+    private = make_room(dora, "Dora's", visibility="private")
+    public = make_room(dora, "Dora's public", visibility="public")
+    return private, public
 
 
 @pytest.fixture

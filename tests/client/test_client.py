@@ -7,6 +7,7 @@ and reads as a sentence.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,7 @@ async def test_a_resume_point_the_server_never_issued_brings_a_snapshot(daphne, 
     room, tokens = members
     async with Client(daphne.http_url, token=tokens["ann"]) as client:
         sent = await client.send(room.slug, "before @assistant", wait=True)
+        assert sent.reply is not None
         async with client.room(room.slug, after=10**9) as session:
             snapshot = await next_of(session, Snapshot)
         assert [m.id for m in snapshot.messages][-2:] == [sent.message.id, sent.id]
@@ -206,7 +208,7 @@ async def test_a_slow_reader_is_cut_off_and_resumes_by_itself(daphne_factory, ll
         # The session's caller reads nothing while the whole reply is written.
         sent = await client.send(room.slug, "a lot @assistant", wait=True)
         assert sent.reply is not None
-        events = []
+        events: list[Any] = []
         async with asyncio.timeout(TIMEOUT):
             async for event in session.events():
                 events.append(event)

@@ -40,7 +40,7 @@ async def main(url, token, slug):
             async for event in room.events():
                 if isinstance(event, Delta) and event.message_id == sent.id:
                     text += event.text
-                if isinstance(event, Generation) and event.message_id == sent.id and event.is_terminal:
+                if isinstance(event, Generation) and event.is_terminal:
                     return text, event.state
 
 text, state = asyncio.run(main(*sys.argv[2:5]))

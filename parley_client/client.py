@@ -13,6 +13,7 @@ Every method raises a typed :class:`~parley_client.errors.ParleyError` on failur
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,7 @@ from parley_client.errors import (
     ServerError,
     Unreachable,
     error_from_body,
+    network_reason,
 )
 from parley_client.models import Message, Room, Sent
 from parley_client.room import DEFAULT_BUFFER, Backoff, RoomSession, Transport
@@ -237,7 +239,8 @@ class Client:
     async def save_audio(self, message_id: str, path: str | Path) -> Path:
         """Write the reply's audio (``GET /api/messages/<id>/audio``) to a WAV file."""
         path = Path(path)
-        path.write_bytes(await self.audio(message_id))
+        data = await self.audio(message_id)
+        await asyncio.to_thread(path.write_bytes, data)
         return path
 
     # --- plumbing ------------------------------------------------------------------------
@@ -259,7 +262,7 @@ class Client:
                 **kw,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise Unreachable(f"cannot reach {self.url} ({_reason(exc)})") from exc
+            raise Unreachable(f"cannot reach {self.url} ({network_reason(exc)})") from exc
         except httpx.TimeoutException as exc:
             raise ServerError(f"{self.url} did not answer in time", code="timeout") from exc
         except httpx.TransportError as exc:
@@ -289,13 +292,6 @@ class Client:
         if not isinstance(body, dict):
             raise ServerError(f"{self.url} answered {path} with unexpected JSON")
         return body
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    if "refused" in text.lower():
-        return "connection refused"
-    return text or type(exc).__name__
 
 
 def _drop_none(**kw: Any) -> dict[str, Any]:

@@ -51,6 +51,7 @@ __all__ = [
     "Unreachable",
     "error_from_body",
     "error_from_close",
+    "network_reason",
 ]
 
 
@@ -166,6 +167,22 @@ class ConnectionLost(ParleyError):
 
     default_code = "connection_lost"
     summary = "the connection to the server was lost"
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words: the innermost OS error's, if any.
+
+    httpx wraps a refused connection as "All connection attempts failed"; the errno in
+    its cause chain says what happened.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror.lower()
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or type(exc).__name__
 
 
 _BY_CODE: dict[str, type[ParleyError]] = {

@@ -30,6 +30,7 @@ from parley_client.errors import (
     Unreachable,
     error_from_body,
     error_from_close,
+    network_reason,
 )
 from parley_client.models import AudioChunk, Event, Hello, MalformedEvent, parse_event
 
@@ -140,7 +141,7 @@ class WebSocketConnection:
                 f"the WebSocket handshake did not finish within {open_timeout:g} s"
             ) from exc
         except OSError as exc:
-            raise Unreachable(f"cannot reach {base_url} ({_reason(exc)})") from exc
+            raise Unreachable(f"cannot reach {base_url} ({network_reason(exc)})") from exc
         try:
             async with asyncio.timeout(HELLO_TIMEOUT):
                 while True:
@@ -191,13 +192,6 @@ class WebSocketConnection:
         await self.ws.close()
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
-        return "connection refused"
-    return text or type(exc).__name__
-
-
 class SSEConnection:
     """``GET /api/rooms/<slug>/events``; sends and controls go over HTTP (the session)."""
 
@@ -233,7 +227,7 @@ class SSEConnection:
         try:
             response = await http.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise Unreachable(f"cannot reach {http.base_url} ({_reason(exc)})") from exc
+            raise Unreachable(f"cannot reach {http.base_url} ({network_reason(exc)})") from exc
         except httpx.TransportError as exc:
             raise ConnectionLost(f"the event stream failed to open ({exc})") from exc
         if response.status_code != 200:

@@ -26,6 +26,7 @@ class TCPProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -53,18 +54,22 @@ class TCPProxy:
 
     async def aclose(self) -> None:
         await self.stop()
-        for task in list(self._tasks):
-            task.cancel()
+        # Closing the sockets ends every handler by itself (cancelling them instead makes
+        # asyncio's start_server callback log the CancelledError as an error).
+        for writer in list(self._writers):
+            writer.transport.abort()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._serve(reader, writer)
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

@@ -399,6 +399,7 @@ class RoomSession:
                     return current
                 await done
         finally:
+            _settle(done)
             waiters = self._terminal_waiters.get(mid, [])
             if done in waiters:
                 waiters.remove(done)
@@ -420,6 +421,7 @@ class RoomSession:
         try:
             return await done
         finally:
+            _settle(done)
             waiters = self._audio_waiters.get(mid, [])
             if done in waiters:
                 waiters.remove(done)
@@ -677,15 +679,18 @@ class RoomSession:
             raise TooLong(f"the frame is over the contract's {MAX_CLIENT_FRAME} bytes")
         if outcome is not None:
             self._requests[request_id] = (outcome, survives_drop)
-        for _ in range(3):
-            conn = await self._live()
-            try:
-                await conn.send_frame(frame)
-                return request_id
-            except ConnectionLost:
-                self._connected.clear()
-        self._forget(request_id)
-        raise ConnectionLost("could not send: the connection keeps dropping")
+        try:
+            for _ in range(3):
+                conn = await self._live()
+                try:
+                    await conn.send_frame(frame)
+                    return request_id
+                except ConnectionLost:
+                    self._connected.clear()
+            raise ConnectionLost("could not send: the connection keeps dropping")
+        except BaseException:
+            self._forget(request_id)
+            raise
 
     def _forget(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
@@ -716,6 +721,10 @@ class RoomSession:
             # No frame acknowledges a control; errors come before the answer to a later
             # ping on the same connection, so the pong says "accepted" (or the error came).
             await self._ping()
+        except BaseException:
+            if outcome.done():
+                outcome.exception()  # the ping's error is the one to raise; mark it seen
+            raise
         finally:
             self._forget(request_id)
         if outcome.done():
@@ -750,6 +759,12 @@ class RoomSession:
             for audio_waiter in audio_waiters:
                 if not audio_waiter.done():
                     audio_waiter.set_exception(error)
+
+
+def _settle(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen when its waiter left early (no asyncio warning)."""
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _id(message_id: str | Sent | Message) -> str:

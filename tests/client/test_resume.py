@@ -17,8 +17,10 @@ from parley_client import (
     Delta,
     Generation,
     Hello,
+    Presence,
     Reconnecting,
     RoomSession,
+    Unauthorized,
     Unreachable,
 )
 from tests.client.conftest import FAST
@@ -129,3 +131,36 @@ async def test_a_server_away_for_a_while_is_retried_with_backoff(daphne, llm, me
         reference = await collect_reply(direct, sent.id)
         assert durable(seen) == durable(reference)
         assert text_of(seen, sent.id) == "".join(PIECES)
+
+
+async def test_a_token_revoked_while_away_ends_the_session_with_unauthorized(
+    daphne, members, proxy
+):
+    """Reconnecting cannot help once the token is revoked: events() raises, once."""
+    from asgiref.sync import sync_to_async
+
+    from accounts.models import ApiToken, hash_token
+    from accounts.services import api_token_revoke
+
+    room, tokens = members
+    async with (
+        Client(proxy.url, token=tokens["ann"], backoff=FAST) as client,
+        client.room(room.slug) as session,
+    ):
+        token = await sync_to_async(ApiToken.objects.get)(key_hash=hash_token(tokens["ann"]))
+        await sync_to_async(api_token_revoke)(token=token)
+        await proxy.cut()
+        seen: list = []
+
+        async def read_all() -> None:
+            async with asyncio.timeout(TIMEOUT):
+                async for event in session.events():
+                    seen.append(event)
+
+        with pytest.raises(Unauthorized) as info:
+            await read_all()
+        assert info.value.close_code == 4401
+        assert [type(e) for e in seen if not isinstance(e, Presence)] == [Hello, Reconnecting]
+        assert not session.connected
+        with pytest.raises(Unauthorized):
+            await session.send("anyone there?")

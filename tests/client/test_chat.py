@@ -6,6 +6,7 @@ conditions end in one clear line and a non-zero exit."""
 from __future__ import annotations
 
 import asyncio
+import wave
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ from parley_client import Client
 from tests.support.daphne import free_port
 from tests.support.openai_server import Scenario
 from tests.support.terminal import Terminal
+from tests.support.tts_servers import FakeSpeechServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -175,5 +177,74 @@ def test_without_a_room_it_lists_them_to_pick_from(daphne, members):
         term.wait_text("joined Client tests")
         term.send("\x04")  # Ctrl-D quits
         assert term.wait_exit() == 0
+    finally:
+        term.close()
+
+
+async def test_commands_rooms_join_help_voice_and_audio(
+    daphne_factory, llm, members, dora_rooms, tmp_path
+):
+    room, tokens = members
+    _, public = dora_rooms
+    llm.set_default(Scenario.normal(["Spoken ", "words."]))
+    speech = FakeSpeechServer().start()
+    try:
+        server = daphne_factory(
+            TTS_BACKEND="openai", OPENAI_TTS_BASE_URL=speech.base_url, OPENAI_TTS_API_KEY="sk"
+        )
+        term = chat("--url", server.http_url, room.slug, token=tokens["ann"])
+        try:
+            await wait(term, "joined Client tests")
+            term.send("/help\r")
+            await wait(term, "/voice MODE")
+            term.send("/rooms\r")
+            await wait(term, "client-tests             Client tests · public · owner ann (here)")
+            term.send("/nonsense\r")
+            await wait(term, "unknown command /nonsense; /help lists them")
+            term.send(f"/audio {tmp_path / 'reply.wav'}\r")
+            await wait(term, "spoken replies will be saved as")
+            term.send("/voice streaming\r")
+            await wait(term, "next reply: voice streaming")
+            term.send("say it @assistant\r")
+            screen = await wait(term, "s of audio to", timeout=30)
+            saved = list(tmp_path.glob("reply-*.wav"))
+            assert len(saved) == 1
+            assert saved[0].name in squash(screen)
+            with wave.open(str(saved[0])) as wav:
+                assert wav.getframerate() == 24000
+                assert wav.getnframes() > 0
+            # Only that reply was spoken: the voice mode was for the next reply.
+            term.send("again, silently @assistant\r")
+            await wait(term, "again, silently")
+            await asyncio.to_thread(
+                term.wait_for, lambda s: s.count("(complete") == 2, 20, "two replies"
+            )
+            assert len(speech.requests) == 1
+            term.send(f"/join {public.slug}\r")
+            await wait(term, f"joined Dora's public ({public.slug})")
+            term.send("/quit\r")
+            assert await asyncio.to_thread(term.wait_exit) == 0
+        finally:
+            term.close()
+    finally:
+        speech.stop()
+
+
+async def test_a_token_revoked_mid_chat_ends_it_with_one_line(daphne, members, proxy):
+    from asgiref.sync import sync_to_async
+
+    from accounts.models import ApiToken, hash_token
+    from accounts.services import api_token_revoke
+
+    room, tokens = members
+    term = chat("--url", proxy.url, room.slug, token=tokens["ann"])
+    try:
+        await wait(term, "joined Client tests")
+        token = await sync_to_async(ApiToken.objects.get)(key_hash=hash_token(tokens["ann"]))
+        await sync_to_async(api_token_revoke)(token=token)
+        await proxy.cut()
+        assert await asyncio.to_thread(term.wait_exit) == 4
+        assert f"parley-chat: {proxy.url} refused the token (wrong or revoked?)" in term.plain()
+        assert "Traceback" not in term.plain()
     finally:
         term.close()

@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -90,6 +91,12 @@ SEND_TIMEOUT = 30.0
 REPLY_ANNOUNCE_TIMEOUT = 10.0
 # How long an action waits for the connection to come back before giving up.
 RECONNECT_WAIT = 30.0
+
+# A connection that lasted this long, or delivered a durable event, was healthy: the next
+# drop starts the backoff from the beginning. One that died sooner with nothing delivered
+# (a server that fails every connection the same way) continues it, so a crash loop is
+# retried ever more slowly instead of every half second.
+HEALTHY_CONNECTION_SECONDS = 30.0
 
 # Errors after which reconnecting cannot help: the session ends with them.
 FATAL = (Unauthorized, Forbidden, NotFound, BadRequest)
@@ -217,6 +224,8 @@ class RoomSession:
         self._audio_waiters: dict[str, list[asyncio.Future[AudioClip]]] = {}
         self._ids = itertools.count(1)
         self._reconnect_now = False
+        # Connections in a row that ended before they were healthy (see above).
+        self._flaps = 0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -485,6 +494,7 @@ class RoomSession:
         """Read events; on a drop, reconnect with backoff and go on after ``last_seq``."""
         try:
             while True:
+                started, start_seq = time.monotonic(), self.last_seq
                 try:
                     async for event in conn.events():
                         await self._dispatch(event)
@@ -499,6 +509,8 @@ class RoomSession:
                 with contextlib.suppress(Exception):
                     await conn.close()
                 self._fail_inflight(reason)
+                healthy = time.monotonic() - started >= HEALTHY_CONNECTION_SECONDS
+                self._flaps = 0 if healthy or self.last_seq != start_seq else self._flaps + 1
                 logger.info("room %s: connection lost (%s); reconnecting", self.slug, reason)
                 next_conn = await self._reconnect(reason)
                 if next_conn is None:
@@ -520,10 +532,11 @@ class RoomSession:
             if limit is not None and attempt >= limit:
                 await self._end(reason)
                 return None
-            if self._reconnect_now or (attempt == 0 and reason.code == "slow_reader"):
+            first = attempt == 0 and not self._flaps
+            if self._reconnect_now or (first and reason.code == "slow_reader"):
                 delay = 0.0
             else:
-                delay = self.backoff.delay(attempt)
+                delay = self.backoff.delay(attempt + self._flaps)
             self._reconnect_now = False
             attempt += 1
             await self._emit(Reconnecting(reason, attempt, delay, self.last_seq))

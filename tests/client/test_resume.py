@@ -164,3 +164,29 @@ async def test_a_token_revoked_while_away_ends_the_session_with_unauthorized(
         assert not session.connected
         with pytest.raises(Unauthorized):
             await session.send("anyone there?")
+
+
+async def test_a_server_failing_every_connection_is_retried_ever_more_slowly(
+    daphne, members, proxy
+):
+    """Connections that die right after hello, with nothing delivered, do not reset the
+    backoff: a crash loop is retried more and more slowly, not at the first delay forever."""
+    room, tokens = members
+    async with (
+        Client(proxy.url, token=tokens["ann"], backoff=FAST) as client,
+        client.room(room.slug) as session,
+    ):
+        proxy.cut_after = b'"type":"hello"'
+        await proxy.cut()
+        delays: list[float] = []
+        async with asyncio.timeout(TIMEOUT):
+            async for event in session.events():
+                if isinstance(event, Reconnecting):
+                    delays.append(event.delay)
+                    if len(delays) == 6:
+                        break
+        # FAST starts at 0.02 s doubling (each delay drawn from half to all of it) and caps
+        # at 0.2 s; the first connection delivered nothing durable either, so it counts.
+        assert delays[0] <= 0.04
+        assert all(d >= 0.1 for d in delays[4:])
+        assert session.connects >= 5

@@ -2,7 +2,9 @@
 
 ``cut()`` drops every connection through it at once, as a network failure or a server
 restart would; ``stop()`` / ``start()`` stop and restart listening on the same port (a
-server that is away for a while); ``block_websockets`` answers WebSocket upgrade requests
+server that is away for a while); ``cut_after`` drops each connection once the server has
+sent some bytes (a server failing every connection alike); ``block_websockets`` answers
+WebSocket upgrade requests
 with ``502 Bad Gateway``, as a proxy that does not pass WebSockets does, while plain HTTP
 (SSE included) goes through.
 """
@@ -20,6 +22,9 @@ class TCPProxy:
     def __init__(self, target_port: int, *, block_websockets: bool = False) -> None:
         self.target_port = target_port
         self.block_websockets = block_websockets
+        # When set, every connection is dropped right after the server sends these bytes
+        # (e.g. b'"type":"hello"'): a server that fails every connection the same way.
+        self.cut_after: bytes | None = None
         self.port = 0
         self.connections = 0
         self.refused_upgrades = 0
@@ -96,18 +101,24 @@ class TCPProxy:
         self._pairs.add(pair)
         up_writer.write(head)
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(
+                _pipe(reader, up_writer), _pipe(up_reader, writer, cut_after=self.cut_after)
+            )
         finally:
             self._pairs.discard(pair)
             writer.transport.abort()
             up_writer.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cut_after: bytes | None = None
+) -> None:
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+            if cut_after is not None and cut_after in data:
+                break
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:

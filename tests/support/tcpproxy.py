@@ -4,9 +4,8 @@
 restart would; ``stop()`` / ``start()`` stop and restart listening on the same port (a
 server that is away for a while); ``cut_after`` drops each connection once the server has
 sent some bytes (a server failing every connection alike); ``block_websockets`` answers
-WebSocket upgrade requests
-with ``502 Bad Gateway``, as a proxy that does not pass WebSockets does, while plain HTTP
-(SSE included) goes through.
+WebSocket upgrade requests with ``502 Bad Gateway``, as a proxy that does not pass
+WebSockets does, while plain HTTP (SSE included) goes through.
 """
 
 from __future__ import annotations

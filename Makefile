@@ -11,11 +11,13 @@ PORT ?= 8000
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt bench/peers/requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt bench/peers/requirements.txt pyproject.toml
 	@test -x $(BIN)/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "==> installing dependencies (the first time builds llama.cpp from source: ~4 minutes on 2 cores)"
 	$(BIN)/python -m pip install --progress-bar on -r requirements-dev.txt
+	@echo "==> installing the project itself (parley_client and the parley-chat command)"
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 run: install

@@ -1,0 +1,106 @@
+"""parley_client: a Python client for Parley's rooms, and a terminal chat.
+
+::
+
+    from parley_client import Client
+
+    async with Client("http://127.0.0.1:8000", token=TOKEN) as client:
+        rooms = await client.rooms()
+        async with client.room("lobby") as room:
+            reply = await room.send("What is a channel layer? @assistant")
+            async for event in room.events():
+                ...
+
+It needs only ``websockets`` and ``httpx`` (no Django). The terminal chat is
+``python -m parley_client`` (``parley-chat``), which also needs ``prompt_toolkit``.
+"""
+
+from parley_client.audio import AudioClip, write_wav
+from parley_client.client import Client, MessagePage
+from parley_client.errors import (
+    BadRequest,
+    Conflict,
+    ConnectionLost,
+    Forbidden,
+    NotFound,
+    NotGenerating,
+    NotMember,
+    ParleyError,
+    RateLimited,
+    ServerError,
+    SlowReader,
+    TooLong,
+    Unauthorized,
+    Unreachable,
+)
+from parley_client.models import (
+    AudioCancel,
+    AudioChunk,
+    AudioEnd,
+    AudioStart,
+    Delta,
+    DurableEvent,
+    ErrorEvent,
+    Event,
+    Generation,
+    Hello,
+    Message,
+    MessageEvent,
+    Metrics,
+    Pong,
+    Presence,
+    Reconnecting,
+    Room,
+    Sent,
+    Snapshot,
+    Typing,
+    UnknownEvent,
+)
+from parley_client.room import Backoff, RoomSession, SessionClosed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AudioCancel",
+    "AudioChunk",
+    "AudioClip",
+    "AudioEnd",
+    "AudioStart",
+    "Backoff",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "ConnectionLost",
+    "Delta",
+    "DurableEvent",
+    "ErrorEvent",
+    "Event",
+    "Forbidden",
+    "Generation",
+    "Hello",
+    "Message",
+    "MessageEvent",
+    "MessagePage",
+    "Metrics",
+    "NotFound",
+    "NotGenerating",
+    "NotMember",
+    "ParleyError",
+    "Pong",
+    "Presence",
+    "RateLimited",
+    "Reconnecting",
+    "Room",
+    "RoomSession",
+    "Sent",
+    "ServerError",
+    "SessionClosed",
+    "SlowReader",
+    "Snapshot",
+    "TooLong",
+    "Typing",
+    "Unauthorized",
+    "UnknownEvent",
+    "Unreachable",
+    "write_wav",
+]

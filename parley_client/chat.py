@@ -1,0 +1,536 @@
+"""The terminal chat: one room, live, in the shell you already have open.
+
+Built on prompt_toolkit (3.0), not textual, because the chat belongs *in* the terminal's
+scrollback rather than in a full-screen app: finished messages are printed above the
+prompt and stay in the terminal's history (searchable, copyable, still there after you
+quit), while prompt_toolkit keeps a small live area at the bottom (the reply that is
+streaming, then the input line) and a status line, redrawing only those. It is asyncio
+native (the room's events and the keyboard share one loop), handles line editing,
+history, wide characters and terminal resizing, and needs only ``wcwidth``. textual is
+a fine framework for full-screen apps, but it would take over the screen, lose the
+scrollback on exit, and bring rich and markdown-it for a line-oriented chat.
+
+Keys: Enter sends; Ctrl-C stops the reply being generated (twice quits); Ctrl-D quits.
+Commands: ``/help`` lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.shortcuts import print_formatted_text
+from prompt_toolkit.styles import Style
+
+from parley_client.client import Client
+from parley_client.errors import NotMember, ParleyError
+from parley_client.models import (
+    AudioCancel,
+    AudioEnd,
+    Delta,
+    ErrorEvent,
+    Event,
+    Generation,
+    Hello,
+    Message,
+    MessageEvent,
+    Metrics,
+    Presence,
+    Reconnecting,
+    Snapshot,
+    Typing,
+)
+from parley_client.room import RoomSession, Transport
+
+# Two Ctrl-C presses within this many seconds quit.
+DOUBLE_PRESS_SECONDS = 2.0
+# A typing indicator shows this long after the last "typing" event (the server relays at
+# most one a second per member, so 4 s survives a missed one).
+TYPING_SHOWN_SECONDS = 4.0
+# We tell the room we are typing at most this often (the server drops more anyway).
+TYPING_SEND_INTERVAL = 1.0
+# The live area shows at most this many lines of a streaming reply (its tail), so a long
+# reply never pushes the input line off the screen.
+LIVE_LINES = 8
+# The status line redraws this often so typing indicators expire on time.
+REFRESH_SECONDS = 1.0
+# A note in the status line ("reconnected", "Ctrl-C again quits") shows this long.
+NOTE_SECONDS = 6.0
+# Messages shown from before you joined.
+DEFAULT_HISTORY = 10
+
+VOICE_MODES = ("normal", "streaming", "realtime", "off")
+
+# Stop reasons the server sends as codes, in words ("" hides the obvious one).
+REASONS = {"user": "", "pause_timeout": "paused for too long"}
+
+STYLE = Style.from_dict(
+    {
+        "time": "#888888",
+        "author": "bold",
+        "me": "bold ansigreen",
+        "assistant": "bold ansicyan",
+        "state": "italic #888888",
+        "note": "#888888",
+        "error": "ansired",
+        "prompt": "bold",
+        "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
+    }
+)
+
+HELP = """\
+/pause /resume /stop    control the reply being generated (Ctrl-C stops it too)
+/voice MODE             speak the next reply: normal, streaming, realtime or off
+/audio FILE.wav         save spoken replies (FILE-<id>.wav each); /audio off stops
+/rooms                  list the rooms you can see
+/join SLUG              go to another room (joining it if it is public)
+/help                   this list
+/quit                   leave (also Ctrl-D, or Ctrl-C twice)"""
+
+
+@dataclass(slots=True)
+class LiveReply:
+    message: Message
+    text: str = ""
+    state: str = "queued"
+    by: str | None = None
+    stopping: bool = False
+    # True when this chat saw the reply from its first event, so ``text`` is all of it.
+    whole: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+def clock(message: Message) -> str:
+    created = message.created_at
+    if created is None:
+        return datetime.now().strftime("%H:%M")  # noqa: DTZ005 (the reader's own clock)
+    return created.astimezone().strftime("%H:%M")
+
+
+def describe_end(event: Generation) -> str:
+    """``complete · 12 tokens · first token 180 ms · 7.8 tokens/s`` and the like."""
+    parts = [event.state if not event.by else f"{event.state} by {event.by}"]
+    reason = REASONS.get(event.reason or "", event.reason)
+    if reason and event.state != "complete":
+        parts[0] += f": {reason}"
+    m: Metrics | None = event.metrics
+    if m is not None:
+        if m.tokens is not None:
+            parts.append(f"{m.tokens} tokens")
+        if m.ttft_ms is not None:
+            parts.append(f"first token {m.ttft_ms:.0f} ms")
+        if m.tokens_per_second:
+            parts.append(f"{m.tokens_per_second:.1f} tokens/s")
+    return " · ".join(parts)
+
+
+class ChatApp:
+    """The chat's state and screen. ``run()`` returns the process exit code."""
+
+    def __init__(
+        self,
+        client: Client,
+        slug: str,
+        *,
+        transport: Transport = "auto",
+        join: bool = False,
+        history: int = DEFAULT_HISTORY,
+    ) -> None:
+        self.client = client
+        self.slug = slug
+        self.transport: Transport = transport
+        self.join_public = join
+        self.history = history
+        self.room: RoomSession | None = None
+        self.live: dict[str, LiveReply] = {}
+        self.typing_until: dict[str, float] = {}
+        self._note = ""
+        self._note_until: float | None = 0.0
+        self.voice_next: str | None = None
+        self.audio_path: Path | None = None
+        self.printed: set[str] = set()
+        self.last_ctrl_c = 0.0
+        self.last_typing_sent = 0.0
+        self.exit_code = 0
+        self.fatal: ParleyError | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.prompt: PromptSession[str] = PromptSession(
+            message=self._prompt_message,
+            bottom_toolbar=self._status_line,
+            key_bindings=self._keys(),
+            style=STYLE,
+            erase_when_done=True,
+            refresh_interval=REFRESH_SECONDS,
+        )
+        self.prompt.default_buffer.on_text_changed += self._typed
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Join, then read lines until quit; errors that end the session end the chat."""
+        await self.enter(self.slug)  # errors here reach the caller as one line
+        try:
+            while self.fatal is None:
+                try:
+                    line = await self.prompt.prompt_async()
+                except EOFError:
+                    break
+                if self.fatal is not None:
+                    break
+                if not await self.handle(line.strip()):
+                    break
+        finally:
+            await self.leave()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.fatal is not None:
+            raise self.fatal
+        return self.exit_code
+
+    async def enter(self, slug: str) -> None:
+        """Open ``slug`` (after showing its latest messages), replacing the current room."""
+        try:
+            page = await self.client.messages(slug, limit=self.history) if self.history else None
+        except NotMember:
+            if not self.join_public:
+                raise
+            await self.client.join(slug)
+            page = await self.client.messages(slug, limit=self.history)
+        room = self.client.room(
+            slug,
+            transport=self.transport,
+            after=page.head if page else None,
+            audio=bool(self.audio_path),
+        )
+        await room.open()
+        await self.leave()
+        self.room, self.slug = room, slug
+        self.live.clear()
+        self.typing_until.clear()
+        r = room.room
+        self.say(
+            ("class:note", f"joined {r.name} ({r.slug}) · {r.visibility} · owner {r.owner} · "),
+            ("class:note", f"over {room.transport} · /help for commands"),
+        )
+        for message in page.messages if page else []:
+            if message.is_terminal or message.role == "user":
+                self.print_message(message)
+            else:
+                self.live[message.id] = LiveReply(message, message.text, message.status)
+        self.pump = asyncio.create_task(self._pump(room))
+
+    async def leave(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pump
+            self.pump = None
+        if self.room is not None:
+            await self.room.close()
+            self.room = None
+
+    async def _pump(self, room: RoomSession) -> None:
+        try:
+            async for event in room.events():
+                await self.on_event(event)
+        except ParleyError as exc:
+            self.fatal = exc
+            self._exit_prompt()
+
+    def _exit_prompt(self) -> None:
+        app = self.prompt.app
+        if app.is_running and app.future is not None and not app.future.done():
+            app.exit(exception=EOFError())
+
+    # --- events ----------------------------------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, MessageEvent):
+            message = event.message
+            if message.role == "assistant":
+                self.live[message.id] = LiveReply(message, message.text, message.status, whole=True)
+            else:
+                self.print_message(message)
+        elif isinstance(event, Delta):
+            reply = self.live.get(event.message_id)
+            if reply is not None:
+                reply.text += event.text
+                reply.state = "streaming" if reply.state == "queued" else reply.state
+        elif isinstance(event, Generation):
+            await self.on_generation(event)
+        elif isinstance(event, Snapshot):
+            self.say(("class:note", "(the server could not replay everything: resynced)"))
+            self.live.clear()
+            for message in event.messages:
+                if message.id in self.printed:
+                    continue
+                if message.is_terminal or message.role == "user":
+                    self.print_message(message)
+                else:
+                    self.live[message.id] = LiveReply(message, message.text, message.status)
+        elif isinstance(event, Typing):
+            self.typing_until[event.username] = time.monotonic() + TYPING_SHOWN_SECONDS
+        elif isinstance(event, Presence):
+            pass  # the status line reads room.online
+        elif isinstance(event, Reconnecting):
+            self.set_note(f"reconnecting (attempt {event.attempt}): {event.reason}", sticky=True)
+        elif isinstance(event, Hello):
+            if self.room is not None and self.room.connects > 1:
+                self.set_note(f"reconnected over {event.transport}")
+        elif isinstance(event, ErrorEvent):
+            self.say(("class:error", f"server: {event.detail or event.code}"))
+        elif isinstance(event, AudioEnd | AudioCancel) and self.audio_path and event.message_id:
+            self._spawn(self.save_audio(event.message_id))
+        self.refresh()
+
+    async def on_generation(self, event: Generation) -> None:
+        reply = self.live.get(event.message_id)
+        if reply is None:
+            return
+        reply.state, reply.by = event.state, event.by
+        if not event.is_terminal:
+            return
+        del self.live[event.message_id]
+        text = reply.text
+        if not reply.whole:  # joined mid-reply: the server has the whole text
+            with contextlib.suppress(ParleyError):
+                text = (await self.client.message(event.message_id)).text
+        self.print_message(reply.message, text=text)
+        self.say(("class:state", f"  ({describe_end(event)})"))
+
+    async def save_audio(self, message_id: str) -> None:
+        if self.room is None or self.audio_path is None:
+            return
+        clip = await self.room.wait_audio(message_id)
+        if not clip.chunks:
+            return
+        path = self.audio_path.with_name(
+            f"{self.audio_path.stem}-{message_id}{self.audio_path.suffix or '.wav'}"
+        )
+        await asyncio.to_thread(clip.write_wav, path)
+        self.say(("class:note", f"saved {clip.seconds:.1f} s of audio to {path}"))
+
+    # --- input -----------------------------------------------------------------------------
+
+    async def handle(self, line: str) -> bool:
+        """Act on one input line; False to quit."""
+        if not line:
+            return True
+        if line.startswith("/"):
+            command, _, arg = line[1:].partition(" ")
+            return await self.command(command.lower(), arg.strip())
+        await self.send(line)
+        return True
+
+    async def send(self, text: str) -> None:
+        assert self.room is not None
+        voice, self.voice_next = self.voice_next, None
+        try:
+            await self.room.send(text, voice=voice)
+        except ParleyError as exc:
+            self.say(("class:error", f"not sent: {exc}"))
+
+    async def command(self, name: str, arg: str) -> bool:
+        room = self.room
+        assert room is not None
+        try:
+            if name in ("quit", "exit", "q"):
+                return False
+            if name == "help":
+                self.say(("", HELP))
+            elif name in ("pause", "resume", "stop"):
+                await self.control(name, arg or None)
+            elif name == "voice":
+                if arg not in VOICE_MODES:
+                    self.say(("class:error", "usage: /voice normal|streaming|realtime|off"))
+                else:
+                    self.voice_next = arg
+                    self.say(("class:note", f"the next reply: voice {arg}"))
+            elif name == "audio":
+                await self.set_audio(arg)
+            elif name == "rooms":
+                await self.list_rooms()
+            elif name == "join":
+                if not arg:
+                    self.say(("class:error", "usage: /join SLUG"))
+                else:
+                    self.join_public = True
+                    await self.enter(arg)
+            else:
+                self.say(("class:error", f"unknown command /{name}; /help lists them"))
+        except ParleyError as exc:
+            self.say(("class:error", f"/{name}: {exc}"))
+        return True
+
+    async def control(self, action: str, message_id: str | None = None) -> None:
+        assert self.room is not None
+        target = message_id or self.current_reply()
+        if target is None:
+            self.say(("class:note", "no reply is being generated"))
+            return
+        if action == "stop" and target in self.live:
+            self.live[target].stopping = True
+        await getattr(self.room, action)(target)
+
+    async def set_audio(self, arg: str) -> None:
+        assert self.room is not None
+        if not arg:
+            self.say(("class:error", "usage: /audio FILE.wav, or /audio off"))
+            return
+        if arg == "off":
+            self.audio_path = None
+            await self.room.set_audio(False)
+            self.say(("class:note", "audio off"))
+            return
+        self.audio_path = _expand(arg)
+        await self.room.set_audio(True)
+        self.say(("class:note", f"spoken replies will be saved as {self.audio_path}"))
+
+    async def list_rooms(self) -> None:
+        rooms = await self.client.rooms()
+        for r in rooms:
+            here = " (here)" if r.slug == self.slug else ""
+            self.say(("", f"  {r.slug:<24} {r.name} · {r.visibility} · owner {r.owner}{here}"))
+
+    def current_reply(self) -> str | None:
+        """The reply a bare /stop or Ctrl-C means: the one streaming, else the newest."""
+        for reply_id, reply in reversed(self.live.items()):
+            if reply.state in ("streaming", "paused"):
+                return reply_id
+        return next(reversed(self.live), None) if self.live else None
+
+    def _keys(self) -> KeyBindings:
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        def _(event: KeyPressEvent) -> None:
+            now = time.monotonic()
+            if now - self.last_ctrl_c < DOUBLE_PRESS_SECONDS:
+                event.app.exit(exception=EOFError())
+                return
+            self.last_ctrl_c = now
+            target = self.current_reply()
+            if target is not None and not self.live[target].stopping:
+                self._spawn(self.command("stop", ""))
+                self.set_note("stopping the reply (Ctrl-C again quits)")
+            elif event.current_buffer.text:
+                event.current_buffer.reset()
+            else:
+                self.set_note("Ctrl-C again quits")
+            self.refresh()
+
+        return keys
+
+    def _typed(self, _: object) -> None:
+        now = time.monotonic()
+        room = self.room
+        if room is None or not self.prompt.default_buffer.text:
+            return
+        if now - self.last_typing_sent >= TYPING_SEND_INTERVAL:
+            self.last_typing_sent = now
+            self._spawn(room.typing())
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- drawing ---------------------------------------------------------------------------
+
+    def say(self, *fragments: tuple[str, str]) -> None:
+        """Print a line above the prompt (into the terminal's scrollback)."""
+        print_formatted_text(FormattedText(list(fragments)), style=STYLE)
+
+    def print_message(self, message: Message, *, text: str | None = None) -> None:
+        self.printed.add(message.id)
+        you = self.room.you if self.room else ""
+        author = message.author or "?"
+        style = (
+            "class:assistant"
+            if message.role == "assistant"
+            else ("class:me" if author == you else "class:author")
+        )
+        self.say(
+            ("class:time", f"[{clock(message)}] "),
+            (style, author),
+            ("", ": " + (message.text if text is None else text)),
+        )
+
+    def set_note(self, text: str, *, sticky: bool = False) -> None:
+        """Show ``text`` in the status line for a while (``sticky``: until replaced)."""
+        self._note = text
+        self._note_until = None if sticky else time.monotonic() + NOTE_SECONDS
+
+    def refresh(self) -> None:
+        app = self.prompt.app
+        if app.is_running:
+            app.invalidate()
+
+    def _prompt_message(self) -> FormattedText:
+        fragments: list[tuple[str, str]] = []
+        width = max(20, self.prompt.app.output.get_size().columns)
+        for reply in self.live.values():
+            state = reply.state + (" · stopping" if reply.stopping else "")
+            fragments.append(("class:time", f"[{clock(reply.message)}] "))
+            fragments.append(("class:assistant", "assistant"))
+            fragments.append(("class:state", f" ({state})\n"))
+            lines = _wrap(reply.text, width)[-LIVE_LINES:] if reply.text else []
+            for line in lines:
+                fragments.append(("", line + "\n"))
+        fragments.append(("class:prompt", f"{self.slug}> "))
+        return FormattedText(fragments)
+
+    def _status_line(self) -> FormattedText:
+        room = self.room
+        if room is None:
+            return FormattedText([("", " connecting…")])
+        now = time.monotonic()
+        parts = [f" {self.slug}", room.transport if room.connected else "offline"]
+        parts.append("online: " + (", ".join(room.online) or "nobody"))
+        typing = [u for u, until in self.typing_until.items() if until > now and u != room.you]
+        if typing:
+            parts.append(
+                ", ".join(typing) + (" is typing…" if len(typing) == 1 else " are typing…")
+            )
+        queued = sum(1 for r in self.live.values() if r.state == "queued")
+        if queued:
+            parts.append(f"{queued} queued")
+        if self.voice_next:
+            parts.append(f"next reply: voice {self.voice_next}")
+        if self._note and (self._note_until is None or self._note_until > now):
+            parts.append(self._note)
+        return FormattedText([("", " · ".join(parts))])
+
+
+def _expand(path: str) -> Path:
+    """``~`` in a path the user typed (a string operation; no file system access)."""
+    return Path(path).expanduser()
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of ``text`` at most ``width`` cells wide (breaking at spaces where it can)."""
+    out: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if len(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                out.append(line)
+            while len(word) > width:
+                out.append(word[:width])
+                word = word[width:]
+            line = word
+        out.append(line)
+    return out

@@ -1,0 +1,484 @@
+"""The contract's objects and events as typed, immutable dataclasses (PROTOCOL.md 2, 3, 6).
+
+Each event keeps the wire dict it came from in ``raw`` (for logging and for comparing
+what two clients saw); the typed fields are what programs read. A frame of a type this
+client does not know becomes an :class:`UnknownEvent`, so a newer server never breaks it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TERMINAL_STATES",
+    "AudioCancel",
+    "AudioChunk",
+    "AudioEnd",
+    "AudioStart",
+    "Delta",
+    "DurableEvent",
+    "ErrorEvent",
+    "Event",
+    "Generation",
+    "Hello",
+    "Message",
+    "MessageEvent",
+    "Metrics",
+    "Pong",
+    "Presence",
+    "Reconnecting",
+    "Room",
+    "Sent",
+    "Snapshot",
+    "Typing",
+    "UnknownEvent",
+    "parse_event",
+]
+
+#: Generation states after which a reply changes no more.
+TERMINAL_STATES = frozenset({"complete", "stopped", "failed", "interrupted"})
+
+
+class MalformedEvent(ValueError):
+    """A frame from the server that does not match the contract."""
+
+
+def _str(d: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = d.get(key, default)
+    if not isinstance(value, str):
+        raise MalformedEvent(f"{key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise MalformedEvent(f"{key!r} must be a string or null")
+    return value
+
+
+def _int(d: Mapping[str, Any], key: str) -> int:
+    value = d.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MalformedEvent(f"{key!r} must be an integer")
+    return value
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A room: ``{"slug", "name", "owner", "visibility", "assistant", "voice", "head"}``."""
+
+    slug: str
+    name: str
+    owner: str
+    visibility: str
+    assistant: str
+    voice: str
+    head: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Room:
+        if not isinstance(d, Mapping):
+            raise MalformedEvent("a room must be a JSON object")
+        return cls(
+            slug=_str(d, "slug"),
+            name=_str(d, "name", ""),
+            owner=_str(d, "owner", ""),
+            visibility=_str(d, "visibility", "public"),
+            assistant=_str(d, "assistant", "always"),
+            voice=_str(d, "voice", "off"),
+            head=int(d.get("head") or 0),
+        )
+
+    def answers(self, text: str, *, ask_ai: bool = False) -> bool:
+        """Whether the assistant will answer ``text`` here (PROTOCOL.md section 2)."""
+        return self.assistant == "always" or ask_ai or "@assistant" in text.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message. ``id`` is opaque: pass it back as given."""
+
+    id: str
+    room: str
+    role: Literal["user", "assistant"] | str
+    author: str | None
+    text: str
+    status: str
+    reply_to: str | None
+    client_id: str | None
+    created: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Message:
+        if not isinstance(d, Mapping):
+            raise MalformedEvent("a message must be a JSON object")
+        message_id = _opt_str(d, "id")
+        if message_id is None:
+            raise MalformedEvent("a message needs an id")
+        return cls(
+            id=message_id,
+            room=_str(d, "room", ""),
+            role=_str(d, "role", "user"),
+            author=_opt_str(d, "author"),
+            text=_str(d, "text", ""),
+            status=_str(d, "status", "complete"),
+            reply_to=_opt_str(d, "reply_to"),
+            client_id=_opt_str(d, "client_id"),
+            created=_str(d, "created", ""),
+        )
+
+    @property
+    def created_at(self) -> datetime | None:
+        """``created`` as an aware datetime (None if the server sent none)."""
+        if not self.created:
+            return None
+        try:
+            return datetime.fromisoformat(self.created.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What :meth:`RoomSession.send` returns: your message and the reply it asked for.
+
+    ``id`` is the reply's id when there is one (what ``pause``, ``resume``, ``stop`` and
+    ``wait_reply`` take), otherwise your message's.
+    """
+
+    message: Message
+    reply: Message | None
+
+    @property
+    def id(self) -> str:
+        return (self.reply or self.message).id
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """A finished reply's metrics (``generation.metrics``); None where the server had none."""
+
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    tokens: int | None = None
+    tokens_per_second: float | None = None
+    paused_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Metrics | None:
+        if not isinstance(d, Mapping):
+            return None
+
+        def num(key: str) -> float | None:
+            v = d.get(key)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        tokens = d.get("tokens")
+        return cls(
+            ttft_ms=num("ttft_ms"),
+            duration_ms=num("duration_ms"),
+            tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+            tokens_per_second=num("tokens_per_second"),
+            paused_ms=num("paused_ms"),
+        )
+
+
+# --- Durable events (they carry seq) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """``message``: a new message (an assistant reply starts with ``text == ""``)."""
+
+    seq: int
+    message: Message
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["message"] = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """``delta``: text appended to assistant message ``message_id``."""
+
+    seq: int
+    message_id: str
+    text: str
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["delta"] = "delta"
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """``generation``: a reply changed state; terminal states carry usage and metrics."""
+
+    seq: int
+    message_id: str
+    state: str
+    by: str | None
+    reason: str | None
+    usage: dict[str, Any] | None
+    metrics: Metrics | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["generation"] = "generation"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """``snapshot``: the room's latest messages, sent instead of a replay the server can no
+    longer give. Rebuild your view from ``messages``; ``seq`` is the head it is exact at."""
+
+    seq: int
+    messages: tuple[Message, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["snapshot"] = "snapshot"
+
+
+# --- Live-only events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """``hello``: the first event of every (re)connection."""
+
+    room: Room
+    you: str
+    head: int
+    online: tuple[str, ...]
+    transport: str = "websocket"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    type: Literal["hello"] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    online: tuple[str, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["presence"] = "presence"
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    username: str
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["typing"] = "typing"
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    id: Any
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["pong"] = "pong"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """An ``error`` frame that answered no request of this client (requests raise theirs)."""
+
+    code: str
+    detail: str
+    id: Any
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["error"] = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioStart:
+    """A reply starts being spoken: PCM chunks of ``stream`` follow."""
+
+    stream: int
+    message_id: str
+    format: str
+    sample_rate: int
+    channels: int
+    mode: str
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["audio_start"] = "audio_start"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """PCM of ``stream`` (``pcm_s16le`` at the stream's sample rate), chunk ``index``."""
+
+    stream: int
+    index: int
+    pcm: bytes = field(repr=False)
+    message_id: str | None = None
+    format: str = "pcm_s16le"
+    sample_rate: int = 0
+    channels: int = 1
+    type: Literal["audio_chunk"] = "audio_chunk"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioEnd:
+    stream: int
+    chunks: int
+    message_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    type: Literal["audio_end"] = "audio_end"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioCancel:
+    """The reply was stopped: drop what is queued of ``stream``."""
+
+    stream: int
+    message_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    type: Literal["audio_cancel"] = "audio_cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """An event type this client does not know (a newer server); ``seq`` if durable."""
+
+    type: str
+    seq: int | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """Client-side: the connection dropped and the session will reconnect in ``delay`` s,
+    resuming after ``after`` (the last seq it delivered). Nothing durable is lost."""
+
+    reason: Exception
+    attempt: int
+    delay: float
+    after: int | None
+    type: Literal["reconnecting"] = "reconnecting"
+
+
+DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot
+Event: TypeAlias = (
+    MessageEvent
+    | Delta
+    | Generation
+    | Snapshot
+    | Hello
+    | Presence
+    | Typing
+    | Pong
+    | ErrorEvent
+    | AudioStart
+    | AudioChunk
+    | AudioEnd
+    | AudioCancel
+    | UnknownEvent
+    | Reconnecting
+)
+
+
+def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
+    """The typed event for one JSON frame; :class:`MalformedEvent` if it breaks the contract."""
+    if not isinstance(raw, dict):
+        raise MalformedEvent("an event must be a JSON object")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise MalformedEvent("an event needs a type")
+    if kind == "message":
+        return MessageEvent(_int(raw, "seq"), Message.from_dict(raw.get("message") or {}), raw)
+    if kind == "delta":
+        message_id = _opt_str(raw, "message_id")
+        if message_id is None:
+            raise MalformedEvent("a delta needs a message_id")
+        return Delta(_int(raw, "seq"), message_id, _str(raw, "text"), raw)
+    if kind == "generation":
+        message_id = _opt_str(raw, "message_id")
+        if message_id is None:
+            raise MalformedEvent("a generation event needs a message_id")
+        usage = raw.get("usage")
+        return Generation(
+            seq=_int(raw, "seq"),
+            message_id=message_id,
+            state=_str(raw, "state"),
+            by=_opt_str(raw, "by"),
+            reason=_opt_str(raw, "reason"),
+            usage=usage if isinstance(usage, dict) else None,
+            metrics=Metrics.from_dict(raw.get("metrics")),
+            raw=raw,
+        )
+    if kind == "snapshot":
+        messages = raw.get("messages")
+        if not isinstance(messages, list):
+            raise MalformedEvent("a snapshot needs a list of messages")
+        return Snapshot(_int(raw, "seq"), tuple(Message.from_dict(m) for m in messages), raw)
+    if kind == "hello":
+        room = Room.from_dict(raw.get("room") or {})
+        return Hello(
+            room=room,
+            you=_str(raw, "you"),
+            head=int(raw.get("head") or room.head),
+            online=_names(raw.get("online")),
+            transport=transport,
+            raw=raw,
+        )
+    if kind == "presence":
+        return Presence(_names(raw.get("online")), raw)
+    if kind == "typing":
+        return Typing(_str(raw, "username"), raw)
+    if kind == "pong":
+        return Pong(raw.get("id"), raw)
+    if kind == "error":
+        return ErrorEvent(
+            _str(raw, "code", "internal"), _str(raw, "detail", ""), raw.get("id"), raw
+        )
+    if kind == "audio":
+        return _parse_audio(raw)
+    seq = raw.get("seq")
+    return UnknownEvent(
+        kind, seq if isinstance(seq, int) and not isinstance(seq, bool) else None, raw
+    )
+
+
+def _parse_audio(raw: dict[str, Any]) -> Event:
+    state = raw.get("state")
+    stream = _int(raw, "stream")
+    if state == "start":
+        return AudioStart(
+            stream=stream,
+            message_id=_opt_str(raw, "message_id") or "",
+            format=_str(raw, "format", "pcm_s16le"),
+            sample_rate=_int(raw, "sample_rate"),
+            channels=int(raw.get("channels") or 1),
+            mode=_str(raw, "mode", ""),
+            raw=raw,
+        )
+    if state == "end":
+        return AudioEnd(stream, int(raw.get("chunks") or 0), _opt_str(raw, "message_id"), raw)
+    if state == "cancel":
+        return AudioCancel(stream, _opt_str(raw, "message_id"), raw)
+    if state == "chunk":  # SSE carries each PCM chunk as base64 in JSON
+        try:
+            pcm = base64.b64decode(_str(raw, "data"), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedEvent("an audio chunk's data is not base64") from exc
+        return AudioChunk(stream=stream, index=_int(raw, "index"), pcm=pcm)
+    return UnknownEvent("audio", None, raw)

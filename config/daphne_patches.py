@@ -100,6 +100,11 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+def _is_event_stream(request: Any) -> bool:
+    types = request.responseHeaders.getRawHeaders(b"content-type") or []
+    return any(t.startswith(b"text/event-stream") for t in types)
+
+
 def _skip_eager_debug_formatting() -> None:
     """autobahn pretty-prints every new connection's configuration for a debug log line
     (``self.log.debug("\\n{attrs}", attrs=pformat(...))``) even when debug logging is off:
@@ -172,7 +177,13 @@ def install(limit: int) -> None:
 
     def http_reply(self: Any, message: dict[str, Any]) -> None:
         original_http_reply(self, message)
-        if message.get("type") == "http.response.body" and message.get("more_body"):
+        if (
+            message.get("type") == "http.response.body"
+            and message.get("more_body")
+            and _is_event_stream(self)
+        ):
+            # Only an event stream: a large ordinary response (a long reply's JSON, sent in
+            # 64 KiB chunks) is bounded by its own size and must not be cut.
             transport = getattr(self.channel, "transport", None)
             if transport is not None and unsent_bytes(transport) > limit:
                 logger.warning("ending a streamed response that fell %d bytes behind", limit)

@@ -101,17 +101,26 @@ async def until_ended(client: RoomClient, message_id: str, timeout: float = 60) 
     await client.wait_for(lambda e: view_of(client, message_id)[1] in TERMINAL_STATUSES, timeout)
 
 
+# Two timings of the same restart. "sweeper-first": the owner beats once a second and
+# the other process sweeps five times a second, so after the restart wipes the leases it
+# looks long before the owner's next beat, and only the grace after the store's return
+# keeps it from calling the reply dead (defect: a false interrupt, then a second end).
+# "owner-first": the owner beats fast and the other sweeps rarely, so no sweep comes near
+# (defect: the live copy lost with Redis leaves a hole in every member's text).
+TIMINGS = {
+    "sweeper-first": ({"PARLEY_WORKER_HEARTBEAT": "1"}, {"PARLEY_WORKER_HEARTBEAT": "0.2"}),
+    "owner-first": ({"PARLEY_WORKER_HEARTBEAT": "0.2"}, {"PARLEY_WORKER_HEARTBEAT": "2"}),
+}
+
+
+@pytest.mark.parametrize("timing", list(TIMINGS))
 async def test_redis_restart_mid_reply_leaves_every_view_whole_with_one_end(
-    daphne_factory, private_redis, llm, members
+    daphne_factory, private_redis, llm, members, timing
 ):
     room, tokens = members
-    # The owner beats once a second; the other process sweeps five times a second. A
-    # restart wipes the owner's lease, and the sweeper looks long before the next beat:
-    # only the grace after the store's return keeps it from calling the reply dead.
-    owner = daphne_factory(REDIS_URL=private_redis.url, **FAST)
-    sweeper = daphne_factory(
-        REDIS_URL=private_redis.url, **{**FAST, "PARLEY_WORKER_HEARTBEAT": "0.2"}
-    )
+    owner_env, sweeper_env = TIMINGS[timing]
+    owner = daphne_factory(REDIS_URL=private_redis.url, **{**FAST, **owner_env})
+    sweeper = daphne_factory(REDIS_URL=private_redis.url, **{**FAST, **sweeper_env})
     pieces = [f"w{i} " for i in range(500)]
     llm.set_default(Scenario.slow(pieces, delay=0.01))
     ann = await connect(owner, room, tokens["ann"])

@@ -260,3 +260,29 @@ async def test_a_fresh_process_interrupts_orphans_with_nobody_connected(
     # Within the lease of the process starting (plus one sweep interval for the check).
     lease, beat = float(FAST["PARLEY_WORKER_LEASE"]), float(FAST["PARLEY_WORKER_HEARTBEAT"])
     assert elapsed < lease + beat + 1.0
+
+
+async def test_a_reply_ended_elsewhere_stops_without_a_second_end(daphne, llm, members):
+    """The database is the judge of a reply's end: when a survivor's sweep has marked it
+    interrupted (here: the same conditional update, run by the test), its owner stops at
+    its next save and announces nothing, instead of streaming on to a second end."""
+    from chat.replies import db
+
+    room, tokens = members
+    llm.set_default(Scenario.endless(("x ",), interval=0.01))
+    ann = await connect(daphne, room, tokens["ann"])
+    try:
+        start = len(llm.requests)
+        reply = await ask(ann)
+        await ann.wait_type("delta", message_id=reply)
+        changed = await sync_to_async(db.interrupt)([(room.pk, int(reply))])
+        assert changed == [(room.pk, int(reply))]
+        # The owner finds out at its next save (PARLEY_SAVE_INTERVAL, 1 s) and lets go of
+        # the model at once.
+        await asyncio.to_thread(llm.wait_disconnect, start, 10)
+        await ann.send(action="ping", id="after-stop")
+        await ann.wait_type("pong", id="after-stop")
+        assert terminal_events(ann, reply) == []
+        assert (await stored(reply)).status == "interrupted"
+    finally:
+        await ann.close()

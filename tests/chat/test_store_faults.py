@@ -28,7 +28,9 @@ FAST = {"PARLEY_RESYNC_INTERVAL": "0.5", "PARLEY_WORKER_LEASE": "3", "PARLEY_WOR
 
 
 @pytest.fixture
-def private_redis() -> Any:
+def private_redis(sole_deployment: None) -> Any:
+    """A redis-server this test may kill; the session's daphne (on another Redis, same
+    database) is stopped meanwhile (tests/conftest.py)."""
     server = RedisServer().start()
     yield server
     server.kill()

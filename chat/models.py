@@ -89,6 +89,9 @@ class Status(models.TextChoices):
 
 # A reply in one of these states is still owned by a generation task somewhere.
 LIVE_STATUSES = (Status.QUEUED, Status.STREAMING, Status.PAUSED)
+# A reply in one of these has ended for good: the one definition, imported everywhere
+# (the event store, the services, the voice views, the tests). A reply reaches one of
+# them exactly once: the move is a conditional update (chat/replies/db.py).
 TERMINAL_STATUSES = (Status.COMPLETE, Status.STOPPED, Status.FAILED, Status.INTERRUPTED)
 
 
@@ -108,7 +111,9 @@ class Message(models.Model):
     reply_to = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
     )
-    # The sender's own id for its optimistic copy; echoed back, never interpreted.
+    # The sender's own id for its optimistic copy, echoed back; also the send's
+    # idempotency key: a resend with it within PARLEY_SEND_IDEMPOTENCY_WINDOW returns this
+    # message instead of storing another (chat/replies/db.py).
     client_id = models.CharField(max_length=64, blank=True, default="")
     created = models.DateTimeField(auto_now_add=True)
 
@@ -116,6 +121,12 @@ class Message(models.Model):
         indexes = [
             # The latest messages of a room, and paging by id within it.
             models.Index(fields=["room", "-id"], name="message_room_latest"),
+            # A resent message is found by its sender's client_id (idempotent sends).
+            models.Index(
+                fields=["room", "author", "client_id"],
+                name="message_client_id",
+                condition=~Q(client_id=""),
+            ),
             # Replies still owned by a task: recovery and the admin look these up.
             models.Index(
                 fields=["status"],

@@ -254,6 +254,11 @@ PARLEY_PAUSE_TIMEOUT = env.float("PARLEY_PAUSE_TIMEOUT", default=600.0)
 # too few for a script flooding a room or the model.
 PARLEY_SEND_BURST = env.int("PARLEY_SEND_BURST", default=10)
 PARLEY_SEND_PER_SECOND = env.float("PARLEY_SEND_PER_SECOND", default=1.0)
+# A resend with the same client_id within this window returns the first send's message
+# instead of a second one (docs/protocol.md). Clients resend after seconds or minutes (a
+# reconnect, a store outage of PARLEY_STORE_RETRY_SECONDS); an hour also covers a laptop
+# lid closed over lunch, and the lookup is one indexed probe whatever the window.
+PARLEY_SEND_IDEMPOTENCY_WINDOW = env.float("PARLEY_SEND_IDEMPOTENCY_WINDOW", default=3600.0)
 # Largest WebSocket frame a client may send (PROTOCOL.md section 5): closes with 1009.
 PARLEY_MAX_FRAME_BYTES = env.int("PARLEY_MAX_FRAME_BYTES", default=64 * 1024)
 # Messages in a snapshot (PROTOCOL.md section 3).

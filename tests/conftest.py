@@ -103,6 +103,16 @@ def daphne(
 
 
 @pytest.fixture
+def sole_deployment(daphne: DaphneServer) -> Iterator[None]:
+    """Stop the session's daphne while a test runs processes on another Redis (or none)
+    against the same database: its orphan sweep would find their leases missing from its
+    own Redis and interrupt their replies, as it must for processes of its deployment."""
+    daphne.stop()
+    yield
+    daphne.start()
+
+
+@pytest.fixture
 def make_user(transactional_db: Any) -> Any:
     """``make_user("alice")`` → (user, bearer token)."""
     from django.contrib.auth import get_user_model

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 import weakref
 from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict
@@ -27,7 +28,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat.events.store import EventStore, StoreUnavailable
+from chat.events.store import EventStore, LiveState, StoreUnavailable
 from chat.models import Room
 from chat.serializers import MessageDict, message_to_dict
 
@@ -46,6 +47,7 @@ __all__ = [
 
 # --- Event schemas (PROTOCOL.md section 3) ------------------------------------------------
 
+# The type of chat.models.Status's non-queued values (terminal ones: TERMINAL_STATUSES).
 GenerationState = Literal["streaming", "paused", "complete", "stopped", "failed", "interrupted"]
 
 
@@ -114,17 +116,30 @@ class EventHub:
             lock = self._locks[room_id] = asyncio.Lock()
         return lock
 
-    async def emit(self, room_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Record and fan out; retries while the store restarts, then StoreUnavailable."""
+    async def emit(
+        self,
+        room_id: int,
+        body: Mapping[str, Any],
+        *,
+        live: LiveState | None = None,
+        until_stored: bool = False,
+    ) -> dict[str, Any]:
+        """Record and fan out; retries while the store restarts, then StoreUnavailable.
+
+        ``until_stored`` retries for as long as the store is away (a terminal event: the
+        reply has ended in the database, and members must learn it once the store is back).
+        """
         deadline = time.monotonic() + settings.PARLEY_STORE_RETRY_SECONDS
         attempt = 0
+        # One key for every attempt: a retry after a lost answer is the same event.
+        key = uuid.uuid4().hex
         async with self._lock(room_id):
             while True:
                 try:
-                    event = await self.store.append(room_id, body)
+                    event = await self.store.append(room_id, body, key=key, live=live)
                     break
                 except StoreUnavailable:
-                    if time.monotonic() >= deadline:
+                    if not until_stored and time.monotonic() >= deadline:
                         raise
                     delay = _RETRY_BACKOFF[min(attempt, len(_RETRY_BACKOFF) - 1)]
                     attempt += 1
@@ -180,9 +195,20 @@ def get_hub() -> EventHub:
 # --- The public functions -------------------------------------------------------------------
 
 
-async def room_event_emit(*, room_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Create a durable room event: assign its seq, record it, fan it out."""
-    return await get_hub().emit(room_id, body)
+async def room_event_emit(
+    *,
+    room_id: int,
+    body: Mapping[str, Any],
+    live: LiveState | None = None,
+    until_stored: bool = False,
+) -> dict[str, Any]:
+    """Create a durable room event: assign its seq, record it, fan it out.
+
+    ``live``: for an event of a running reply, its owner's view of the reply's whole
+    visible state, used when the store lost its copy. ``until_stored``: retry without a
+    deadline (terminal events).
+    """
+    return await get_hub().emit(room_id, body, live=live, until_stored=until_stored)
 
 
 async def room_live_emit(

@@ -8,13 +8,14 @@ step, so the log never has a gap and a snapshot read in one step is exact at its
 Redis here keeps nothing on disk. When it restarts, the seq key is gone: it is seeded
 again from ``Room.seq_reserved`` in the database, which every process raises above each
 seq before publishing it, so seqs keep increasing across the restart (with a jump, and
-clients resynchronise from a snapshot because the log is gone too).
+clients resynchronise from a snapshot because the log is gone too). The live copies of
+running replies are gone too: the next event of each reply brings its owner's whole text
+back, in the same step, and skips one seq so that members resynchronise again (``_APPEND``).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,33 +24,57 @@ from django.conf import settings
 from django.db.models import F
 from django.db.models.functions import Greatest
 
-from chat.events.store import EventStore, StoreUnavailable, live_change
+from chat.events.store import EventStore, LiveState, StoreUnavailable, live_change
 from chat.models import Room
 from chat.redis import UNAVAILABLE, get_redis, get_sync_redis
 
 # Returns -1 when the seq key is missing (first use, or Redis restarted): the caller
 # seeds it from the database and tries again. An emit retried after a lost reply (the
-# connection dropped after the script ran) finds its eid and returns the same seq.
+# connection dropped after the script ran) finds its key (KEYS[5]) and returns the same seq.
+#
+# The live copy of a reply (text, status) vanishes with a restart. When an event of a
+# running reply finds it missing, the script returns -2 (ARGV[6] = 'ask') and the caller
+# runs it again with the reply's whole visible state from its owner (ARGV[6] = 'seed'),
+# which re-creates the copy in the same atomic step as the event. The script then skips
+# one seq, with no log entry, before the event: a member whose snapshot since the restart
+# showed the database's older copy sees a gap the log cannot fill and takes a new
+# snapshot, which has the whole text. ARGV[6] = 'none': no owner to ask, leave it missing.
 _APPEND = """
 local eid = redis.call('GET', KEYS[5])
 if eid then return tonumber(eid) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local seq = redis.call('INCR', KEYS[1])
+local kind = ARGV[2]
+local lost = false
+if kind == 'append' or kind == 'status' or kind == 'end' then
+  lost = redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[4]) == 0
+end
+if lost and ARGV[6] == 'none' then lost = false end
+if lost and kind ~= 'end' and ARGV[6] == 'ask' then return -2 end
 local ttl = tonumber(ARGV[4])
+if lost then redis.call('INCR', KEYS[1]) end
+local seq = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 'e', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('SET', KEYS[5], seq, 'EX', 120)
-local kind = ARGV[2]
 if kind == 'init' then
   redis.call('SET', KEYS[3], '', 'EX', ttl)
   redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
-elseif kind == 'append' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('APPEND', KEYS[3], ARGV[3]) end
-elseif kind == 'status' then
-  if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl) end
 elseif kind == 'end' then
   redis.call('DEL', KEYS[3], KEYS[4])
+elseif lost then
+  redis.call('SET', KEYS[3], ARGV[7], 'EX', ttl)
+  redis.call('SET', KEYS[4], ARGV[8], 'EX', ttl)
+elseif kind == 'append' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('APPEND', KEYS[3], ARGV[3])
+    redis.call('EXPIRE', KEYS[3], ttl)
+  end
+elseif kind == 'status' then
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
+    redis.call('EXPIRE', KEYS[3], ttl)
+  end
 end
 return seq
 """
@@ -88,7 +113,9 @@ class RedisEventStore(EventStore):
         # The highest seq_reserved this process knows the database holds, per room.
         self._floors: dict[int, int] = {}
 
-    async def append(self, room_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def append(
+        self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
+    ) -> dict[str, Any]:
         payload = json.dumps(body, separators=(",", ":"))
         change = live_change(body)
         message_id, kind, value = change if change else ("-", "none", "")
@@ -97,14 +124,20 @@ class RedisEventStore(EventStore):
             _log_key(room_id),
             _text_key(message_id),
             _status_key(message_id),
-            f"parley:eid:{uuid.uuid4().hex}",
+            f"parley:eid:{key}",
         ]
-        args = [payload, kind, value, settings.PARLEY_REDIS_TTL, settings.PARLEY_LOG_MAX_EVENTS]
+        ttl, maxlen = settings.PARLEY_REDIS_TTL, settings.PARLEY_LOG_MAX_EVENTS
+        args = [payload, kind, value, ttl, maxlen, "ask" if live else "none", "", ""]
         try:
             client = get_redis()
             seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
-            if seq < 0:
+            if seq == -1:
                 await self._seed(room_id)
+                seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
+            if seq == -2 and live is not None:
+                # The store lost the reply's live copy: re-create it from the owner's.
+                text, status = live()
+                args[5:] = ["seed", text, status]
                 seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
         except UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc)) from exc

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from chat.errors import Busy
-from chat.models import Room
+from chat.models import TERMINAL_STATUSES, Room
 
-TERMINAL_STATES = ("complete", "stopped", "failed", "interrupted")
+# The visible (text, status) of a live reply right after the event being appended, as its
+# owner knows it: the store asks for it only when it lost its own copy (a restart).
+LiveState = Callable[[], tuple[str, str]]
 
 
 class StoreUnavailable(Busy):
@@ -39,7 +41,7 @@ def live_change(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
     if kind == "delta":
         return body["message_id"], "append", body["text"]
     if kind == "generation":
-        if body["state"] in TERMINAL_STATES:
+        if body["state"] in TERMINAL_STATUSES:
             return body["message_id"], "end", body["state"]
         return body["message_id"], "status", body["state"]
     return None
@@ -52,8 +54,15 @@ class EventStore(ABC):
     """
 
     @abstractmethod
-    async def append(self, room_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Give ``body`` the room's next seq and record it; return the event."""
+    async def append(
+        self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
+    ) -> dict[str, Any]:
+        """Give ``body`` the room's next seq and record it; return the event.
+
+        ``key`` is the emit's idempotency key: appending again with the same key (a retry
+        after a lost answer) returns the first append's event instead of a second one.
+        ``live`` gives the reply's whole visible state, for a store that lost its copy.
+        """
 
     @abstractmethod
     async def head(self, room_id: int) -> int:

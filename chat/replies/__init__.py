@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from chat.errors import BadRequest, Busy, NotGenerating, TooLong
-from chat.events import room_event_emit
+from chat.events import StoreUnavailable, room_event_emit
 from chat.llm import get_backend
 from chat.models import TERMINAL_STATUSES, AssistantMode, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
@@ -83,7 +83,10 @@ async def message_send(
 ) -> tuple[MessageDict, MessageDict | None]:
     """Store a user's message in ``room`` (a member's), broadcast it, queue a reply.
 
-    Returns the message and the reply placeholder (or None) as wire dicts.
+    Returns the message and the reply placeholder (or None) as wire dicts. Idempotent per
+    ``client_id``: a resend returns the first send's message and reply (db.create_messages).
+    ``Busy`` means nothing was stored (or, when only the reply could not be announced,
+    that a resend with the same client_id completes the send).
     """
     text, client_id, ask_ai, voice = validate_send(
         text=text, client_id=client_id, ask_ai=ask_ai, voice=voice
@@ -95,7 +98,7 @@ async def message_send(
     if reply_wanted and manager.queue_length(room.pk) >= settings.PARLEY_ROOM_QUEUE_MAX:
         raise Busy("the assistant has too many replies queued in this room; try again soon")
     backend = get_backend() if reply_wanted else None
-    message, reply = await database_sync_to_async(db.create_messages)(
+    sent = await database_sync_to_async(db.create_messages)(
         user=user,
         room=room,
         text=text,
@@ -105,10 +108,22 @@ async def message_send(
         model=backend.model if backend else "",
         worker=manager.worker_id,
     )
+    message, reply = sent.message, sent.reply
     message_dict = message_to_dict(message, room_slug=room.slug)
-    await room_event_emit(room_id=room.pk, body={"type": "message", "message": message_dict})
+    if sent.message_new:
+        try:
+            await room_event_emit(
+                room_id=room.pk, body={"type": "message", "message": message_dict}
+            )
+        except StoreUnavailable:
+            # Nobody saw it: take it back, so that `busy` means nothing was stored.
+            await database_sync_to_async(db.discard)([message.pk])
+            raise
     if reply is None:
         return message_dict, None
+    reply_dict = message_to_dict(reply, room_slug=room.slug)
+    if not sent.reply_new:
+        return message_dict, reply_dict  # a resend: the first send's reply
     run = ReplyRun(
         manager=manager,
         message_id=reply.pk,
@@ -117,12 +132,19 @@ async def message_send(
         voice=voice or room.voice,
     )
     await manager.register(run)
-    reply_dict = message_to_dict(reply, room_slug=room.slug)
     try:
         await room_event_emit(room_id=room.pk, body={"type": "message", "message": reply_dict})
+    except StoreUnavailable:
+        # The message went out, its reply did not: drop the reply; a resend with the same
+        # client_id queues it (db.create_messages).
+        manager.unregister(run)
+        await manager.dequeue(run)
+        await database_sync_to_async(db.discard)([reply.pk])
+        raise
     finally:
         run.announced.set()
-        manager.start(run)
+        if run.message_id in manager.runs:
+            manager.start(run)
     return message_dict, reply_dict
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -12,10 +13,22 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from chat.errors import Conflict
 from chat.llm import Usage
 from chat.llm.base import ChatMessage
 from chat.llm.prompt import Turn, build_messages
 from chat.models import LIVE_STATUSES, Generation, Message, Role, Room, Status
+
+
+@dataclass
+class Sent:
+    """What a send stored: the message and its reply, and which of them are new (a resend
+    with the same client_id finds the message stored the first time)."""
+
+    message: Message
+    reply: Message | None
+    message_new: bool
+    reply_new: bool
 
 
 def create_messages(
@@ -28,20 +41,56 @@ def create_messages(
     backend: str,
     model: str,
     worker: str,
-) -> tuple[Message, Message | None]:
+) -> Sent:
+    """Store a user's message and its queued reply, once per client_id.
+
+    A send whose ``client_id`` this user already used in this room within
+    ``PARLEY_SEND_IDEMPOTENCY_WINDOW`` is a resend: it returns what the first one stored,
+    adding the reply only if the first send's was discarded (its event could not be
+    stored, chat/replies/__init__.py). The same client_id with other text is a conflict.
+    """
     with transaction.atomic():
-        message = Message.objects.create(
-            room=room, role=Role.USER, author=user, text=text, client_id=client_id
-        )
-        if not reply_wanted:
-            return message, None
+        message = None
+        if client_id:
+            # One user's sends take turns here (a row lock on PostgreSQL; SQLite has one
+            # writer anyway), so two copies of one resend cannot both miss the first.
+            list(
+                get_user_model()
+                .objects.select_for_update()
+                .filter(pk=user.pk)
+                .values_list("pk", flat=True)
+            )
+            since = timezone.now() - timedelta(seconds=settings.PARLEY_SEND_IDEMPOTENCY_WINDOW)
+            message = (
+                Message.objects.filter(
+                    room=room, author=user, role=Role.USER, client_id=client_id, created__gte=since
+                )
+                .select_related("author")
+                .order_by("-id")
+                .first()
+            )
+            if message is not None and message.text != text:
+                raise Conflict("this client_id was already used for another message")
+        message_new = message is None
+        if message is None:
+            message = Message.objects.create(
+                room=room, role=Role.USER, author=user, text=text, client_id=client_id
+            )
+        reply = None if message_new else message.replies.filter(role=Role.ASSISTANT).first()
+        if reply is not None or not reply_wanted:
+            return Sent(message, reply, message_new, reply_new=False)
         reply = Message.objects.create(
             room=room, role=Role.ASSISTANT, text="", status=Status.QUEUED, reply_to=message
         )
         Generation.objects.create(
             message=reply, backend=backend, model=model, queued_at=timezone.now(), worker=worker
         )
-    return message, reply
+    return Sent(message, reply, message_new, reply_new=True)
+
+
+def discard(message_ids: Iterable[int]) -> None:
+    """Delete messages whose ``message`` event could not be stored (nobody saw them)."""
+    Message.objects.filter(pk__in=list(message_ids)).delete()
 
 
 def prompt_for(message_id: int) -> list[ChatMessage]:
@@ -68,16 +117,23 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
     )
 
 
-def save_text(message_id: int, text: str) -> None:
-    Message.objects.filter(pk=message_id).update(text=text)
+# Every write of a running reply is conditional on the reply still being live: once it
+# is terminal (its owner ended it, or a survivor's sweep interrupted it) nothing changes
+# it again, and the writer whose update matched nothing learns it lost (False).
 
 
-def save_status(message_id: int, status: str) -> None:
-    Message.objects.filter(pk=message_id).update(status=status)
+def save_text(message_id: int, text: str) -> bool:
+    return bool(Message.objects.filter(pk=message_id, status__in=LIVE_STATUSES).update(text=text))
+
+
+def save_status(message_id: int, status: str) -> bool:
+    if not Message.objects.filter(pk=message_id, status__in=LIVE_STATUSES).update(status=status):
+        return False
     if status in (Status.STREAMING, Status.PAUSED):
         Generation.objects.filter(message_id=message_id, started_at__isnull=True).update(
             started_at=timezone.now()
         )
+    return True
 
 
 def _wall(mono: float | None, *, now_mono: float) -> datetime | None:
@@ -100,10 +156,15 @@ def save_final(
     stop_reason: str,
     stopped_by: str | None,
     error: str,
-) -> None:
+) -> bool:
+    """The reply's move to its terminal state; False if it was already terminal (then
+    nothing is written and the caller must not announce an end)."""
     now_mono = time.monotonic()
     with transaction.atomic():
-        Message.objects.filter(pk=message_id).update(text=text, status=status)
+        if not Message.objects.filter(pk=message_id, status__in=LIVE_STATUSES).update(
+            text=text, status=status
+        ):
+            return False
         stopper = (
             get_user_model().objects.filter(username=stopped_by).first() if stopped_by else None
         )
@@ -121,6 +182,7 @@ def save_final(
             Generation.objects.filter(message_id=message_id, started_at__isnull=True).update(
                 started_at=_wall(started_at, now_mono=now_mono)
             )
+    return True
 
 
 def live_replies_by_worker(*, exclude: str) -> dict[str, list[tuple[int, int]]]:

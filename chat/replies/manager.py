@@ -11,7 +11,12 @@ process are interrupted at start-up. With Redis:
   is at the head; the process that ends it pops it and tells the room's waiters.
 - Each process refreshes ``parley:w:<worker id>`` (its control channel, with a TTL) every
   heartbeat. A reply whose worker's key has expired belongs to a dead process: any
-  survivor marks it ``interrupted`` and takes it out of the room's queue.
+  survivor marks it ``interrupted`` and takes it out of the room's queue. A restart of
+  Redis wipes every lease at once, live or not, so a missing lease counts as death only
+  once the store has held Parley's state for a whole lease (``_store_age``): by then
+  every live process has beaten again.
+- The sweep starts with the process (``start_with_server``), not with its first
+  connection: a process that nobody talks to still interrupts the replies of the dead.
 - A control for a reply running elsewhere is sent to its worker's control channel and
   answered there.
 """
@@ -23,6 +28,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections import deque
 from collections.abc import Coroutine
@@ -44,6 +50,25 @@ logger = logging.getLogger(__name__)
 # Without a wake-up (a lost notice, a dead head) a waiting reply re-checks the room's
 # queue this often; notices make the usual hand-over immediate.
 QUEUE_RECHECK_INTERVAL = 1.0
+
+
+# How long (seconds) Redis has held Parley's state: the age of a marker set by the first
+# heartbeat or sweep to find it missing, which a restart (Redis keeps nothing on disk
+# here) or a flush removes together with every lease. Redis's own clock, so every
+# process measures the same age. KEYS[1] is the marker; a heartbeat also sets its lease
+# (KEYS[2], ARGV[1] the channel, ARGV[2] the lease in ms).
+_STORE_AGE = """
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local born = redis.call('GET', KEYS[1])
+if not born then
+  redis.call('SET', KEYS[1], string.format('%.6f', t))
+  return '0'
+end
+return string.format('%.6f', t - tonumber(born))
+"""
+_STORE_BORN_KEY = "parley:store-born"
 
 
 def _worker_key(worker_id: str) -> str:
@@ -72,31 +97,44 @@ class ReplyManager:
 
     # --- start-up ----------------------------------------------------------------------
 
+    def begin(self) -> asyncio.Task[None]:
+        """Start the manager (once; again after a start that failed)."""
+        started = self._started
+        if started is None or (
+            started.done() and (started.cancelled() or started.exception() is not None)
+        ):
+            started = self._started = asyncio.create_task(self._start(), name="reply-manager")
+        return started
+
     async def ensure_started(self) -> None:
-        if self._started is None:
-            self._started = asyncio.create_task(self._start())
-        await asyncio.shield(self._started)
+        await asyncio.shield(self.begin())
 
     async def _start(self) -> None:
         layer = get_channel_layer()
         assert layer is not None
-        self.channel = await layer.new_channel("parley.worker.")
-        self._tasks.append(asyncio.create_task(self._listen(), name="reply-control"))
+        if self.channel is None:
+            self.channel = await layer.new_channel("parley.worker.")
+            self._tasks.append(asyncio.create_task(self._listen(), name="reply-control"))
         if redis_conn.enabled():
-            await self._beat()
-            self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeat"))
-            self._tasks.append(asyncio.create_task(self._watch_orphans(), name="orphans"))
+            if not any(task.get_name() == "heartbeat" for task in self._tasks):
+                try:
+                    await self._beat()
+                except redis_conn.UNAVAILABLE as exc:
+                    logger.warning("first heartbeat failed (Redis unavailable): %s", exc)
+                self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeat"))
+                self._tasks.append(asyncio.create_task(self._watch_orphans(), name="orphans"))
         else:
             # One process: every live reply not ours was left by a process that is gone.
             await self._interrupt_orphans(alive=lambda worker: False)
+        logger.info("reply manager %s started", self.worker_id)
 
     # --- leases ------------------------------------------------------------------------
 
     async def _beat(self) -> None:
         assert self.channel is not None
-        await redis_conn.get_redis().set(
-            _worker_key(self.worker_id), self.channel, px=int(settings.PARLEY_WORKER_LEASE * 1000)
-        )
+        lease_ms = int(settings.PARLEY_WORKER_LEASE * 1000)
+        keys = [_STORE_BORN_KEY, _worker_key(self.worker_id)]
+        await redis_conn.get_redis().eval(_STORE_AGE, len(keys), *keys, self.channel, lease_ms)
 
     async def _heartbeats(self) -> None:
         while True:
@@ -106,9 +144,19 @@ class ReplyManager:
             except redis_conn.UNAVAILABLE as exc:
                 logger.warning("heartbeat failed (Redis unavailable): %s", exc)
 
+    async def _store_age(self) -> float:
+        client = redis_conn.get_redis()
+        return float(await client.eval(_STORE_AGE, 1, _STORE_BORN_KEY))
+
+    async def _presumed_dead(self, worker: str) -> bool:
+        """``worker``'s lease is gone, and not just because Redis came back empty."""
+        if await redis_conn.get_redis().exists(_worker_key(worker)):
+            return False
+        return await self._store_age() >= settings.PARLEY_WORKER_LEASE
+
     async def _watch_orphans(self) -> None:
         async def alive(worker: str) -> bool:
-            return bool(await redis_conn.get_redis().exists(_worker_key(worker)))
+            return not await self._presumed_dead(worker)
 
         while True:
             try:
@@ -134,6 +182,7 @@ class ReplyManager:
                         _queue_key(room_id), 0, f"{message_id}|{worker}"
                     )
                     await self._notify_advance(room_id)
+                # The database says interrupted from now on: members must hear it too.
                 await room_event_emit(
                     room_id=room_id,
                     body={
@@ -143,6 +192,7 @@ class ReplyManager:
                         "by": None,
                         "reason": "the server running this reply stopped",
                     },
+                    until_stored=True,
                 )
 
     # --- the room queue ----------------------------------------------------------------
@@ -222,7 +272,7 @@ class ReplyManager:
                 if head_entry == mine:
                     return True
                 worker = head_entry.split("|", 1)[1]
-                if not await client.exists(_worker_key(worker)):
+                if await self._presumed_dead(worker):
                     # Its process is gone; the orphan check interrupts the reply itself.
                     await client.lrem(key, 0, head_entry)
                     continue
@@ -266,6 +316,8 @@ class ReplyManager:
         except redis_conn.UNAVAILABLE as exc:
             raise Busy("the server is reconnecting; try again shortly") from exc
         if channel is None:
+            if await self._store_age() < settings.PARLEY_WORKER_LEASE:
+                raise Busy("the server is reconnecting; try again shortly")
             raise NotGenerating("the server running this reply has stopped")
         layer = get_channel_layer()
         assert layer is not None
@@ -356,6 +408,35 @@ class ReplyManager:
 
 
 _managers: dict[asyncio.AbstractEventLoop, ReplyManager] = {}
+
+
+def start_with_server() -> None:
+    """Start this process's manager as soon as daphne's event loop runs.
+
+    daphne speaks no ASGI lifespan, so nothing tells the application that the server has
+    started; but daphne installs Twisted's asyncio reactor before it imports the
+    application, and that reactor's ``callLater`` runs inside the event loop that serves
+    every connection. So the orphan sweep and the heartbeat start with the process, not
+    with its first WebSocket. Under any other server (or when imported by tests) this does
+    nothing, and the manager starts on first use as before.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if isinstance(reactor, AsyncioSelectorReactor):
+        reactor.callLater(0, _begin_here)
+
+
+def _begin_here() -> None:
+    get_manager().begin().add_done_callback(_log_start_failure)
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # The next connection's ensure_started() tries again.
+        logger.error("the reply manager did not start", exc_info=task.exception())
 
 
 def get_manager() -> ReplyManager:

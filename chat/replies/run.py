@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat.errors import NotGenerating
-from chat.events import room_event_emit
+from chat.events import StoreUnavailable, room_event_emit
 from chat.events.delivery import wait_room_drained
 from chat.llm import LLMError, Usage, get_backend
 from chat.llm.base import ChatMessage
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from chat.replies.manager import ReplyManager
 
 logger = logging.getLogger(__name__)
+
+
+class EndedElsewhere(Exception):  # noqa: N818 - a signal, not an error
+    """The reply was ended by someone else (a survivor's orphan sweep) while it ran here:
+    the database said no to this run's write. It stops without emitting anything more."""
 
 
 @dataclass
@@ -105,7 +110,10 @@ class ReplyRun:
             self.paused = False
         else:
             await self.manager.dequeue(self)
-            await self._finish(Status.STOPPED, by=by, reason="user")
+            try:
+                await self._finish(Status.STOPPED, by=by, reason="user")
+            except EndedElsewhere:
+                raise NotGenerating("this reply has already ended") from None
 
     # -- running --
 
@@ -132,23 +140,52 @@ class ReplyRun:
                 self.manager.adopt(self._speak(self.speech))
             reader = asyncio.create_task(self._read(messages), name=f"reply-{self.message_id}")
             await self._steer(reader)
+        except EndedElsewhere:
+            logger.warning("reply %s was ended elsewhere; this run stops", self.message_id)
+            await self._abandon()
+        except StoreUnavailable as exc:
+            # The store stayed away longer than an emit may retry. The text is saved now,
+            # while the store is away, so the end event can go out without the live copy.
+            logger.warning("reply %s: event store away too long: %s", self.message_id, exc)
+            if not self.done.done():
+                await self._end_safely(
+                    Status.FAILED,
+                    reason="the server lost its event store for too long; the text so far is kept",
+                    code="store_unavailable",
+                    error=exc.cause,
+                    live=False,
+                )
         except Exception as exc:  # noqa: BLE001 - a bug must end the reply, not hang the room
             logger.exception("reply %s crashed", self.message_id)
             if not self.done.done():
-                try:
-                    await self._finish(
-                        Status.FAILED,
-                        by=None,
-                        reason="the server hit an internal error",
-                        code="internal",
-                        error=repr(exc),
-                    )
-                except Exception:  # noqa: BLE001 - the room's queue must move on regardless
-                    logger.exception("reply %s could not be ended cleanly", self.message_id)
+                await self._end_safely(
+                    Status.FAILED,
+                    reason="the server hit an internal error",
+                    code="internal",
+                    error=repr(exc),
+                )
         finally:
             if reader is not None and not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+
+    async def _end_safely(
+        self, state: str, *, reason: str, code: str, error: str, live: bool = True
+    ) -> None:
+        try:
+            await self._finish(state, by=None, reason=reason, code=code, error=error, live=live)
+        except EndedElsewhere:
+            await self._abandon()
+        except Exception:  # noqa: BLE001 - the room's queue must move on regardless
+            logger.exception("reply %s could not be ended cleanly", self.message_id)
+
+    async def _abandon(self) -> None:
+        """Stop here without a word: the reply's end is someone else's to announce."""
+        if self.speech is not None:
+            await self.speech.cancel()
+        self.manager.unregister(self)
+        if not self.done.done():
+            self.done.set_result(self.status)
 
     async def _read(self, messages: list[ChatMessage]) -> None:
         stream = get_backend().stream(messages, self.usage)
@@ -221,7 +258,10 @@ class ReplyRun:
                 return
             delivered_len = len(self.delivered)
             if delivered_len != saved_len and now - last_save >= settings.PARLEY_SAVE_INTERVAL:
-                await database_sync_to_async(db.save_text)(self.message_id, self.visible()[0])
+                if not await database_sync_to_async(db.save_text)(
+                    self.message_id, self.visible()[0]
+                ):
+                    raise EndedElsewhere
                 saved_len, last_save = delivered_len, time.monotonic()
             if delivered_len != saved_len:
                 due = last_save + settings.PARLEY_SAVE_INTERVAL - now
@@ -280,14 +320,16 @@ class ReplyRun:
         event = await room_event_emit(
             room_id=self.room_id,
             body={"type": "delta", "message_id": self.message_key, "text": text},
+            live=self.visible,
         )
         if self.speech is not None:
             self.speech.feed(text)
         return int(event["seq"])
 
     async def _set_state(self, state: str, *, by: str | None, reason: str | None) -> None:
+        if not await database_sync_to_async(db.save_status)(self.message_id, state):
+            raise EndedElsewhere
         self.status = state
-        await database_sync_to_async(db.save_status)(self.message_id, state)
         await room_event_emit(
             room_id=self.room_id,
             body={
@@ -297,6 +339,7 @@ class ReplyRun:
                 "by": by,
                 "reason": reason,
             },
+            live=self.visible,
         )
 
     async def _speak(self, speech: ReplySpeech) -> None:
@@ -326,13 +369,18 @@ class ReplyRun:
         reason: str | None,
         code: str | None = None,
         error: str = "",
+        live: bool = True,
     ) -> None:
-        """End the reply: store it, then tell the room.
+        """End the reply: store it, then tell the room, exactly once.
 
         ``reason`` is what members read; ``code`` the short stop reason kept for review
         (defaults to ``reason``, which for stops is already a code: user, pause_timeout).
+        The move to a terminal state is conditional in the database: if someone else ended
+        the reply first (a survivor's orphan sweep), this raises ``EndedElsewhere`` and
+        emits nothing, so a reply never has two terminal events. The terminal event is
+        retried until the store takes it. ``live=False``: the text was saved while the
+        store was away, so every snapshot from its return on is exact without the live copy.
         """
-        self.status = state
         ended = time.monotonic()
         if self.speech is not None:
             if state == Status.STOPPED:
@@ -362,7 +410,7 @@ class ReplyRun:
             "paused_ms": round(self.paused_total * 1000, 1),
         }
         try:
-            await database_sync_to_async(db.save_final)(
+            won = await database_sync_to_async(db.save_final)(
                 self.message_id,
                 text=self.visible()[0],
                 status=state,
@@ -375,6 +423,10 @@ class ReplyRun:
                 stopped_by=by,
                 error=error,
             )
+            if not won:
+                raise EndedElsewhere
+            self.status = state
+            logger.info("reply %s saved as %s", self.message_id, state)
             await room_event_emit(
                 room_id=self.room_id,
                 body={
@@ -386,8 +438,10 @@ class ReplyRun:
                     "usage": usage,
                     "metrics": metrics,
                 },
+                live=self.visible if live else None,
+                until_stored=True,
             )
         finally:
             self.manager.unregister(self)
             if not self.done.done():
-                self.done.set_result(state)
+                self.done.set_result(self.status)

@@ -287,7 +287,11 @@ async def test_replay_after_reconnect_and_snapshot_when_too_old(setup, inproc_ll
         await client.comm.disconnect()
 
 
-async def test_replies_left_by_a_dead_process_become_interrupted(setup, make_user):
+async def test_replies_left_by_a_dead_process_become_interrupted(setup, make_user, settings):
+    # With Redis, a store that just came up empty (this session flushed it) grants every
+    # lease one lease of grace before a missing one counts as death: keep it short.
+    settings.PARLEY_WORKER_HEARTBEAT = 0.2
+    settings.PARLEY_WORKER_LEASE = 1.0
     room = setup["room"]
     owner = room.owner
 

@@ -251,7 +251,7 @@ async def test_killed_process_leaves_its_reply_interrupted_with_saved_text(pair,
         await bob.close()
 
 
-async def test_redis_restart_mid_reply(daphne_factory, llm, members):
+async def test_redis_restart_mid_reply(daphne_factory, llm, members, sole_deployment):
     private = RedisServer().start()
     try:
         server = daphne_factory(REDIS_URL=private.url, **FAST_LEASES)

@@ -44,7 +44,8 @@ async def connect(daphne, room, token, **kw):
 
 async def send_and_get_reply(client: RoomClient, text: str = "hello @assistant") -> str:
     start = len(client.events)
-    await client.send(action="send", text=text, client_id="c1")
+    client_id = f"c-{time.monotonic_ns()}"
+    await client.send(action="send", text=text, client_id=client_id)
     event = await client.wait_for(
         lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant",
         start=start,
@@ -84,11 +85,8 @@ async def test_two_members_see_identical_deltas_equal_to_stored_text(daphne, llm
         assert api_message(daphne, tokens["bob"], reply_id)["status"] == "complete"
         # The user's message came first, with the sender's client_id for reconciliation.
         user_msg = ann.of_type("message")[0]["message"]
-        assert (user_msg["role"], user_msg["client_id"], user_msg["author"]) == (
-            "user",
-            "c1",
-            "ann",
-        )
+        assert (user_msg["role"], user_msg["author"]) == ("user", "ann")
+        assert user_msg["client_id"].startswith("c-")
         assert done_ann["usage"]["prompt_tokens"] == 7
         assert done_ann["usage"]["completion_tokens"] == len(PIECES)
         metrics = done_ann["metrics"]

@@ -80,7 +80,11 @@ class DaphneServer:
             text=True,
         )
         assert self.proc.stdout is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+        # A queue per start: a server can be stopped and started again (same port).
+        self._ready = queue.Queue()
+        threading.Thread(
+            target=self._pump, args=(self.proc.stdout, self._ready), daemon=True
+        ).start()
         # Daphne logs this line once its socket listens: wait for it, not for a delay.
         try:
             line = self._ready.get(timeout=timeout)
@@ -91,21 +95,21 @@ class DaphneServer:
             raise RuntimeError("daphne exited:\n" + self.log())
         return self
 
-    def _pump(self, stream: IO[str]) -> None:
+    def _pump(self, stream: IO[str], ready: queue.Queue[str]) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
-        with open(ARTIFACTS / f"daphne-{self.port}.log", "w") as log:
+        with open(ARTIFACTS / f"daphne-{self.port}.log", "a") as log:
             for line in stream:
                 log.write(line)
                 log.flush()
-                self._line(line)
-        self._ready.put("EOF")
+                self._line(line, ready)
+        ready.put("EOF")
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str, ready: queue.Queue[str]) -> None:
         with self._logged:
             self.lines.append(line.rstrip("\n"))
             self._logged.notify_all()
         if "Listening on TCP address" in line:
-            self._ready.put(line)
+            ready.put(line)
 
     def wait_log(self, needle: str, timeout: float = 10.0) -> str:
         """Block until the server logs a line containing ``needle``; return the line."""

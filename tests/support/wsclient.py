@@ -112,11 +112,13 @@ class RoomClient:
         )
 
     async def wait_terminal(self, message_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        from chat.models import TERMINAL_STATUSES
+
         return await self.wait_for(
             lambda e: (
                 e.get("type") == "generation"
                 and e.get("message_id") == message_id
-                and e.get("state") in ("complete", "stopped", "failed", "interrupted")
+                and e.get("state") in TERMINAL_STATUSES
             ),
             timeout,
         )

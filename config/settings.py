@@ -179,6 +179,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # httpx logs every upstream request at INFO: one line per reply, in the hot path of a
+    # send. Its warnings and errors still show.
+    "loggers": {"httpx": {"level": env.str("HTTPX_LOG_LEVEL", default="WARNING")}},
 }
 
 # --- Parley ----------------------------------------------------------------------------

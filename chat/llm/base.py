@@ -60,5 +60,8 @@ class LLMBackend(ABC):
         Raises :class:`LLMError`. ``asyncio.CancelledError`` always propagates.
         """
 
+    async def warm(self) -> None:  # noqa: B027 - optional hook
+        """Pay the one-time costs now (at server start), not in the first reply."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release long-lived resources (connection pools, threads)."""

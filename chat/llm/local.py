@@ -162,6 +162,10 @@ class LocalBackend(LLMBackend):
             usage.prompt_tokens = run.prompt_tokens
             usage.completion_tokens = run.completion_tokens
 
+    async def warm(self) -> None:
+        """Load the model (seconds) when the server starts, not in the first reply."""
+        await asyncio.to_thread(self._load)
+
     async def aclose(self) -> None:
         """Stop this backend's generations; the loaded model stays for the process."""
         for run in list(self._runs):

@@ -88,6 +88,9 @@ class OpenAIBackend(LLMBackend):
             max_keepalive=_MAX_KEEPALIVE_CONNECTIONS,
         )
 
+    async def warm(self) -> None:
+        self._http.get()  # the client (its SSL context, pool) is made in this loop now
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

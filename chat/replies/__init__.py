@@ -98,7 +98,8 @@ async def message_send(
     if reply_wanted and manager.queue_length(room.pk) >= settings.PARLEY_ROOM_QUEUE_MAX:
         raise Busy("the assistant has too many replies queued in this room; try again soon")
     backend = get_backend() if reply_wanted else None
-    sent = await database_sync_to_async(db.create_messages)(
+    sent, prompt = await database_sync_to_async(db.create_messages_with_prompt)(
+        with_prompt=manager.queue_length(room.pk) == 0,
         user=user,
         room=room,
         text=text,
@@ -130,8 +131,15 @@ async def message_send(
         room_id=room.pk,
         asker_id=user.pk,
         voice=voice or room.voice,
+        # Only if still nothing is queued before it (another send may have been queued
+        # while this one was stored).
+        prompt=prompt if manager.queue_length(room.pk) == 0 else None,
     )
     await manager.register(run)
+    # Started before its announcement: the run opens the model request at once, while
+    # the reply's `message` event is stored and published, and sends nothing to members
+    # until `announced` (the reply's `message` event precedes everything about it).
+    manager.start(run)
     try:
         await room_event_emit(room_id=room.pk, body={"type": "message", "message": reply_dict})
     except StoreUnavailable:
@@ -143,8 +151,6 @@ async def message_send(
         raise
     finally:
         run.announced.set()
-        if run.message_id in manager.runs:
-            manager.start(run)
     return message_dict, reply_dict
 
 

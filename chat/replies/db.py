@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -91,6 +92,18 @@ def create_messages(
 def discard(message_ids: Iterable[int]) -> None:
     """Delete messages whose ``message`` event could not be stored (nobody saw them)."""
     Message.objects.filter(pk__in=list(message_ids)).delete()
+
+
+def create_messages_with_prompt(
+    *, with_prompt: bool, **kw: Any
+) -> tuple[Sent, list[ChatMessage] | None]:
+    """``create_messages``, and in the same thread hop the new reply's prompt when it will
+    start at once (nothing queued before it): the model request can go out without
+    another round trip to the database."""
+    sent = create_messages(**kw)
+    if with_prompt and sent.reply is not None and sent.reply_new:
+        return sent, prompt_for(sent.reply.pk)
+    return sent, None
 
 
 def prompt_for(message_id: int) -> list[ChatMessage]:

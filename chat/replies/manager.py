@@ -278,6 +278,9 @@ class ReplyManager:
                     continue
             except redis_conn.UNAVAILABLE as exc:
                 logger.warning("room queue unavailable: %s", exc)
+            # It waits behind another reply: the prompt made at send time would miss that
+            # reply's text, so the run reads it afresh when its turn comes.
+            run.prompt = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), QUEUE_RECHECK_INTERVAL)
         return False
@@ -430,7 +433,25 @@ def start_with_server() -> None:
 
 
 def _begin_here() -> None:
-    get_manager().begin().add_done_callback(_log_start_failure)
+    manager = get_manager()
+    manager.begin().add_done_callback(_log_start_failure)
+    manager.adopt(_warm_up())
+
+
+async def _warm_up() -> None:
+    """Pay at start what the first send would otherwise pay: the model client (or the
+    bundled model's load), the ORM thread's database connection, the URL resolver."""
+    from django.db import connection
+    from django.urls import get_resolver
+
+    from chat.llm import get_backend
+
+    try:
+        await get_backend().warm()
+        await database_sync_to_async(connection.ensure_connection)()
+        get_resolver().resolve("/healthz")
+    except Exception:  # noqa: BLE001 - a cold start is slower, not broken
+        logger.warning("warming up at start failed", exc_info=True)
 
 
 def _log_start_failure(task: asyncio.Task[None]) -> None:

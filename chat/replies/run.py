@@ -78,6 +78,9 @@ class ReplyRun:
     usage: Usage = field(default_factory=Usage)
     reader_error: LLMError | None = None
     speech: ReplySpeech | None = None
+    # The prompt, when it was read with the send (the reply starts at once); else None and
+    # it is read when the reply's turn comes.
+    prompt: list[ChatMessage] | None = None
 
     @property
     def message_key(self) -> str:
@@ -119,13 +122,20 @@ class ReplyRun:
 
     async def execute(self) -> None:
         reader: asyncio.Task[None] | None = None
-        await self.announced.wait()
         if self.done.done():  # stopped while it waited in the queue
             return
         try:
-            self.started = True
             self.started_at = time.monotonic()
-            messages = await database_sync_to_async(db.prompt_for)(self.message_id)
+            messages = self.prompt
+            if messages is None:
+                messages = await database_sync_to_async(db.prompt_for)(self.message_id)
+            # The model request goes out now; what it sends waits in `pending` until the
+            # reply's own `message` event is out.
+            reader = asyncio.create_task(self._read(messages), name=f"reply-{self.message_id}")
+            await self.announced.wait()
+            if self.done.done() or self.manager.runs.get(self.message_id) is not self:
+                return  # stopped meanwhile, or its announcement failed and it was dropped
+            self.started = True
             if self.paused:
                 self.paused_at = self.started_at
                 await self._set_state(Status.PAUSED, by=None, reason=None)
@@ -138,7 +148,6 @@ class ReplyRun:
                 if self.paused:
                     self.speech.pause()
                 self.manager.adopt(self._speak(self.speech))
-            reader = asyncio.create_task(self._read(messages), name=f"reply-{self.message_id}")
             await self._steer(reader)
         except EndedElsewhere:
             logger.warning("reply %s was ended elsewhere; this run stops", self.message_id)

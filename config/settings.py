@@ -247,6 +247,10 @@ PARLEY_DELTA_MIN_INTERVAL = env.float("PARLEY_DELTA_MIN_INTERVAL", default=0.005
 # stalled fan-out (thousands of members) then merges tokens at ~20 frames/s instead of
 # holding the text back.
 PARLEY_DELTA_MAX_WAIT = env.float("PARLEY_DELTA_MAX_WAIT", default=0.05)
+# Longest text one delta carries; more is sent as several deltas in a row. 16,384
+# characters is at most ~100 KB of JSON: far below the 1 MiB frame every WebSocket client
+# accepts by default, and small enough that one frame never nears the slow-reader bound.
+PARLEY_DELTA_MAX_CHARS = env.int("PARLEY_DELTA_MAX_CHARS", default=16384)
 # While streaming, the reply's text is saved at least this often, so a crash loses at
 # most this much (PROTOCOL.md section 4), without a database write per token.
 PARLEY_SAVE_INTERVAL = env.float("PARLEY_SAVE_INTERVAL", default=1.0)

@@ -22,12 +22,24 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from chat.events.schema import (
+    DeltaEvent,
+    DurableEvent,
+    GenerationEvent,
+    GenerationState,
+    MessageEvent,
+    SnapshotEvent,
+    delta_body,
+    generation_body,
+    message_body,
+    snapshot_event,
+)
 from chat.events.store import EventStore, LiveState, StoreUnavailable
 from chat.models import Room
 from chat.serializers import MessageDict, message_to_dict
@@ -35,6 +47,15 @@ from chat.serializers import MessageDict, message_to_dict
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DeltaEvent",
+    "DurableEvent",
+    "GenerationEvent",
+    "GenerationState",
+    "MessageEvent",
+    "SnapshotEvent",
+    "delta_body",
+    "generation_body",
+    "message_body",
     "EventHub",
     "StoreUnavailable",
     "get_hub",
@@ -44,44 +65,6 @@ __all__ = [
     "room_head_sync",
     "room_live_emit",
 ]
-
-# --- Event schemas (PROTOCOL.md section 3) ------------------------------------------------
-
-# The type of chat.models.Status's non-queued values (terminal ones: TERMINAL_STATUSES).
-GenerationState = Literal["streaming", "paused", "complete", "stopped", "failed", "interrupted"]
-
-
-class MessageEvent(TypedDict):
-    type: Literal["message"]
-    seq: int
-    message: MessageDict
-
-
-class DeltaEvent(TypedDict):
-    type: Literal["delta"]
-    seq: int
-    message_id: str
-    text: str
-
-
-class GenerationEvent(TypedDict):
-    type: Literal["generation"]
-    seq: int
-    message_id: str
-    state: GenerationState
-    by: str | None
-    reason: str | None
-    usage: NotRequired[dict[str, int | None]]
-    metrics: NotRequired[dict[str, float | int | None]]
-
-
-class SnapshotEvent(TypedDict):
-    type: Literal["snapshot"]
-    seq: int
-    messages: list[MessageDict]
-
-
-DurableEvent = MessageEvent | DeltaEvent | GenerationEvent | SnapshotEvent
 
 
 def group_name(room_id: int) -> str:
@@ -171,7 +154,7 @@ class EventHub:
             state = live.get(message["id"])
             if state is not None:
                 message["text"], message["status"] = state
-        return {"type": "snapshot", "seq": head, "messages": messages}
+        return snapshot_event(seq=head, messages=messages)
 
 
 def _latest(room_id: int) -> list[MessageDict]:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from chat.errors import BadRequest, Busy, NotGenerating, TooLong
-from chat.events import StoreUnavailable, room_event_emit
+from chat.events import StoreUnavailable, message_body, room_event_emit
 from chat.llm import get_backend
 from chat.models import TERMINAL_STATUSES, AssistantMode, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
@@ -113,9 +113,7 @@ async def message_send(
     message_dict = message_to_dict(message, room_slug=room.slug)
     if sent.message_new:
         try:
-            await room_event_emit(
-                room_id=room.pk, body={"type": "message", "message": message_dict}
-            )
+            await room_event_emit(room_id=room.pk, body=message_body(message_dict))
         except StoreUnavailable:
             # Nobody saw it: take it back, so that `busy` means nothing was stored.
             await database_sync_to_async(db.discard)([message.pk])
@@ -141,7 +139,7 @@ async def message_send(
     # until `announced` (the reply's `message` event precedes everything about it).
     manager.start(run)
     try:
-        await room_event_emit(room_id=room.pk, body={"type": "message", "message": reply_dict})
+        await room_event_emit(room_id=room.pk, body=message_body(reply_dict))
     except StoreUnavailable:
         # The message went out, its reply did not: drop the reply; a resend with the same
         # client_id queues it (db.create_messages).

@@ -40,8 +40,7 @@ from django.conf import settings
 
 from chat import redis as redis_conn
 from chat.errors import Busy, NotGenerating, ParleyError
-from chat.events import room_event_emit
-from chat.models import Status
+from chat.events import generation_body, room_event_emit
 from chat.replies import db
 from chat.replies.run import ReplyRun
 
@@ -185,13 +184,11 @@ class ReplyManager:
                 # The database says interrupted from now on: members must hear it too.
                 await room_event_emit(
                     room_id=room_id,
-                    body={
-                        "type": "generation",
-                        "message_id": str(message_id),
-                        "state": Status.INTERRUPTED,
-                        "by": None,
-                        "reason": "the server running this reply stopped",
-                    },
+                    body=generation_body(
+                        message_id=str(message_id),
+                        state="interrupted",
+                        reason="the server running this reply stopped",
+                    ),
                     until_stored=True,
                 )
 

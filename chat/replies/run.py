@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chat.errors import NotGenerating
-from chat.events import StoreUnavailable, room_event_emit
+from chat.events import StoreUnavailable, delta_body, generation_body, room_event_emit
 from chat.events.delivery import wait_room_drained
 from chat.llm import LLMError, Usage, get_backend
 from chat.llm.base import ChatMessage
@@ -322,18 +322,25 @@ class ReplyRun:
         await self._finish(Status.STOPPED, by=by, reason=reason)
 
     async def _deliver(self) -> int:
-        """Send what is pending as one delta; its seq."""
+        """Send what is pending as one delta (several, past PARLEY_DELTA_MAX_CHARS: a long
+        pause's kept text or a burst from a fast model must never make a frame larger than
+        a client or daphne accepts); the last one's seq."""
         text = "".join(self.pending)
         self.pending.clear()
-        self.delivered.append(text)
-        event = await room_event_emit(
-            room_id=self.room_id,
-            body={"type": "delta", "message_id": self.message_key, "text": text},
-            live=self.visible,
-        )
+        limit = settings.PARLEY_DELTA_MAX_CHARS
+        seq = 0
+        for start in range(0, len(text), limit):
+            part = text[start : start + limit]
+            self.delivered.append(part)
+            event = await room_event_emit(
+                room_id=self.room_id,
+                body=delta_body(message_id=self.message_key, text=part),
+                live=self.visible,
+            )
+            seq = int(event["seq"])
         if self.speech is not None:
             self.speech.feed(text)
-        return int(event["seq"])
+        return seq
 
     async def _set_state(self, state: str, *, by: str | None, reason: str | None) -> None:
         if not await database_sync_to_async(db.save_status)(self.message_id, state):
@@ -341,13 +348,7 @@ class ReplyRun:
         self.status = state
         await room_event_emit(
             room_id=self.room_id,
-            body={
-                "type": "generation",
-                "message_id": self.message_key,
-                "state": state,
-                "by": by,
-                "reason": reason,
-            },
+            body=generation_body(message_id=self.message_key, state=state, by=by, reason=reason),
             live=self.visible,
         )
 
@@ -438,15 +439,14 @@ class ReplyRun:
             logger.info("reply %s saved as %s", self.message_id, state)
             await room_event_emit(
                 room_id=self.room_id,
-                body={
-                    "type": "generation",
-                    "message_id": self.message_key,
-                    "state": state,
-                    "by": by,
-                    "reason": reason,
-                    "usage": usage,
-                    "metrics": metrics,
-                },
+                body=generation_body(
+                    message_id=self.message_key,
+                    state=state,
+                    by=by,
+                    reason=reason,
+                    usage=usage,
+                    metrics=metrics,
+                ),
                 live=self.visible if live else None,
                 until_stored=True,
             )

@@ -1,0 +1,103 @@
+"""The durable room events (PROTOCOL.md section 3): one schema and one constructor each.
+
+Services build event bodies only through these constructors; the store adds ``seq``
+(``EventHub.emit``), so a body is the event less its seq. The live-only events (``hello``,
+``presence``, ``typing``, ``audio``, ``pong``, ``error``) are built where they are sent.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict, cast, get_args
+
+from chat.serializers import MessageDict
+
+# chat.models.Status's non-queued values; the terminal ones are chat.models.TERMINAL_STATUSES.
+GenerationState = Literal["streaming", "paused", "complete", "stopped", "failed", "interrupted"]
+GENERATION_STATES: frozenset[str] = frozenset(get_args(GenerationState))
+
+
+class MessageBody(TypedDict):
+    type: Literal["message"]
+    message: MessageDict
+
+
+class DeltaBody(TypedDict):
+    type: Literal["delta"]
+    message_id: str
+    text: str
+
+
+class GenerationBody(TypedDict):
+    type: Literal["generation"]
+    message_id: str
+    state: GenerationState
+    by: str | None
+    reason: str | None
+    usage: NotRequired[dict[str, int | None]]
+    metrics: NotRequired[dict[str, float | int | None]]
+
+
+class MessageEvent(MessageBody):
+    seq: int
+
+
+class DeltaEvent(DeltaBody):
+    seq: int
+
+
+class GenerationEvent(GenerationBody):
+    seq: int
+
+
+class SnapshotEvent(TypedDict):
+    type: Literal["snapshot"]
+    seq: int
+    messages: list[MessageDict]
+
+
+DurableEvent = MessageEvent | DeltaEvent | GenerationEvent | SnapshotEvent
+
+
+def message_body(message: MessageDict) -> MessageBody:
+    """A new message (a user's, or an assistant reply starting with ``text: ""``)."""
+    return {"type": "message", "message": message}
+
+
+def delta_body(*, message_id: str, text: str) -> DeltaBody:
+    """Text appended to the assistant message ``message_id``."""
+    return {"type": "delta", "message_id": message_id, "text": text}
+
+
+def generation_body(
+    *,
+    message_id: str,
+    state: str,
+    by: str | None = None,
+    reason: str | None = None,
+    usage: dict[str, int | None] | None = None,
+    metrics: dict[str, float | int | None] | None = None,
+) -> GenerationBody:
+    """A reply's state changed; terminal states also carry ``usage`` and ``metrics``.
+
+    ``state`` is a ``chat.models.Status`` value (not ``queued``: a queued reply has no
+    generation event); anything else is a bug, refused here.
+    """
+    if state not in GENERATION_STATES:
+        raise ValueError(f"no generation state {state!r}")
+    body: GenerationBody = {
+        "type": "generation",
+        "message_id": message_id,
+        "state": cast(GenerationState, state),
+        "by": by,
+        "reason": reason,
+    }
+    if usage is not None:
+        body["usage"] = usage
+    if metrics is not None:
+        body["metrics"] = metrics
+    return body
+
+
+def snapshot_event(*, seq: int, messages: list[MessageDict]) -> SnapshotEvent:
+    """The room's latest messages as they stood at ``seq`` (sent instead of a replay)."""
+    return {"type": "snapshot", "seq": seq, "messages": messages}

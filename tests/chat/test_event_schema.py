@@ -1,0 +1,61 @@
+"""The durable event constructors (chat/events/schema.py) and the cap on a delta's size."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.events import delta_body, generation_body, message_body
+from chat.events.schema import snapshot_event
+from chat.models import Message
+from tests.support.openai_server import Scenario
+from tests.support.wsclient import RoomClient
+
+
+def test_each_constructor_makes_the_contract_shape():
+    message = {"id": "7", "role": "assistant", "text": ""}
+    assert message_body(message) == {"type": "message", "message": message}  # type: ignore[arg-type]
+    assert delta_body(message_id="7", text="Hi") == {
+        "type": "delta",
+        "message_id": "7",
+        "text": "Hi",
+    }
+    assert generation_body(message_id="7", state="paused", by="ann") == {
+        "type": "generation",
+        "message_id": "7",
+        "state": "paused",
+        "by": "ann",
+        "reason": None,
+    }
+    end = generation_body(
+        message_id="7", state="complete", usage={"prompt_tokens": 3}, metrics={"tokens": 2}
+    )
+    assert (end["usage"], end["metrics"]) == ({"prompt_tokens": 3}, {"tokens": 2})
+    assert snapshot_event(seq=9, messages=[]) == {"type": "snapshot", "seq": 9, "messages": []}
+
+
+def test_a_generation_state_outside_the_contract_is_refused():
+    with pytest.raises(ValueError, match="queued"):
+        generation_body(message_id="7", state="queued")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_no_delta_carries_more_than_the_cap(daphne_factory, llm, make_user, make_room):
+    server = daphne_factory(PARLEY_DELTA_MAX_CHARS="1000")
+    owner, token = await sync_to_async(make_user)("cap")
+    room = await sync_to_async(make_room)(owner, "Caps")
+    pieces = ["y" * 499 + " " for _ in range(30)]  # 15,000 characters, all at once
+    llm.set_default(Scenario.normal(pieces))
+    c = await RoomClient.connect(server.ws_url, room.slug, token=token)
+    await c.wait_type("hello")
+    await c.send(action="send", text="go", ask_ai=True)
+    reply = await c.wait_for(
+        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
+    )
+    reply_id = reply["message"]["id"]
+    await c.wait_terminal(reply_id)
+    deltas = [e["text"] for e in c.events if e["type"] == "delta"]
+    assert max(len(d) for d in deltas) <= 1000
+    stored = await sync_to_async(Message.objects.get)(pk=int(reply_id))
+    assert "".join(deltas) == "".join(pieces) == stored.text
+    await c.close()

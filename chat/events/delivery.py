@@ -328,11 +328,14 @@ class RoomChannel:
 
     async def frames_since(self, after: int) -> list[Frame]:
         """Every durable frame after ``after``, or one snapshot when they are not all held."""
-        from chat.events import get_hub
-
         recent = self.recent
         if recent and recent[0].seq is not None and recent[0].seq <= after + 1 <= self.last_seq + 1:
             return [f for f in recent if f.seq is not None and f.seq > after]
+        return await self._from_store(after)
+
+    async def _from_store(self, after: int) -> list[Frame]:
+        from chat.events import get_hub
+
         hub = get_hub()
         events = await hub.replay(self.room_id, after)
         if events is None:
@@ -383,8 +386,10 @@ class RoomChannel:
         await self._fan_durable(Frame(event))
 
     async def _fill_gap(self) -> None:
-        """Events are missing before the next one: read them once for the whole process."""
-        for frame in await self.frames_since(self.last_seq):
+        """Events are missing before the next one: read them once for the whole process.
+        From the store, never the recent frames: those end at ``last_seq``, where the gap
+        begins (a restarted Redis whose log lost it answers with a snapshot)."""
+        for frame in await self._from_store(self.last_seq):
             await self._fan_durable(frame)
 
     async def _fan_durable(self, frame: Frame) -> None:

@@ -305,6 +305,9 @@ class FakeOpenAIServer(LoopbackHTTPServer):
     async def await_disconnect(self, index: int = 0, timeout: float = 5.0) -> RecordedRequest:
         return await asyncio.to_thread(self.wait_disconnect, index, timeout)
 
+    async def await_finished(self, index: int = 0, timeout: float = 5.0) -> RecordedRequest:
+        return await asyncio.to_thread(self.wait_finished, index, timeout)
+
     def _wait(
         self, ready: Callable[[], bool], index: int, timeout: float, what: str
     ) -> RecordedRequest:
@@ -570,9 +573,13 @@ class _Stream:
             }
             if not await self.event(usage):
                 return
-        if not await self.event("[DONE]") or not await self.reply.end():
+        if not await self.event("[DONE]"):
             return
+        # Finished once [DONE] is out: a client (like the OpenAI SDK) may hang up on [DONE]
+        # without reading the chunked terminator, and that is a whole response, not a cut one.
         self.server._mark_finished(self.record, self.conn)
+        if not await self.reply.end():
+            return
         if not s.chunked:
             await self.conn.close()
 

@@ -97,7 +97,9 @@ async def test_streams_the_exact_pieces_and_usage(
     assert await collect(make_backend(), usage) == pieces
 
     assert (usage.prompt_tokens, usage.completion_tokens) == (23, len(pieces))
-    assert server.request(0).finished
+    # The fake may run in another thread and mark the request a moment after the client read
+    # it all; wait_finished times out (and fails) if the response was cut short.
+    assert (await server.await_finished(0)).finished
 
 
 async def test_request_carries_model_messages_limits_and_key(

@@ -1,9 +1,10 @@
 """A handshake flood from one user, and what another user's pings feel meanwhile.
 
     .venv/bin/python -m bench.flood [--handshakes 1000] [--concurrency 50] [--out FILE]
+                                    [--settings CAP:GATE,...]
 
-For three settings (the defaults: a cap of 20 connections per user and 4 handshakes
-worked on at once; no cap with the gate; neither, as before both existed) it serves Parley
+For each setting (by default: a cap of 20 connections per user and 16 handshakes worked
+on at once; no cap with the gate at 4 and at 16; neither, as before both existed) it serves Parley
 with a real daphne on loopback (SQLite, the in-memory layer), connects a second user
 ("bystander") to the same room, and measures the bystander's ping round-trip (WebSocket
 ``ping`` → ``pong``): first with nothing else going on, then while the first user opens
@@ -198,7 +199,10 @@ async def flood_process(url: str, token: str, handshakes: int, concurrency: int)
     await asyncio.gather(*(c.close() for c in held), return_exceptions=True)
 
 
-async def main(handshakes: int, concurrency: int) -> dict[str, Any]:
+DEFAULT_SETTINGS = "20:16,0:4,0:16,0:0"
+
+
+async def main(handshakes: int, concurrency: int, settings: str) -> dict[str, Any]:
     from tests.support.daphne import DaphneServer
 
     db = Path(tempfile.mkdtemp(prefix="parley-flood-")) / "flood.sqlite3"
@@ -208,7 +212,7 @@ async def main(handshakes: int, concurrency: int) -> dict[str, Any]:
         "ping_interval_ms": PING_INTERVAL * 1000,
         "runs": [],
     }
-    for cap, gate in (("20", "4"), ("0", "4"), ("0", "0")):
+    for cap, gate in (pair.split(":") for pair in settings.split(",")):
         server = DaphneServer(
             {
                 "DATABASE_URL": f"sqlite:///{db}",
@@ -233,6 +237,12 @@ if __name__ == "__main__":
     parser.add_argument("--handshakes", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--settings",
+        default=DEFAULT_SETTINGS,
+        help="CAP:GATE pairs, comma-separated (PARLEY_MAX_CONNECTIONS_PER_USER, "
+        "PARLEY_HANDSHAKE_CONCURRENCY; 0 turns either off)",
+    )
     parser.add_argument("--flood-url", help=argparse.SUPPRESS)  # the flooder process
     args = parser.parse_args()
     if args.flood_url:
@@ -243,7 +253,7 @@ if __name__ == "__main__":
             )
         )
         sys.exit(0)
-    result = asyncio.run(main(args.handshakes, args.concurrency))
+    result = asyncio.run(main(args.handshakes, args.concurrency, args.settings))
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

@@ -9,6 +9,7 @@ online while any of their connections, on any process, is.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
@@ -30,6 +31,23 @@ def online_fields(online: list[str]) -> dict[str, object]:
     if len(online) <= limit:
         return {"online": online}
     return {"online": online[:limit], "online_count": len(online)}
+
+
+def online_fields_with(online: list[str], name: str) -> dict[str, object]:
+    """``online_fields`` of the sorted ``online`` with ``name`` in it: one joining sees
+    themselves online even when the list was read a moment before they came. Per join it
+    copies at most the first PARLEY_PRESENCE_LIST_MAX names, not the room's whole list."""
+    limit = settings.PARLEY_PRESENCE_LIST_MAX
+    at = bisect.bisect_left(online, name)
+    present = at < len(online) and online[at] == name
+    count = len(online) + (0 if present else 1)
+    head = online[: min(limit, len(online))]
+    if not present and at < limit:
+        head.insert(at, name)
+        del head[limit:]
+    if count <= limit:
+        return {"online": head}
+    return {"online": head, "online_count": count}
 
 
 def presence_event(online: list[str]) -> dict[str, object]:

@@ -319,7 +319,7 @@ PARLEY_MAX_CONNECTIONS_PER_USER = env.int("PARLEY_MAX_CONNECTIONS_PER_USER", def
 # Measured on 2 cores with 1,000 handshakes 50 at a time (bench/flood.py): another user's
 # ping p95 was ~560 ms with no gate, ~420 ms at 32, ~100 ms at 8, ~30-50 ms at 2-4, while
 # refused handshakes still went through at ~110/s. 0 turns the gate off.
-PARLEY_HANDSHAKE_CONCURRENCY = env.int("PARLEY_HANDSHAKE_CONCURRENCY", default=4)
+PARLEY_HANDSHAKE_CONCURRENCY = env.int("PARLEY_HANDSHAKE_CONCURRENCY", default=16)
 # How long a cross-process control (pause/resume/stop sent to another process's reply)
 # waits for the owner's answer before reporting busy.
 PARLEY_CONTROL_TIMEOUT = env.float("PARLEY_CONTROL_TIMEOUT", default=5.0)

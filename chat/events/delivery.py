@@ -33,7 +33,6 @@ empty for a while. Presence changes are broadcast at most once per debounce inte
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import time
@@ -650,15 +649,6 @@ async def admit(*, slug: str, user: Any) -> Any:
     return room
 
 
-def _with(names: list[str], name: str) -> list[str]:
-    """The sorted ``names`` with ``name`` in it: one joining sees themselves online even
-    when the list was read a moment before they came."""
-    at = bisect.bisect_left(names, name)
-    if at < len(names) and names[at] == name:
-        return names
-    return [*names[:at], name, *names[at:]]
-
-
 class Subscription:
     """One subscriber's life in a room, the same for every transport: subscribe, head,
     presence, ``hello``, replay, live, leave.
@@ -690,7 +680,7 @@ class Subscription:
         return channel
 
     async def open(self) -> dict[str, Any]:
-        from chat.presence import get_presence, online_fields
+        from chat.presence import get_presence, online_fields_with
         from chat.serializers import room_to_dict
 
         channel = await self.prepare()
@@ -707,7 +697,7 @@ class Subscription:
             "room": room_to_dict(self.room, head=self.head),
             "you": self.sub.username,
             "head": self.head,
-            **online_fields(_with(await presence.online_recent(self.room.pk), self.sub.username)),
+            **online_fields_with(await presence.online_recent(self.room.pk), self.sub.username),
         }
 
     async def start(self) -> None:

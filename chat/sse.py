@@ -24,6 +24,7 @@ from chat.events.delivery import SseSubscriber, Subscription, admit
 from chat.events.frames import Frame
 from chat.http import async_api
 from chat.replies import get_manager
+from config.daphne_patches import REQUEST_KEY
 
 # Browsers reconnect this long after a dropped stream (the SSE "retry" field).
 RETRY_MS = 3000
@@ -52,6 +53,9 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         username=user.get_username(),
         token_id=token_id_of(user),
         audio=request.GET.get("audio") == "1",
+        # daphne's own request for this response (config/daphne_patches.py); absent under
+        # any other server, and then the frames go the ordinary way.
+        request=getattr(request, "scope", {}).get(REQUEST_KEY),
     )
     subscription = Subscription(room=room, sub=sub, after=after)
     try:

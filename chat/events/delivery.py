@@ -48,6 +48,7 @@ from django.conf import settings
 
 from chat.errors import ParleyError
 from chat.events.frames import SSE_PING, Frame
+from config.daphne_patches import write_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -136,19 +137,37 @@ class WebSocketSubscriber(Subscriber):
 
 
 class SseSubscriber(Subscriber):
-    """An SSE response: frames wait in a bounded buffer until the response's generator
-    takes them (all that waits, in one write). Past ``PARLEY_WS_MAX_BUFFER`` bytes the
-    reader is too slow: the response ends and the client resumes with Last-Event-ID."""
+    """An SSE response. Under daphne, once its body has started, frames go straight to
+    its socket from the room's fan-out loop. Otherwise (before that, another server, an
+    HTTP/1.0 client) they wait in a buffer until the response's generator takes them
+    (all that waits, in one write). Either way, past ``PARLEY_WS_MAX_BUFFER`` unsent
+    bytes the reader is too slow: the response ends and the client resumes with
+    Last-Event-ID."""
 
     kind = "sse"
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, *, request: Any = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.buffer: deque[bytes] = deque()
         self.buffered = 0
         self.wake = asyncio.Event()
+        # Under daphne, the response's own Twisted request (config/daphne_patches.py). Once
+        # the body has started and nothing waits in ``buffer``, frames are written to it
+        # straight from the room's fan-out loop, as a WebSocket member's are: no task
+        # switch and no trip through Django's response iteration per member per frame.
+        self._request = request
+        self.direct: Any = None
 
     async def write(self, frame: Frame) -> None:
+        if self.direct is not None:
+            unsent = write_chunk(self.direct, frame.sse_chunk)
+            if unsent is not None:
+                if unsent > settings.PARLEY_WS_MAX_BUFFER:
+                    await self.cut(CLOSE_TOO_SLOW, "too slow; reconnect with Last-Event-ID")
+                return
+            # The response is over (the client left): back to the buffer, which the
+            # generator drops when Django cancels it.
+            self.direct = self._request = None
         data = frame.sse
         self.buffer.append(data)
         self.buffered += len(data)
@@ -176,6 +195,11 @@ class SseSubscriber(Subscriber):
                 continue
             if self.ended:
                 return
+            if self.direct is None and self._request is not None:
+                # Everything yielded so far has reached daphne (the generator only runs
+                # again once Django has sent the last chunk), so a direct write now comes
+                # after it on the socket.
+                self.direct = self._request
             self.wake.clear()
             await self.wake.wait()
 

@@ -25,7 +25,7 @@ def encode(event: Mapping[str, Any]) -> str:
 class Frame:
     """One outbound event. ``seq`` is set on durable events, None on live-only ones."""
 
-    __slots__ = ("_sse", "_ws", "binary", "event", "seq", "text", "type")
+    __slots__ = ("_sse", "_sse_chunk", "_ws", "binary", "event", "seq", "text", "type")
 
     def __init__(self, event: Mapping[str, Any] | None, *, binary: bytes | None = None) -> None:
         self.event = event
@@ -35,6 +35,7 @@ class Frame:
         self.text = encode(event) if event is not None else ""
         self._ws: dict[str, Any] | None = None
         self._sse: bytes | None = None
+        self._sse_chunk: bytes | None = None
 
     @property
     def size(self) -> int:
@@ -66,6 +67,15 @@ class Frame:
             head = f"id: {self.seq}\n" if self.seq is not None else ""
             self._sse = f"{head}event: {self.type}\ndata: {text}\n\n".encode()
         return self._sse
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE block as one HTTP/1.1 chunk (size line, block, CRLF), for the responses
+        that daphne lets us write to directly (config/daphne_patches.py ``write_chunk``)."""
+        if self._sse_chunk is None:
+            block = self.sse
+            self._sse_chunk = b"%x\r\n%s\r\n" % (len(block), block)
+        return self._sse_chunk
 
 
 def _audio_chunk(frame: bytes) -> dict[str, Any]:

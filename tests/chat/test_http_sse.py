@@ -7,6 +7,7 @@ watch over the WebSocket or SSE, and both see the same durable events with the s
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
@@ -82,6 +83,68 @@ async def test_sse_and_websocket_listeners_see_identical_events(daphne, llm, roo
         finally:
             await sse.close()
             await ws.close()
+
+
+SSE_FIELDS = ("id: ", "event: ", "data: ", "retry: ", ": ")
+
+
+class Http10Sse:
+    """An SSE stream read as an HTTP/1.0 client (an old proxy) reads it: no chunked
+    encoding, the body runs until the server ends it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.head = b""
+        self.body = b""
+
+    @classmethod
+    async def open(cls, daphne, path: str, token: str) -> Http10Sse:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daphne.port)
+        writer.write(
+            f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n".encode()
+        )
+        stream = cls(reader, writer)
+        stream.head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return stream
+
+    async def read_until(self, marker: str) -> list[dict]:
+        async with asyncio.timeout(10):
+            while marker.encode() not in self.body:
+                chunk = await self.reader.read(65536)
+                assert chunk, f"the stream ended before {marker!r}: {self.body[-300:]!r}"
+                self.body += chunk
+        lines = self.body.decode().split("\n")
+        # Nothing but SSE fields: no chunk-size lines or stray CRLFs in the body.
+        stray = [line for line in lines if line and not line.startswith(SSE_FIELDS)]
+        assert not stray, stray
+        return [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_an_http10_sse_reader_gets_the_same_live_events(daphne, llm, room_setup):
+    # Parley writes SSE chunks straight to the socket when it can; a response that is not
+    # chunked (HTTP/1.0) goes the ordinary way and must read the same.
+    room, ann_token, bob_token, _ = room_setup
+    pieces = [f"o{i} " for i in range(10)]
+    llm.set_default(Scenario.slow(pieces, delay=0.01))
+    ws = await RoomClient.connect(daphne.ws_url, room.slug, token=bob_token)
+    sse = await Http10Sse.open(daphne, f"/api/rooms/{room.slug}/events", ann_token)
+    try:
+        assert b" 200 " in sse.head.split(b"\r\n")[0], sse.head
+        assert b"chunked" not in sse.head.lower()
+        await ws.wait_type("hello")
+        await sse.read_until('"type":"hello"')
+        await ws.send(action="send", text="go", ask_ai=True)
+        events = await sse.read_until('"state":"complete"')
+        await ws.wait_for(lambda e: e.get("type") == "generation" and e["state"] == "complete")
+    finally:
+        sse.close()
+        await ws.close()
+    assert events[0]["type"] == "hello"
+    assert [e for e in events if "seq" in e] == ws.durable()
 
 
 async def test_sse_resumes_with_last_event_id_and_too_old_gets_a_snapshot(daphne, llm, room_setup):

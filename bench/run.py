@@ -532,7 +532,7 @@ def main() -> None:
     parser.add_argument(
         "--before", metavar="REV", help="also measure this earlier revision of Parley"
     )
-    parser.add_argument("--before-idle-members", type=int, default=2000)
+    parser.add_argument("--before-idle-members", type=int, default=1000)
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.members, args.members_large, args.members_huge = 1, 20, 50, 100

@@ -36,8 +36,8 @@ def tables(report: dict[str, Any]) -> str:
         f"{settings['tokens']} tokens at {settings['tokens_per_second']:g} tokens/s, "
         f"{settings['repeat']} runs; median (min-max).",
         "",
-        "| scenario | server | p50 | p99 | lost | frames per member |",
-        "|---|---|---:|---:|---:|---:|",
+        "| scenario | server | p50 | p99 | lost | frames per member | handshakes per second |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     run = report["runs"][0]
     before = f"Parley before ({settings.get('before', '-')})"
@@ -62,7 +62,8 @@ def tables(report: dict[str, Any]) -> str:
         lines.append(
             f"| {who}, {where} | {server} | {cell(s, key + '.p50_ms', ' ms')} | "
             f"{cell(s, key + '.p99_ms', ' ms')} | {cell(s, key + '.lost')} | "
-            f"{cell(s, key + '.frames_per_member')} |"
+            f"{cell(s, key + '.frames_per_member')} | "
+            f"{cell(s, key + '.handshakes_per_second')} |"
         )
     lines += [
         "",
@@ -80,7 +81,8 @@ def tables(report: dict[str, Any]) -> str:
         f"{cell(s, 'before_idle.kb_per_member')} |",
         f"| idle members: % of a core | {cell(s, 'idle.cpu_percent_of_core')} | "
         f"{cell(s, 'before_idle.cpu_percent_of_core')} |",
-        f"| handshakes per second into one room | {cell(s, 'idle.handshakes_per_second')} | "
+        f"| idle members: handshakes per second into the room | "
+        f"{cell(s, 'idle.handshakes_per_second')} | "
         f"{cell(s, 'before_idle.handshakes_per_second')} |",
         "",
         "| ratio | median (min-max) |",

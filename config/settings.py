@@ -66,8 +66,11 @@ TEMPLATES = [
     },
 ]
 
+# An empty DATABASE_URL (a blank line in an env file) means unset, as REDIS_URL does.
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+    "default": env.db_url_config(
+        env.str("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+    ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several coroutines share one SQLite file: wait for the write lock instead of

@@ -36,3 +36,31 @@ def test_channel_layer_is_redis_when_configured(daphne):
     # The served process reaches it too.
     ready = httpx.get(daphne.http_url + "/readyz").json()
     assert ready["checks"]["channel_layer"] == "ok"
+
+
+def test_blank_service_urls_mean_the_laptop_defaults(tmp_path):
+    # An env file with `DATABASE_URL=` and `REDIS_URL=` (as docker-compose leaves them)
+    # must start on SQLite and the in-memory layer, not fail on a missing ENGINE.
+    import subprocess
+    import sys
+
+    script = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.DATABASES['default']['ENGINE'], "
+        "settings.CHANNEL_LAYERS['default']['BACKEND'])"
+    )
+    env = {**os.environ, "DATABASE_URL": "", "REDIS_URL": ""}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "django.db.backends.sqlite3",
+        "channels.layers.InMemoryChannelLayer",
+    ]

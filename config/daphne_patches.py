@@ -129,6 +129,14 @@ def write_chunk(request: Any, chunk: bytes) -> int | None:
     return unsent_bytes(transport)
 
 
+def abort_response(request: Any) -> None:
+    """Drop a streaming response's connection now, backlog and all (the reader fell too
+    far behind; it resumes with Last-Event-ID), as the buffered path's bound does."""
+    channel = request.channel
+    if channel is not None and channel.transport is not None:
+        channel.transport.abortConnection()
+
+
 def _is_event_stream(request: Any) -> bool:
     types = request.responseHeaders.getRawHeaders(b"content-type") or []
     return any(t.startswith(b"text/event-stream") for t in types)

@@ -48,7 +48,7 @@ from django.conf import settings
 
 from chat.errors import ParleyError
 from chat.events.frames import SSE_PING, Frame
-from config.daphne_patches import write_chunk
+from config.daphne_patches import abort_response, write_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,8 @@ class SseSubscriber(Subscriber):
             unsent = write_chunk(self.direct, frame.sse_chunk)
             if unsent is not None:
                 if unsent > settings.PARLEY_WS_MAX_BUFFER:
+                    logger.warning("ending a streamed response that fell %d bytes behind", unsent)
+                    abort_response(self.direct)
                     await self.cut(CLOSE_TOO_SLOW, "too slow; reconnect with Last-Event-ID")
                 return
             # The response is over (the client left): back to the buffer, which the

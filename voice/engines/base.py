@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
@@ -49,10 +50,18 @@ SESSION_BUFFER_CHUNKS: Final = 16
 
 @dataclass(frozen=True, slots=True)
 class AudioChunk:
-    """Signed 16-bit little-endian mono PCM at ``sample_rate`` Hz."""
+    """Signed 16-bit little-endian mono PCM at ``sample_rate`` Hz.
+
+    ``text_start``/``text_end``: the span of the fed text (character offsets) that the
+    piece this chunk belongs to speaks, when the session knows it (:class:`SegmentingSession`
+    does; an engine that takes streamed text natively does not, and leaves -1). The reply's
+    speech maps a listener's playback position back to text with it (what was heard).
+    """
 
     pcm: bytes
     sample_rate: int
+    text_start: int = -1
+    text_end: int = -1
 
     @property
     def samples(self) -> int:
@@ -257,12 +266,16 @@ class SegmentingSession(TTSSession):
         self._segmenter = SentenceSegmenter(
             clause_mode=clause_mode, first_cut_chars=first_cut_chars
         )
-        self._pieces: deque[str | None] = deque()
+        # Each piece to speak, with its span in the fed text (None ends the queue).
+        self._pieces: deque[tuple[str, int, int] | None] = deque()
+        self._fed = ""  # all text fed so far, to find each piece's span in it
+        self._located = 0
         self._ready = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"tts-session-{engine.name}")
         engine._adopt(self._task)
 
     def _feed(self, text: str) -> None:
+        self._fed += text
         for piece in self._segmenter.feed(text):
             self._queue(piece)
 
@@ -273,9 +286,14 @@ class SegmentingSession(TTSSession):
         self._ready.set()
 
     def _queue(self, piece: str) -> None:
+        # The segmenter returns pieces as written, stripped: each is found in order.
+        at = self._fed.find(piece, self._located)
+        start = at if at >= 0 else self._located
+        end = start + len(piece) if at >= 0 else len(self._fed)
+        self._located = end
         spoken = clean_for_speech(piece)
         if spoken:
-            self._pieces.append(spoken)
+            self._pieces.append((spoken, start, end))
             self._ready.set()
 
     async def _cancel(self) -> None:
@@ -291,12 +309,14 @@ class SegmentingSession(TTSSession):
                 while not self._pieces:
                     self._ready.clear()
                     await self._ready.wait()
-                piece = self._pieces.popleft()
-                if piece is None:
+                item = self._pieces.popleft()
+                if item is None:
                     break
+                piece, start, end = item
                 async with contextlib.aclosing(self._engine.synthesize(piece)) as audio:
                     async for chunk in audio:
-                        if not await self._pipe.put(chunk):
+                        tagged = dataclasses.replace(chunk, text_start=start, text_end=end)
+                        if not await self._pipe.put(tagged):
                             return
             self._pipe.end()
         except TTSError as exc:

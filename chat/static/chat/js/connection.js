@@ -1,8 +1,8 @@
 // The live connection to a room: a WebSocket, or server-sent events when the WebSocket
 // cannot get through (a proxy that blocks it). Reconnects with exponential backoff and
 // jitter, always resuming after the last seq the page holds, so nothing is missed or
-// applied twice. Sending over SSE is the caller's business (HTTP); `send` says whether
-// the frame went out on the socket.
+// applied twice. Sending over SSE is the caller's business (HTTP); `send` and `sendBinary`
+// say whether the frame went out on the socket.
 
 // Backoff: 0.5 s doubling to 15 s, each delay drawn between half and all of it (jitter),
 // so a room's members do not all come back at the same instant after a server restart.
@@ -95,6 +95,14 @@ export class Connection {
     if (this.transport !== "ws" || !this.ready || !this.socket) return false;
     if (this.socket.readyState !== WebSocket.OPEN) return false;
     this.socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  // A binary frame (speech audio), on the WebSocket only.
+  sendBinary(buffer) {
+    if (this.transport !== "ws" || !this.ready || !this.socket) return false;
+    if (this.socket.readyState !== WebSocket.OPEN) return false;
+    this.socket.send(buffer);
     return true;
   }
 

@@ -4,11 +4,14 @@
 // what changed; this module updates the DOM for that. Sending is optimistic: our message
 // shows at once, greyed, and is replaced when its `message` event (same client_id) comes
 // back. window.parley exposes the pieces and a few debug handles for tests.
+// Speaking a message (push to talk) is speech.js; a transcript comes back as an ordinary
+// `message` event whose message has `input: "speech"`, shown with a microphone mark.
 
 import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
 import { AudioPlayer } from "./audio.js";
 import { Connection } from "./connection.js";
 import { renderMarkdown } from "./markdown.js";
+import { PushToTalk } from "./speech.js";
 import { LIVE, RoomStore } from "./store.js";
 
 // A typing indicator fades this long after the last `typing` event from that person.
@@ -27,7 +30,10 @@ const config = JSON.parse(document.getElementById("parley-config").textContent);
 const slug = config.room.slug;
 const room = { ...config.room };
 const store = new RoomStore(config.me);
-const player = new AudioPlayer();
+// What this listener heard of a reply's audio, for the server (PROTOCOL.md, played).
+const player = new AudioPlayer({
+  onPlayed: (stream, ms) => connection.send({ action: "played", stream, ms }),
+});
 
 const $ = (selector) => document.querySelector(selector);
 const els = {
@@ -51,6 +57,10 @@ const els = {
   jump: $("#jump"),
   sideToggle: $("#side-toggle"),
   side: $("#side"),
+  talk: $("#talk"),
+  speech: $("#speech"),
+  speechText: $("#speech-text"),
+  speechLevel: $("#speech-level"),
 };
 
 const elements = new Map(); // message id or client_id -> <article>
@@ -166,7 +176,12 @@ function buildArticle(m, pending) {
   const badge = document.createElement("span");
   badge.className = "badge";
   badge.hidden = true;
-  meta.append(author, time, badge);
+  meta.append(author, time);
+  if (m.input === "speech") {
+    article.dataset.input = "speech";
+    meta.append(spokenMark());
+  }
+  meta.append(badge);
 
   const body = document.createElement("div");
   body.className = "msg__body md";
@@ -202,6 +217,35 @@ function buildArticle(m, pending) {
   }
   article.append(avatar, main);
   return article;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+// A microphone glyph: this message was spoken, and is the transcript.
+function spokenMark() {
+  const mark = document.createElement("span");
+  mark.className = "msg__spoken";
+  mark.title = "Spoken, transcribed";
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 20 20");
+  svg.setAttribute("width", "13");
+  svg.setAttribute("height", "13");
+  svg.setAttribute("aria-hidden", "true");
+  const body = document.createElementNS(SVG, "rect");
+  for (const [k, v] of Object.entries({ x: "7", y: "2", width: "6", height: "10", rx: "3", fill: "currentColor" })) {
+    body.setAttribute(k, v);
+  }
+  const stand = document.createElementNS(SVG, "path");
+  stand.setAttribute("d", "M4.5 9.5a5.5 5.5 0 0 0 11 0M10 15v3");
+  stand.setAttribute("fill", "none");
+  stand.setAttribute("stroke", "currentColor");
+  stand.setAttribute("stroke-width", "1.6");
+  stand.setAttribute("stroke-linecap", "round");
+  svg.append(body, stand);
+  const words = document.createElement("span");
+  words.className = "visually-hidden";
+  words.textContent = "(spoken)";
+  mark.append(svg, words);
+  return mark;
 }
 
 function placeCursor(body) {
@@ -391,6 +435,9 @@ function onEvent(event) {
     case "audio":
       if (speakerOn) player.onEvent(event);
       break;
+    case "speech":
+      talk.onSpeech(event);
+      break;
     case "pong":
       if (event.id === `sync-${connection.conn}`) {
         syncedConn = connection.conn;
@@ -457,6 +504,7 @@ function onDurable(event) {
 }
 
 function onError(event) {
+  if (talk.onError(event)) return;
   const pending = event.id ? store.pending.get(event.id) : null;
   let detail = event.detail || event.code || "something went wrong";
   if (event.code === "rate_limited" && event.retry_after) {
@@ -596,6 +644,10 @@ function maybeSendTyping() {
 let controlIds = 0;
 function control(messageId, action) {
   controlIds += 1;
+  // The server hears what this listener heard first: a fresh `played` (for stop, the
+  // last one, as the reply's audio stops here at once).
+  if (action === "stop") player.stopMessage(messageId);
+  else player.reportNow();
   if (connection.send({ action, message_id: messageId, id: `ctl-${controlIds}` })) return;
   messagesApi
     .control(messageId, action)
@@ -640,6 +692,7 @@ function onStatus(status) {
   els.conn.dataset.transport = status.transport;
   els.connText.textContent = text;
   els.form.classList.toggle("composer--sse", status.transport === "sse");
+  talk.onConnection(status.state === "open" && status.transport === "ws");
   if (status.state === "closed") showError(text, { sticky: true });
 }
 
@@ -657,6 +710,28 @@ const connection = new Connection({
       if (speakerOn) player.onBinary(buffer);
     },
     status: onStatus,
+  },
+});
+
+const talk = new PushToTalk({
+  button: els.talk,
+  status: els.speech,
+  text: els.speechText,
+  level: els.speechLevel,
+  workletUrl: els.talk.dataset.worklet,
+  io: {
+    send: (frame) => connection.send(frame),
+    sendBinary: (buffer) => connection.sendBinary(buffer),
+    ready: () => connection.transport === "ws" && connection.ready,
+    // Barge-in: the last `played` of whatever plays goes out before `speech start`, and
+    // the audio stops here at once (the server stops our own reply's audio for the room).
+    beforeStart: () => player.bargeIn(),
+    fields: () => {
+      const fields = { voice: els.voice.value };
+      if (els.askAi && els.askAi.checked) fields.ask_ai = true;
+      return fields;
+    },
+    announce,
   },
 });
 
@@ -728,6 +803,7 @@ function wire() {
   };
   document.addEventListener("pointerdown", unlock, { once: true });
   document.addEventListener("keydown", unlock, { once: true });
+  talk.wire();
   onInput();
 }
 
@@ -752,6 +828,9 @@ async function start() {
 window.parley = {
   store,
   player,
+  get speech() {
+    return talk;
+  },
   get connection() {
     return connection;
   },
@@ -762,6 +841,7 @@ window.parley = {
     connects: connection.connects,
     lastSeq: store.lastSeq,
     audio: player.debugState(),
+    speech: talk.debugState(),
   }),
 };
 

@@ -10,13 +10,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import pytest
 
-from tests.support.tts_servers import (
-    PCM_SAMPLE_RATE,
-    FakeSpeechServer,
-    SpeechScenario,
-    pcm_rms,
-    tone,
-)
+from tests.support.tts.common import pcm_rms, tone
+from tests.support.tts.openai import PCM_SAMPLE_RATE, FakeSpeechServer, SpeechScenario
 from voice.engines.base import MAX_CHUNK_SECONDS, AudioChunk, TTSError
 from voice.engines.openai import OpenAISpeechEngine
 

@@ -11,7 +11,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import pytest
 
-from tests.support.tts_servers import (
+from tests.support.tts.common import pcm_rms, tone
+from tests.support.tts.volcano import (
     CANCEL_SESSION,
     FINISH_SESSION,
     SESSION_CANCELED,
@@ -21,8 +22,6 @@ from tests.support.tts_servers import (
     TASK_REQUEST,
     FakeVolcanoServer,
     VolcanoScenario,
-    pcm_rms,
-    tone,
 )
 from voice.engines.base import AudioChunk, TTSError, TTSSession
 from voice.engines.volcano import (

@@ -16,6 +16,7 @@ import pytest
 
 from voice.engines.base import MAX_CHUNK_SECONDS, AudioChunk, TTSError
 from voice.engines.piper import PiperEngine
+from voice.segmenter import clean_for_speech
 
 pytestmark = pytest.mark.model
 
@@ -131,6 +132,17 @@ class RecordingPiper(PiperEngine):
                 yield chunk
 
 
+DELTAS = [
+    "Sure",
+    ", here",
+    " is **the** plan",
+    ". First",
+    ", we load",
+    " the voice; then",
+    " we speak 😀.",
+]
+
+
 async def test_the_realtime_session_speaks_each_clause_as_it_completes_in_order() -> None:
     engine = RecordingPiper()
     await engine.load()
@@ -138,12 +150,12 @@ async def test_the_realtime_session_speaks_each_clause_as_it_completes_in_order(
     assert session.sample_rate == 22050
     try:
         # The first clause is complete once the text after its comma arrives.
-        for delta in ["Sure", ", here", " is **the** plan"]:
+        for delta in DELTAS[:3]:
             await session.feed(delta)
         first = await asyncio.wait_for(anext(session), timeout=5)
         # Audio came before the rest of the reply was even written.
         assert engine.texts == ["Sure,"]
-        for delta in [". First", ", we load", " the voice; then", " we speak 😀."]:
+        for delta in DELTAS[3:]:
             await session.feed(delta)
         await session.finish()
         rest = [chunk async for chunk in session]
@@ -158,7 +170,11 @@ async def test_the_realtime_session_speaks_each_clause_as_it_completes_in_order(
         "then we speak.",
     ]
     heard = [first, *rest]
-    assert heard == [chunk for _, chunk in engine.produced]
+    assert [c.pcm for c in heard] == [chunk.pcm for _, chunk in engine.produced]
+    # Each chunk names the span of the reply's text it speaks: its clause, as written.
+    written = "".join(DELTAS)
+    spans = [clean_for_speech(written[c.text_start : c.text_end]) for c in heard]
+    assert spans == [text for text, _ in engine.produced]
     spoken_in_order = [text for text, _ in engine.produced]
     assert spoken_in_order == sorted(spoken_in_order, key=engine.texts.index)
     assert {text for text, _ in engine.produced} == set(engine.texts)

@@ -125,8 +125,8 @@ class GenerationInline(admin.StackedInline):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "room", "role", "author", "status", "short_text", "created"]
-    list_filter = ["role", "status", "room"]
+    list_display = ["id", "room", "role", "author", "status", "input", "short_text", "created"]
+    list_filter = ["role", "status", "input", "room"]
     search_fields = ["text", "author__username"]
     raw_id_fields = ["room", "author", "reply_to"]
     # One query for the page's rows with their room and author, however many rows.
@@ -185,6 +185,7 @@ class GenerationAdmin(admin.ModelAdmin):
         "stopped_by",
         "voice",
         "real_time_factor",
+        "heard",
     ]
     list_filter = ["backend", "message__status", "stop_reason", "voice"]
     search_fields = ["message__text", "error", "model"]
@@ -203,6 +204,13 @@ class GenerationAdmin(admin.ModelAdmin):
         if obj.started_at is None or obj.first_token_at is None:
             return "-"
         return f"{(obj.first_token_at - obj.started_at).total_seconds() * 1000:.0f} ms"
+
+    @admin.display(description="heard (cut off)")
+    def heard(self, obj: Generation) -> str:
+        """What the member who cut a spoken reply off had heard; the text is what was shown."""
+        if obj.heard_text is None:
+            return "-"
+        return f"{obj.heard_text[:60]!r} at {obj.heard_ms} ms"
 
     @admin.display(description="speech RTF")
     def real_time_factor(self, obj: Generation) -> str:

@@ -21,12 +21,30 @@ from django.contrib.auth.models import User
 
 from accounts.auth import token_id_of
 from chat import redis as redis_conn
-from chat.errors import BadJson, BadRequest, Forbidden, NotFound, ParleyError, RateLimited
+from chat.errors import (
+    BadJson,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ParleyError,
+    RateLimited,
+    SpeechTooLong,
+)
 from chat.events import StoreUnavailable, room_live_emit
 from chat.events.delivery import Subscription, WebSocketSubscriber, admit
 from chat.events.frames import Frame
 from chat.models import Room
-from chat.replies import get_manager, message_send, reply_control
+from chat.ratelimit import send_allow
+from chat.replies import get_manager, message_send, reply_control, speech_interrupt
+from voice.conversation import (
+    PCM_FORMAT,
+    Playback,
+    Utterance,
+    barge_in,
+    parse_played,
+    parse_sample_rate,
+    speech_send,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +70,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
     room: Room
     subscription: Subscription | None = None
     sub: WebSocketSubscriber
+    # The utterance being spoken (between `speech start` and `end`), and how far this
+    # connection has played each reply's audio (`played` reports).
+    utterance: Utterance | None = None
+    playback: Playback
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch makes a thread-pool hop (aclose_old_connections) before every
@@ -64,6 +86,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.last_typing = 0.0
+        self.playback = Playback()
         user = self.scope.get("user")
         # Accept first so the client can read the close code (a close before accept is
         # an HTTP 403 to the browser, with no code).
@@ -121,7 +144,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
         request_id = None
         try:
             if text_data is None:
-                raise BadRequest("frames must be JSON text, not binary")
+                if self.utterance is None:
+                    raise BadRequest("binary frames are speech audio: send speech start first")
+                try:
+                    self.utterance.add(bytes_data or b"")
+                except SpeechTooLong:
+                    request_id, self.utterance = self.utterance.request_id, None
+                    raise
+                return
             try:
                 frame = json.loads(text_data)
             except (ValueError, RecursionError) as exc:  # nested past the parser's stack
@@ -170,7 +200,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
         message_id = frame.get("message_id")
         if not isinstance(message_id, str | int) or isinstance(message_id, bool):
             raise BadRequest("message_id is required")
-        await reply_control(user=self.user, message_id=message_id, action=action)
+        if action != "stop":
+            await reply_control(user=self.user, message_id=message_id, action=action)
+            return
+        # A stop keeps what this member heard of the reply (their `played` reports), and
+        # also cuts off a reply whose text has ended while its audio still plays.
+        stream = _stream_of(message_id)
+        heard_ms = self.playback.heard_ms(stream) if stream is not None else None
+        if heard_ms is None:
+            await reply_control(user=self.user, message_id=message_id, action=action)
+            return
+        await speech_interrupt(
+            user=self.user, message_id=message_id, heard_ms=heard_ms, room_id=self.room.pk
+        )
 
     async def action_pause(self, frame: dict[str, Any], request_id: object) -> None:
         await self._control(frame, "pause")
@@ -199,6 +241,50 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.sub.room is not None:
             self.sub.room.set_audio(self.sub, enabled)
 
+    async def action_played(self, frame: dict[str, Any], request_id: object) -> None:
+        stream, ms = parse_played(frame)
+        self.playback.report(stream, ms)
+
+    async def action_speech(self, frame: dict[str, Any], request_id: object) -> None:
+        state = frame.get("state")
+        if state == "start":
+            if frame.get("format", PCM_FORMAT) != PCM_FORMAT:
+                raise BadRequest(f"format must be {PCM_FORMAT}")
+            sample_rate = parse_sample_rate(frame.get("sample_rate", 16000))
+            await send_allow(user_id=self.user.pk)  # one utterance takes one send's turn
+            self.utterance = Utterance(sample_rate=sample_rate, request_id=request_id)
+            await self._send_json({"type": "speech", "state": "listening", "id": request_id})
+            # Speaking over a reply that is being spoken stops it (barge-in).
+            await barge_in(user=self.user, room=self.room, playback=self.playback)
+        elif state == "end":
+            utterance, self.utterance = self.utterance, None
+            if utterance is None:
+                raise BadRequest("no speech was started")
+            message, _reply = await speech_send(
+                user=self.user,
+                room=self.room,
+                pcm=bytes(utterance.pcm),
+                sample_rate=utterance.sample_rate,
+                client_id=frame.get("client_id"),
+                ask_ai=frame.get("ask_ai"),
+                voice=frame.get("voice"),
+                rate_checked=True,
+            )
+            await self._send_json(
+                {
+                    "type": "speech",
+                    "state": "transcribed",
+                    "id": request_id,
+                    "text": message["text"],
+                    "message_id": message["id"],
+                }
+            )
+        elif state == "cancel":
+            self.utterance = None
+            await self._send_json({"type": "speech", "state": "cancelled", "id": request_id})
+        else:
+            raise BadRequest("state must be start, end or cancel")
+
     async def action_ping(self, frame: dict[str, Any], request_id: object) -> None:
         await self._send_json({"type": "pong", "id": request_id})
 
@@ -210,6 +296,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _error(self, code: str, detail: str, request_id: object) -> None:
         await self._send_json({"type": "error", "code": code, "detail": detail, "id": request_id})
+
+
+def _stream_of(message_id: str | int) -> int | None:
+    """The audio stream id of reply ``message_id`` (voice/speech.py), if it is one."""
+    if isinstance(message_id, str):
+        if not (message_id.isascii() and message_id.isdigit() and len(message_id) <= 18):
+            return None
+        message_id = int(message_id)
+    return message_id & 0xFFFFFFFF if message_id > 0 else None
 
 
 def _parse_after(query_string: bytes) -> tuple[int | None, str | None]:

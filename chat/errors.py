@@ -78,3 +78,24 @@ class TooManyConnections(ParleyError):
 
     code = "too_many_connections"
     status = 429
+
+
+class SpeechTooLong(ParleyError):
+    """An utterance past PARLEY_SPEECH_MAX_SECONDS or PARLEY_SPEECH_MAX_BYTES."""
+
+    code = "speech_too_long"
+    status = 413
+
+
+class NoSpeech(ParleyError):
+    """The utterance held no words the speech-to-text engine could make out."""
+
+    code = "no_speech"
+    status = 422
+
+
+class SpeechFailed(ParleyError):
+    """The speech-to-text engine failed (its reason is the detail)."""
+
+    code = "speech_failed"
+    status = 502

@@ -24,6 +24,11 @@ class VoiceMode(models.TextChoices):
     REALTIME = "realtime"
 
 
+class InputKind(models.TextChoices):
+    TEXT = "text"
+    SPEECH = "speech"  # a transcript of what the member said (docs/protocol.md "speech")
+
+
 class Room(models.Model):
     slug = models.SlugField(max_length=80, unique=True)
     name = models.CharField(max_length=120)
@@ -38,6 +43,10 @@ class Room(models.Model):
     )
     voice = models.CharField(max_length=10, choices=VoiceMode.choices, default=VoiceMode.OFF)
     system_prompt = models.TextField(blank=True, default="")
+    # When a spoken reply is cut off, the next prompt has only what the member who cut it
+    # off had heard (Generation.heard_text): the model should not believe it said what
+    # nobody heard.
+    prompt_heard_text = models.BooleanField(default=True)
     # A floor above every event seq this room has published: seqs are handed out from
     # blocks reserved here (one process) or raised past each published seq (Redis), so
     # neither a restarted process nor a restarted Redis reuses one (chat/events/).
@@ -115,6 +124,7 @@ class Message(models.Model):
     # idempotency key: a resend with it within PARLEY_SEND_IDEMPOTENCY_WINDOW returns this
     # message instead of storing another (chat/replies/db.py).
     client_id = models.CharField(max_length=64, blank=True, default="")
+    input = models.CharField(max_length=10, choices=InputKind.choices, default=InputKind.TEXT)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -173,6 +183,15 @@ class Generation(models.Model):
     first_audio_at = models.DateTimeField(null=True, blank=True)
     audio_seconds = models.FloatField(null=True, blank=True)
     synthesis_seconds = models.FloatField(null=True, blank=True)
+    # Which audio spoke which text ([audio_start_ms, audio_end_ms, text_start, text_end]
+    # per piece; voice.speech.SpeechMarks), saved when the speech ends, so what a listener
+    # heard can be worked out after it.
+    speech_marks = models.JSONField(default=list, blank=True)
+    # A spoken reply cut off by a member (stop, or speaking over it): what that member had
+    # heard, from their playback reports, and how far into the audio they were. None:
+    # never cut off while heard (``text`` is then what counts).
+    heard_text = models.TextField(null=True, blank=True)  # noqa: DJ001 - None is not ""
+    heard_ms = models.IntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["-queued_at"], name="generation_recent")]

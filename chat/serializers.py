@@ -16,6 +16,7 @@ class RoomDict(TypedDict):
     visibility: str
     assistant: str
     voice: str
+    prompt_heard_text: bool
     head: int
 
 
@@ -28,6 +29,7 @@ class MessageDict(TypedDict):
     status: str
     reply_to: str | None
     client_id: str | None
+    input: str
     created: str
 
 
@@ -39,6 +41,7 @@ def room_to_dict(room: Room, *, head: int) -> RoomDict:
         "visibility": room.visibility,
         "assistant": room.assistant,
         "voice": room.voice,
+        "prompt_heard_text": room.prompt_heard_text,
         "head": head,
     }
 
@@ -57,5 +60,6 @@ def message_to_dict(message: Message, *, room_slug: str | None = None) -> Messag
         "status": message.status,
         "reply_to": str(message.reply_to_id) if message.reply_to_id else None,
         "client_id": message.client_id or None,
+        "input": message.input,
         "created": message.created.isoformat().replace("+00:00", "Z"),
     }

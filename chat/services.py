@@ -46,8 +46,11 @@ def room_create(
     assistant: object = None,
     voice: object = None,
     system_prompt: object = None,
+    prompt_heard_text: object = None,
 ) -> Room:
     """Create a room owned (and joined) by ``owner``; its slug comes from its name."""
+    if prompt_heard_text is not None and not isinstance(prompt_heard_text, bool):
+        raise BadRequest("prompt_heard_text must be true or false")
     name = clean_text(name, field="name", max_chars=NAME_MAX, single_line=True, strip=True)
     system_prompt = clean_text(
         "" if system_prompt is None else system_prompt,
@@ -66,6 +69,7 @@ def room_create(
         ),
         "voice": _choice(voice, field="voice", choices=VoiceMode, default=VoiceMode.OFF),
         "system_prompt": system_prompt,
+        "prompt_heard_text": True if prompt_heard_text is None else prompt_heard_text,
     }
     base = slugify(name)[:60] or "room"
     for attempt in range(8):

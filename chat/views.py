@@ -28,6 +28,7 @@ def rooms(request: HttpRequest) -> HttpResponse:
             assistant=data.get("assistant"),
             voice=data.get("voice"),
             system_prompt=data.get("system_prompt"),
+            prompt_heard_text=data.get("prompt_heard_text"),
         )
         return JsonResponse(room_to_dict(room, head=events.room_head_sync(room)), status=201)
     found = list(selectors.rooms_visible_to(user=user))

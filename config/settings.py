@@ -368,3 +368,29 @@ VOLCANO_READ_TIMEOUT = env.float("VOLCANO_READ_TIMEOUT", default=10.0)
 VOICE_PRELOAD = env.bool("VOICE_PRELOAD", default=True)
 # Where GET /api/messages/<id>/audio keeps the WAV of each reply once made.
 VOICE_CACHE_DIR = env.path("VOICE_CACHE_DIR", default=BASE_DIR / "var" / "audio")
+
+# --- Speech in (voice conversation; docs/protocol.md "speech") ---------------------------
+
+# whisper: the bundled tiny.en model through faster-whisper, in process, no keys;
+# openai: any OpenAI-compatible /v1/audio/transcriptions server.
+STT_BACKEND = env.str("STT_BACKEND", default="whisper")
+STT_MODEL_PATH = env.str("STT_MODEL_PATH", default="")  # empty: the bundled tiny.en
+# CTranslate2 threads for one transcription: both cores of this class of machine, for
+# the second or so it takes (transcriptions run one at a time per process).
+STT_THREADS = env.int("STT_THREADS", default=2)
+STT_BEAM_SIZE = env.int("STT_BEAM_SIZE", default=1)
+STT_LANGUAGE = env.str("STT_LANGUAGE", default="")  # empty: English (tiny.en)
+STT_PRELOAD = env.bool("STT_PRELOAD", default=True)
+OPENAI_STT_BASE_URL = env.str("OPENAI_STT_BASE_URL", default="") or OPENAI_BASE_URL
+OPENAI_STT_API_KEY = env.str("OPENAI_STT_API_KEY", default="") or OPENAI_API_KEY
+OPENAI_STT_MODEL = env.str("OPENAI_STT_MODEL", default="whisper-1")
+OPENAI_STT_CONNECT_TIMEOUT = env.float("OPENAI_STT_CONNECT_TIMEOUT", default=5.0)
+OPENAI_STT_READ_TIMEOUT = env.float("OPENAI_STT_READ_TIMEOUT", default=30.0)
+# One utterance: at most this long (a spoken message, not a dictated page) and this
+# many bytes of audio (30 s at 16 kHz is 0.96 MB; the HTTP body limit is Django's 2.5 MB
+# DATA_UPLOAD_MAX_MEMORY_SIZE). Past either: speech_too_long.
+PARLEY_SPEECH_MAX_SECONDS = env.float("PARLEY_SPEECH_MAX_SECONDS", default=30.0)
+PARLEY_SPEECH_MAX_BYTES = env.int("PARLEY_SPEECH_MAX_BYTES", default=2 * 1024 * 1024)
+# Speech audio is never stored unless this names a folder: then each utterance is kept
+# there as <message id>.wav.
+PARLEY_SPEECH_AUDIO_DIR = env.str("PARLEY_SPEECH_AUDIO_DIR", default="")

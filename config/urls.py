@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/rooms/<str:slug>/members", views.room_members),
     path("api/rooms/<str:slug>/messages", views.room_messages_route),
     path("api/rooms/<str:slug>/events", sse.room_events),
+    path("api/rooms/<str:slug>/speech", voice_views.room_speech),
     path("api/messages/<str:message_id>", views.message_detail),
     path("api/messages/<str:message_id>/audio", voice_views.message_audio),
     *[

@@ -19,6 +19,7 @@ def pytest_configure(config: Any) -> None:
     from django.conf import settings
 
     settings.VOICE_PRELOAD = False
+    settings.STT_PRELOAD = False
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -149,6 +150,7 @@ def daphne_factory(
     def start(**env: str) -> DaphneServer:
         # Extra servers rarely speak: skip warming the voice unless a test asks for it.
         env.setdefault("VOICE_PRELOAD", "0")
+        env.setdefault("STT_PRELOAD", "0")
         with django_db_blocker.unblock():
             full = daphne_env(fake_llm_server, **env)
         server = DaphneServer(full).start()

@@ -12,6 +12,10 @@ and finishes or cancels it when the reply ends. Modes:
 
 Audio goes out as live-only events: a JSON ``audio`` start, binary frames (4-byte stream
 id, 4-byte chunk index, PCM s16le), then ``end``, or ``cancel`` when the reply is stopped.
+
+What was heard: every chunk sent is noted against the span of reply text it speaks
+(:class:`SpeechMarks`), so a listener's playback position (``played`` reports, in ms of
+the stream) maps back to the text that listener heard (:meth:`SpeechMarks.heard`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,64 @@ _END = object()
 
 
 @dataclass
+class SpeechMarks:
+    """Which stretch of audio speaks which stretch of the reply's text.
+
+    One mark per piece the engine was given (a sentence or clause, or the whole text):
+    ``[audio_start_ms, audio_end_ms, text_start, text_end]``. Within a piece, audio time
+    maps to characters linearly: engines do not say when each word is spoken, and a
+    piece is one sentence or clause, so the error is within that clause. Chunks from an
+    engine that takes streamed text natively carry no span; their audio then maps
+    linearly onto all the text fed so far. JSON-ready, so it is stored with the
+    generation record once the speech ends and the heard text can be worked out later.
+    """
+
+    marks: list[list[int]] = field(default_factory=list)
+    audio_ms: float = 0.0
+
+    def note(self, chunk: AudioChunk, *, fed_chars: int) -> None:
+        start_ms = self.audio_ms
+        self.audio_ms += chunk.duration * 1000
+        if chunk.text_end >= 0:
+            start, end = chunk.text_start, chunk.text_end
+        else:
+            start, end = 0, fed_chars  # no span: all the audio over all the text
+        last = self.marks[-1] if self.marks else None
+        if last is not None and last[2] == start and (last[3] == end or chunk.text_end < 0):
+            last[1], last[3] = round(self.audio_ms), end  # the same piece goes on
+        else:
+            self.marks.append([round(start_ms), round(self.audio_ms), start, end])
+
+    def heard_chars(self, ms: float) -> int:
+        return heard_chars(self.marks, ms)
+
+
+def heard_chars(marks: list[list[int]], ms: float) -> int:
+    """How many characters of the text the audio up to ``ms`` speaks (see SpeechMarks)."""
+    heard = 0
+    for audio_start, audio_end, text_start, text_end in marks:
+        if ms >= audio_end:
+            heard = max(heard, text_end)
+            continue
+        if ms > audio_start and audio_end > audio_start:
+            share = (ms - audio_start) / (audio_end - audio_start)
+            heard = max(heard, text_start + int(share * (text_end - text_start)))
+        break
+    return heard
+
+
+def heard_text(text: str, marks: list[list[int]], ms: float) -> str:
+    """The part of ``text`` a listener heard by ``ms`` into the stream, cut back to a
+    whole word (text with no spaces, such as Chinese, is cut at the character)."""
+    cut = min(heard_chars(marks, ms), len(text))
+    if cut < len(text) and cut > 0 and not text[cut].isspace() and not text[cut - 1].isspace():
+        space = max(text.rfind(" ", 0, cut), text.rfind("\n", 0, cut))
+        if space >= 0:
+            cut = space
+    return text[:cut].rstrip()
+
+
+@dataclass
 class SpeechStats:
     """What the generation record keeps: when the first audio went out, and how fast."""
 
@@ -51,6 +113,8 @@ class ReplySpeech:
     message_id: int
     mode: str
     stats: SpeechStats = field(default_factory=SpeechStats)
+    marks: SpeechMarks = field(default_factory=SpeechMarks)
+    fed_chars: int = 0
     _text: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     _playing: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -68,6 +132,7 @@ class ReplySpeech:
 
     def feed(self, text: str) -> None:
         """Text just shown to members."""
+        self.fed_chars += len(text)
         self._text.put_nowait(text)
 
     def pause(self) -> None:
@@ -176,6 +241,7 @@ class ReplySpeech:
                     "mode": self.mode,
                 },
             )
+        self.marks.note(chunk, fed_chars=self.fed_chars)
         header = struct.pack(">II", self.stream, self.stats.chunks)
         await room_audio_emit(room_id=self.room_id, frame=header + chunk.pcm)
         self.stats.chunks += 1

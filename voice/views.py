@@ -1,4 +1,5 @@
-"""GET /api/messages/<id>/audio: the whole reply as one WAV (the normal voice mode)."""
+"""GET /api/messages/<id>/audio: the whole reply as one WAV (the normal voice mode), and
+POST /api/rooms/<slug>/speech: speak a message over plain HTTP (voice/conversation.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.http import FileResponse, HttpRequest, HttpResponseBase
-from django.views.decorators.http import require_GET
+from django.http import FileResponse, HttpRequest, HttpResponseBase, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors
-from chat.errors import Conflict, NotFound
+from chat.errors import BadRequest, Conflict, NotFound
 from chat.http import async_api
 from chat.models import TERMINAL_STATUSES, Role
 from voice.registry import get_engine
@@ -57,3 +58,38 @@ def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@require_POST
+@async_api
+async def room_speech(request: HttpRequest, user: User, slug: str) -> HttpResponseBase:
+    """One utterance as the body (audio/wav, or audio/L16;rate=16000 raw PCM); the send's
+    options as query parameters (ask_ai=1|0, voice=<mode>, client_id=...). Answers as a
+    send does, with the transcript as the message's text."""
+    from voice.conversation import decode_upload, speech_send, too_long
+
+    room = await database_sync_to_async(selectors.room_get_for_member)(slug=slug, user=user)
+    length = request.headers.get("Content-Length")
+    if length is not None and (
+        not length.isdigit() or int(length) > settings.PARLEY_SPEECH_MAX_BYTES
+    ):
+        raise too_long()
+    pcm, rate = decode_upload(
+        request.body, request.headers.get("Content-Type", ""), request.GET.get("sample_rate")
+    )
+    ask_ai: bool | None = None
+    if "ask_ai" in request.GET:
+        flag = request.GET["ask_ai"]
+        if flag not in ("0", "1", "true", "false"):
+            raise BadRequest("ask_ai must be 1 or 0")
+        ask_ai = flag in ("1", "true")
+    message, reply = await speech_send(
+        user=user,
+        room=room,
+        pcm=pcm,
+        sample_rate=rate,
+        client_id=request.GET.get("client_id"),
+        ask_ai=ask_ai,
+        voice=request.GET.get("voice"),
+    )
+    return JsonResponse({"message": message, "reply": reply}, status=202 if reply else 201)

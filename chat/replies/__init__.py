@@ -15,10 +15,10 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from chat.errors import BadRequest, Busy, NotGenerating, TooLong
-from chat.events import StoreUnavailable, message_body, room_event_emit
+from chat.errors import BadRequest, Busy, NotFound, NotGenerating, TooLong
+from chat.events import StoreUnavailable, message_body, room_audio_emit, room_event_emit
 from chat.llm import get_backend
-from chat.models import TERMINAL_STATUSES, AssistantMode, Message, Room, VoiceMode
+from chat.models import TERMINAL_STATUSES, AssistantMode, InputKind, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
 from chat.replies import db
 from chat.replies.manager import ReplyManager, get_manager
@@ -33,6 +33,7 @@ __all__ = [
     "message_send",
     "reply_control",
     "reply_wait",
+    "speech_interrupt",
     "wants_reply",
 ]
 
@@ -80,6 +81,8 @@ async def message_send(
     client_id: object = None,
     ask_ai: object = None,
     voice: object = None,
+    input: str = InputKind.TEXT,
+    rate_checked: bool = False,
 ) -> tuple[MessageDict, MessageDict | None]:
     """Store a user's message in ``room`` (a member's), broadcast it, queue a reply.
 
@@ -87,11 +90,14 @@ async def message_send(
     ``client_id``: a resend returns the first send's message and reply (db.create_messages).
     ``Busy`` means nothing was stored (or, when only the reply could not be announced,
     that a resend with the same client_id completes the send).
+    ``input="speech"``: ``text`` is a transcript (voice/conversation.py), whose utterance
+    already took its turn from the sender's rate limit (``rate_checked``).
     """
     text, client_id, ask_ai, voice = validate_send(
         text=text, client_id=client_id, ask_ai=ask_ai, voice=voice
     )
-    await send_allow(user_id=user.pk)
+    if not rate_checked:
+        await send_allow(user_id=user.pk)
     manager = get_manager()
     await manager.ensure_started()
     reply_wanted = wants_reply(room=room, text=text, ask_ai=ask_ai)
@@ -105,6 +111,7 @@ async def message_send(
         text=text,
         client_id=client_id,
         reply_wanted=reply_wanted,
+        input=input,
         backend=backend.name if backend else "",
         model=backend.model if backend else "",
         worker=manager.worker_id,
@@ -160,8 +167,13 @@ def _control_target(*, user: User, message_id: object) -> Message:
     return reply_for_control(message_id=message_id, user=user)
 
 
-async def reply_control(*, user: User, message_id: object, action: str) -> MessageDict:
-    """Pause, resume or stop a reply, with PROTOCOL.md section 4's rules."""
+async def reply_control(
+    *, user: User, message_id: object, action: str, heard_ms: int | None = None
+) -> MessageDict:
+    """Pause, resume or stop a reply, with PROTOCOL.md section 4's rules.
+
+    ``heard_ms`` (a stop): how far into the reply's audio the stopping member had played;
+    what they heard is kept with the reply (Generation.heard_text)."""
     if action not in ACTIONS:
         raise BadRequest(f"action must be one of: {', '.join(ACTIONS)}")
     message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
@@ -172,7 +184,7 @@ async def reply_control(*, user: User, message_id: object, action: str) -> Messa
     result = message_to_dict(message)
     run = manager.runs.get(message.pk)
     if run is not None:
-        await run.control(action, by=user.get_username())
+        await run.control(action, by=user.get_username(), heard_ms=heard_ms)
         result["text"], result["status"] = run.visible()
         return result
     # Running in another process: its worker applies the control and answers.
@@ -181,9 +193,56 @@ async def reply_control(*, user: User, message_id: object, action: str) -> Messa
         message_id=message.pk,
         action=action,
         by=user.get_username(),
+        heard_ms=heard_ms,
     )
     result["text"], result["status"] = answer["text"], answer["status"]
     return result
+
+
+async def speech_interrupt(
+    *, user: User, message_id: object, heard_ms: int | None, room_id: int | None = None
+) -> None:
+    """Cut off a reply's speech, for a member who may control it (a stop, or speaking
+    over it: docs/protocol.md "Barge-in").
+
+    A reply still being written is stopped (upstream closed, audio ``cancel``). One whose
+    text has ended may still be speaking: its speech is cancelled where it is made. One
+    whose speech was made faster than it plays (the usual case) is still playing at the
+    listeners: they get the ``cancel`` all the same. Either way, what this member had heard
+    by ``heard_ms`` is kept with the reply.
+    """
+    message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
+    if room_id is not None and message.room_id != room_id:
+        raise NotFound("no such reply in this room")
+    if message.status not in TERMINAL_STATUSES:
+        try:
+            await reply_control(user=user, message_id=message.pk, action="stop", heard_ms=heard_ms)
+            return
+        except NotGenerating:
+            pass  # it ended meanwhile: its speech may go on
+    manager = get_manager()
+    if await manager.silence(message_id=message.pk, heard_ms=heard_ms):
+        return
+    worker = message.generation.worker if hasattr(message, "generation") else ""
+    if worker and worker != manager.worker_id:
+        try:
+            answer = await manager.control_remote(
+                worker=worker,
+                message_id=message.pk,
+                action="silence",
+                by=user.get_username(),
+                heard_ms=heard_ms,
+            )
+            if answer.get("silenced"):
+                return
+        except (NotGenerating, Busy):
+            pass  # its process is gone or busy: what it sent is still playing
+    await room_audio_emit(
+        room_id=message.room_id,
+        event={"type": "audio", "state": "cancel", "stream": message.pk & 0xFFFFFFFF},
+    )
+    if heard_ms is not None:
+        await database_sync_to_async(db.save_heard)(message.pk, heard_ms=heard_ms, marks=None)
 
 
 async def reply_wait(*, message_id: int, timeout: float) -> str | None:  # noqa: ASYNC109

@@ -18,7 +18,7 @@ from chat.errors import Conflict
 from chat.llm import Usage
 from chat.llm.base import ChatMessage
 from chat.llm.prompt import Turn, build_messages
-from chat.models import LIVE_STATUSES, Generation, Message, Role, Room, Status
+from chat.models import LIVE_STATUSES, Generation, InputKind, Message, Role, Room, Status
 
 
 @dataclass
@@ -42,6 +42,7 @@ def create_messages(
     backend: str,
     model: str,
     worker: str,
+    input: str = InputKind.TEXT,
 ) -> Sent:
     """Store a user's message and its queued reply, once per client_id.
 
@@ -75,7 +76,12 @@ def create_messages(
         message_new = message is None
         if message is None:
             message = Message.objects.create(
-                room=room, role=Role.USER, author=user, text=text, client_id=client_id
+                room=room,
+                role=Role.USER,
+                author=user,
+                text=text,
+                client_id=client_id,
+                input=input,
             )
         reply = None if message_new else message.replies.filter(role=Role.ASSISTANT).first()
         if reply is not None or not reply_wanted:
@@ -111,17 +117,24 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
     reply = Message.objects.select_related("room").get(pk=message_id)
     history = (
         Message.objects.filter(room_id=reply.room_id, pk__lt=message_id)
-        .select_related("author")
+        .select_related("author", "generation")
         .order_by("-id")[: settings.LLM_CONTEXT_MESSAGES]
     )
-    turns = [
-        Turn(
-            role=m.role,
-            author=m.author.get_username() if m.author else "assistant",
-            text=m.text,
+    turns = []
+    for m in reversed(list(history)):
+        text = m.text
+        if reply.room.prompt_heard_text and m.role == Role.ASSISTANT:
+            # A spoken reply cut off while heard: only what was heard was said.
+            heard = getattr(getattr(m, "generation", None), "heard_text", None)
+            if heard is not None:
+                text = heard
+                if not text:
+                    continue
+        turns.append(
+            Turn(
+                role=m.role, author=m.author.get_username() if m.author else "assistant", text=text
+            )
         )
-        for m in reversed(list(history))
-    ]
     return build_messages(
         system_prompt=reply.room.system_prompt,
         turns=turns,
@@ -237,10 +250,38 @@ def save_speech(
     first_audio_at: float | None,
     audio_seconds: float,
     synthesis_seconds: float,
+    marks: list[list[int]],
 ) -> None:
     Generation.objects.filter(message_id=message_id).update(
         voice=mode,
         first_audio_at=_wall(first_audio_at, now_mono=time.monotonic()),
         audio_seconds=audio_seconds,
         synthesis_seconds=synthesis_seconds,
+        speech_marks=marks,
     )
+
+
+def save_heard(message_id: int, *, heard_ms: int, marks: list[list[int]] | None) -> str | None:
+    """Keep what the member who cut a spoken reply off had heard of it, ``heard_ms`` into
+    its audio. ``marks`` are the live speech's (its owner's); None: the speech has ended,
+    and its marks were saved with it. The first cut counts; None if the reply has no
+    speech marks (it was never heard)."""
+    from voice.speech import heard_text
+
+    with transaction.atomic():
+        row = (
+            Generation.objects.select_for_update()
+            .select_related("message")
+            .filter(message_id=message_id)
+            .first()
+        )
+        if row is None or row.heard_text is not None:
+            return None if row is None else row.heard_text
+        if marks is None:
+            marks = row.speech_marks
+        if not marks:
+            return None
+        heard = heard_text(row.message.text, marks, heard_ms)
+        row.heard_text, row.heard_ms = heard, heard_ms
+        row.save(update_fields=["heard_text", "heard_ms"])
+    return heard

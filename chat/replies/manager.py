@@ -43,6 +43,7 @@ from chat.errors import Busy, NotGenerating, ParleyError
 from chat.events import generation_body, room_event_emit
 from chat.replies import db
 from chat.replies.run import ReplyRun
+from voice.speech import ReplySpeech
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class ReplyManager:
     def __init__(self) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.runs: dict[int, ReplyRun] = {}
+        # Replies whose speech is being made here, by message id: a reply's audio may go
+        # on after its text has ended (ReplyRun._speak), and can still be cut off.
+        self.speaking: dict[int, ReplySpeech] = {}
         self.channel: str | None = None
         self._queues: dict[int, deque[ReplyRun]] = {}
         self._workers: dict[int, asyncio.Task[None]] = {}
@@ -305,8 +309,28 @@ class ReplyManager:
 
     # --- controls across processes ---------------------------------------------------
 
+    async def silence(self, *, message_id: int, heard_ms: int | None) -> bool:
+        """Cut off the speech of a reply whose text has ended, if it is still being made
+        here (members get the audio ``cancel``), keeping what the member who cut it off
+        had heard. False when it is not speaking here."""
+        speech = self.speaking.get(message_id)
+        if speech is None:
+            return False
+        await speech.cancel()
+        if heard_ms is not None:
+            await database_sync_to_async(db.save_heard)(
+                message_id, heard_ms=heard_ms, marks=list(speech.marks.marks)
+            )
+        return True
+
     async def control_remote(
-        self, *, worker: str, message_id: int, action: str, by: str
+        self,
+        *,
+        worker: str,
+        message_id: int,
+        action: str,
+        by: str,
+        heard_ms: int | None = None,
     ) -> dict[str, Any]:
         """Send a control to the process running the reply and wait for its answer."""
         if not redis_conn.enabled():
@@ -334,6 +358,7 @@ class ReplyManager:
                     "message_id": message_id,
                     "action": action,
                     "by": by,
+                    "heard_ms": heard_ms,
                     "reply_channel": self.channel,
                 },
             )
@@ -373,12 +398,17 @@ class ReplyManager:
 
     async def _answer(self, request: dict[str, Any]) -> None:
         answer: dict[str, Any] = {"type": "reply.control.answer", "id": request["id"], "ok": True}
-        run = self.runs.get(int(request["message_id"]))
+        message_id = int(request["message_id"])
+        run = self.runs.get(message_id)
+        heard_ms = request.get("heard_ms")
         try:
-            if run is None:
+            if request["action"] == "silence":
+                answer["silenced"] = await self.silence(message_id=message_id, heard_ms=heard_ms)
+            elif run is None:
                 raise NotGenerating("this reply is not running any more")
-            await run.control(request["action"], by=request["by"])
-            answer["text"], answer["status"] = run.visible()
+            else:
+                await run.control(request["action"], by=request["by"], heard_ms=heard_ms)
+                answer["text"], answer["status"] = run.visible()
         except ParleyError as exc:
             answer.update(ok=False, code=exc.code, status=exc.status, detail=exc.detail)
         layer = get_channel_layer()

@@ -45,6 +45,9 @@ class _Control:
     action: str
     by: str
     future: asyncio.Future[None]
+    # For a stop: how far into the reply's audio the member stopping it was (their
+    # `played` reports), so what they heard is kept (Generation.heard_text).
+    heard_ms: int | None = None
 
 
 @dataclass(eq=False)
@@ -92,14 +95,14 @@ class ReplyRun:
 
     # -- controls --
 
-    async def control(self, action: str, *, by: str) -> None:
+    async def control(self, action: str, *, by: str, heard_ms: int | None = None) -> None:
         if self.done.done():
             raise NotGenerating(f"this reply is already {self.status}")
         if not self.started:
             await self._control_queued(action, by=by)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.controls.append(_Control(action, by, future))
+        self.controls.append(_Control(action, by, future, heard_ms))
         self.wake.set()
         self.interrupt.set()
         await future
@@ -308,10 +311,17 @@ class ReplyRun:
                 if self.pending:
                     await self._deliver()
             return False
-        await self._stop(reader, by=control.by, reason="user")
+        await self._stop(reader, by=control.by, reason="user", heard_ms=control.heard_ms)
         return True
 
-    async def _stop(self, reader: asyncio.Task[None], *, by: str | None, reason: str) -> None:
+    async def _stop(
+        self,
+        reader: asyncio.Task[None],
+        *,
+        by: str | None,
+        reason: str,
+        heard_ms: int | None = None,
+    ) -> None:
         # Close the upstream request first, so the model stops at once.
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
@@ -319,7 +329,7 @@ class ReplyRun:
         if self.paused_at is not None:
             self.paused_total += time.monotonic() - self.paused_at
             self.paused_at = None
-        await self._finish(Status.STOPPED, by=by, reason=reason)
+        await self._finish(Status.STOPPED, by=by, reason=reason, heard_ms=heard_ms)
 
     async def _deliver(self) -> int:
         """Send what is pending as one delta (several, past PARLEY_DELTA_MAX_CHARS: a long
@@ -356,20 +366,28 @@ class ReplyRun:
         """Run the reply's speech to its end, then record its timings (owned by the
         manager: the audio may go on after the reply's text has ended)."""
         task = speech.start()
+        # Registered until its marks are stored: whoever cuts it off finds it here, or
+        # finds its marks in the database.
+        self.manager.speaking[self.message_id] = speech
         try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being shut down, not just the speech stopped
-        stats = speech.stats
-        await database_sync_to_async(db.save_speech)(
-            self.message_id,
-            mode=speech.mode,
-            first_audio_at=stats.first_audio_at,
-            audio_seconds=stats.audio_seconds,
-            synthesis_seconds=stats.synthesis_seconds,
-        )
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being shut down, not just the speech stopped
+            stats = speech.stats
+            await database_sync_to_async(db.save_speech)(
+                self.message_id,
+                mode=speech.mode,
+                first_audio_at=stats.first_audio_at,
+                audio_seconds=stats.audio_seconds,
+                synthesis_seconds=stats.synthesis_seconds,
+                marks=speech.marks.marks,
+            )
+        finally:
+            if self.manager.speaking.get(self.message_id) is speech:
+                del self.manager.speaking[self.message_id]
 
     async def _finish(
         self,
@@ -380,6 +398,7 @@ class ReplyRun:
         code: str | None = None,
         error: str = "",
         live: bool = True,
+        heard_ms: int | None = None,
     ) -> None:
         """End the reply: store it, then tell the room, exactly once.
 
@@ -435,6 +454,10 @@ class ReplyRun:
             )
             if not won:
                 raise EndedElsewhere
+            if heard_ms is not None and self.speech is not None:
+                await database_sync_to_async(db.save_heard)(
+                    self.message_id, heard_ms=heard_ms, marks=list(self.speech.marks.marks)
+                )
             self.status = state
             logger.info("reply %s saved as %s", self.message_id, state)
             await room_event_emit(

@@ -1,0 +1,205 @@
+"""Cutting a spoken reply off (stop, or speaking over it), and keeping only what was
+heard: a real daphne, the real Piper voice, real WebSocket listeners."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chat.models import Generation, Message
+from tests.support.openai_server import Scenario
+from tests.support.wsclient import RoomClient
+from voice.speech import heard_text
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.model]
+
+TEXT = "First part here. Second part follows now."
+# Two pieces: one second of audio each.
+MARKS = [[0, 1000, 0, 16], [1000, 2000, 17, 41]]
+
+
+def test_playback_time_maps_to_whole_words_of_the_text() -> None:
+    assert heard_text(TEXT, MARKS, 0) == ""
+    assert heard_text(TEXT, MARKS, 999) == "First part"  # "here." is not whole yet
+    assert heard_text(TEXT, MARKS, 1000) == "First part here."
+    assert heard_text(TEXT, MARKS, 1500) == "First part here. Second part"
+    assert heard_text(TEXT, MARKS, 1400) == "First part here. Second"
+    assert heard_text(TEXT, MARKS, 10_000) == TEXT
+
+
+@given(
+    text=st.text(alphabet="ab .\n", max_size=60),
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    ms=st.lists(st.integers(0, 10_000), min_size=2, max_size=2),
+)
+def test_what_was_heard_is_a_prefix_and_grows_with_time(
+    text: str, cuts: list[int], ms: list[int]
+) -> None:
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    marks = [
+        [i * 700, (i + 1) * 700, a, b]
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+    ]
+    early, late = sorted(ms)
+    first, second = heard_text(text, marks, early), heard_text(text, marks, late)
+    assert text.startswith(first)
+    assert text.startswith(second)
+    assert len(first) <= len(second)
+
+
+@pytest.fixture
+def spoken_room(make_user, make_room):
+    from chat.services import room_join
+
+    owner, _ = make_user("owner")
+    ann, ann_token = make_user("ann")
+    bob, bob_token = make_user("bob")
+    room = make_room(owner, "Spoken", voice="streaming")
+    room_join(room=room, user=ann)
+    room_join(room=room, user=bob)
+    return room, ann_token, bob_token
+
+
+async def listening(daphne, room, token) -> RoomClient:
+    client = await RoomClient.connect(daphne.ws_url, room.slug, token=token)
+    await client.wait_type("hello")
+    await client.send(action="audio", enabled=True)
+    await client.send(action="ping", id="opted-in")
+    await client.wait_type("pong", id="opted-in")
+    return client
+
+
+async def ask(client: RoomClient, text: str) -> tuple[str, dict]:
+    await client.send(action="send", text=text)
+    reply = await client.wait_for(
+        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
+    )
+    reply_id = reply["message"]["id"]
+    start = await client.wait_type("audio", state="start", message_id=reply_id, timeout=60)
+    return reply_id, start
+
+
+async def test_a_stop_keeps_what_the_stopper_heard_and_the_next_prompt_uses_it(
+    daphne, llm, spoken_room
+) -> None:
+    room, ann_token, _ = spoken_room
+    llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
+    ann = await listening(daphne, room, ann_token)
+    try:
+        reply_id, start = await ask(ann, "talk")
+        # Ann's page has played 1.2 s of it when she presses stop.
+        await ann.send(action="played", stream=start["stream"], ms=1200)
+        await ann.send(action="stop", message_id=reply_id)
+        assert (await ann.wait_terminal(reply_id))["state"] == "stopped"
+        await ann.wait_type("audio", state="cancel", stream=start["stream"])
+        gen = await sync_to_async(Generation.objects.select_related("message").get)(
+            message_id=int(reply_id)
+        )
+        shown = gen.message.text
+        assert gen.heard_ms == 1200
+        assert gen.heard_text
+        assert shown.startswith(gen.heard_text)
+        # Far less than was shown: 1.2 s of speech is a few words.
+        assert len(gen.heard_text) < len(shown) / 2
+        assert len(gen.heard_text.split()) <= 6
+
+        # The model is told only what was heard.
+        llm.set_default(Scenario.normal())
+        asked = len(llm.requests)
+        await ann.send(action="send", text="what did you say?")
+        await ann.wait_for(
+            lambda e: (
+                e.get("type") == "message"
+                and e["message"]["role"] == "assistant"
+                and e["message"]["id"] != reply_id
+            )
+        )
+        prompt = (await llm.await_request(asked)).body["messages"]
+        said = [m["content"] for m in prompt if m["role"] == "assistant"]
+        assert said == [gen.heard_text]
+    finally:
+        await ann.close()
+
+
+async def test_a_stop_without_playback_reports_keeps_no_heard_text(daphne, llm, spoken_room):
+    room, ann_token, _ = spoken_room
+    llm.set_default(Scenario.endless(("Words. ",), interval=0.05))
+    ann = await listening(daphne, room, ann_token)
+    try:
+        reply_id, _start = await ask(ann, "talk")
+        await ann.send(action="stop", message_id=reply_id)
+        await ann.wait_terminal(reply_id)
+        gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
+        assert gen.heard_text is None
+        assert gen.heard_ms is None
+    finally:
+        await ann.close()
+
+
+async def test_speaking_over_a_spoken_reply_stops_it_for_every_listener(
+    daphne, llm, spoken_room
+) -> None:
+    room, ann_token, bob_token = spoken_room
+    llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
+    ann = await listening(daphne, room, ann_token)
+    bob = await listening(daphne, room, bob_token)
+    try:
+        reply_id, start = await ask(ann, "talk")
+        # Bob is a member but neither asker nor owner: his speaking does not stop it.
+        await bob.send(action="played", stream=start["stream"], ms=300)
+        await bob.send(action="speech", state="start", sample_rate=16000, id="b")
+        await bob.wait_type("speech", state="listening", id="b")
+        await bob.send(action="speech", state="cancel")
+        await bob.wait_type("speech", state="cancelled")
+        await bob.send(action="ping", id="p")
+        await bob.wait_type("pong", id="p")
+        assert not bob.of_type("generation") or all(
+            e["state"] not in ("stopped",) for e in bob.of_type("generation")
+        )
+        # Ann, the asker, starts talking: the reply stops, audio cancels at every listener.
+        await ann.send(action="played", stream=start["stream"], ms=800)
+        await ann.send(action="speech", state="start", sample_rate=16000, id="a")
+        stopped = await bob.wait_terminal(reply_id)
+        assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
+        await bob.wait_type("audio", state="cancel", stream=start["stream"])
+        await ann.wait_type("audio", state="cancel", stream=start["stream"])
+        await ann.send(action="speech", state="cancel")
+        gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
+        assert gen.heard_ms == 800
+        assert gen.heard_text is not None
+    finally:
+        await ann.close()
+        await bob.close()
+
+
+async def test_speaking_over_a_finished_reply_still_playing_cancels_its_audio(
+    daphne, llm, spoken_room
+) -> None:
+    room, ann_token, bob_token = spoken_room
+    llm.set_default(Scenario.normal(["One short sentence. ", "And another one after it."]))
+    ann = await listening(daphne, room, ann_token)
+    bob = await listening(daphne, room, bob_token)
+    try:
+        reply_id, start = await ask(ann, "talk")
+        assert (await ann.wait_terminal(reply_id))["state"] == "complete"
+        # Speech is made faster than it plays: it has ended here, listeners still play it.
+        await ann.wait_type("audio", state="end", stream=start["stream"], timeout=60)
+        await bob.wait_type("audio", state="end", stream=start["stream"], timeout=60)
+
+        await ann.send(action="played", stream=start["stream"], ms=900)
+        await ann.send(action="speech", state="start", sample_rate=16000, id="a")
+        await bob.wait_type("audio", state="cancel", stream=start["stream"])
+        await ann.send(action="speech", state="cancel")
+        await ann.wait_type("speech", state="cancelled")
+        gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
+        message = await sync_to_async(Message.objects.get)(pk=int(reply_id))
+        assert message.status == "complete"  # the text had ended; only the audio is cut
+        assert gen.heard_ms == 900
+        assert gen.heard_text is not None
+        assert message.text.startswith(gen.heard_text)
+        assert len(gen.heard_text) < len(message.text)
+    finally:
+        await ann.close()
+        await bob.close()

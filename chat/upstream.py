@@ -1,9 +1,11 @@
-"""Talking to upstream HTTP services (the model server, the speech server) over httpx.
+"""Talking to upstream services (the model server, the speech services) over httpx or a
+WebSocket.
 
 What every such client needs to turn a failure into a reason a room member can read:
-the server's own error message from its body, why a connection failed, and what each
-httpx error means. The model backend and the speech engine wrap the result in their own
-exception types (``LLMError``, ``TTSError``).
+the server's own error message from its body, why a connection failed, what each httpx
+error means and what each failure to open a WebSocket means (``websockets``' connect).
+The model backend and the speech engines wrap the result in their own exception types
+(``LLMError``, ``TTSError``), so every engine words the same failure the same way.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import asyncio
 import json
 import socket
 import ssl
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 # How long an idle keep-alive connection is kept: shorter than the idle timeouts of common
 # servers and load balancers (60 s and up), so a pooled connection is rarely found dead.
@@ -23,6 +28,52 @@ KEEPALIVE_EXPIRY = 30.0
 # What of a server's own error message a room member sees: enough for "model not found" or
 # "Incorrect API key provided: sk-...", short enough for one line in the chat.
 MAX_REASON_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    event: str  # "message" unless an ``event:`` field says otherwise
+    data: str
+
+
+class EventTooLarge(ValueError):
+    """A server-sent event past the reader's limit."""
+
+
+async def sse_events(
+    lines: AsyncIterator[str], *, limit: int
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """The events of a ``text/event-stream`` body (WHATWG HTML, "Server-sent events").
+
+    An event is a run of lines ended by a blank line; its ``data:`` lines are joined with
+    newlines, its ``event:`` field names it. Comments (``:``, such as DashScope's
+    ``:HTTP_STATUS/200``), ``id`` and ``retry`` are skipped; an event without data is
+    not dispatched. An event still open when the stream ends is dispatched too: servers
+    that close right after their last ``data:`` line lose nothing. Raises
+    :class:`EventTooLarge` once an event's data passes ``limit`` characters.
+    """
+    event = ""
+    data: list[str] = []
+    size = 0
+    async for line in lines:
+        if not line:
+            if data:
+                yield ServerSentEvent(event or "message", "\n".join(data))
+            event, data, size = "", [], 0
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            size += len(value)
+            if size > limit:
+                raise EventTooLarge(f"an event of more than {limit} characters")
+            data.append(value)
+    if data:
+        yield ServerSentEvent(event or "message", "\n".join(data))
 
 
 def content_type(resp: httpx.Response) -> str:
@@ -53,15 +104,18 @@ def error_message_from_body(body: str) -> str:
 
 
 def error_message(payload: dict[str, Any]) -> str:
-    """``{"error": {"message"}}`` (OpenAI, vLLM), ``{"error": "..."}`` (Ollama), and kin."""
+    """``{"error": {"message"}}`` (OpenAI, vLLM, DashScope's realtime API), ``{"error":
+    "..."}`` (Ollama, Volcano), ``{"code", "message"}`` (DashScope), ``{"Message"}``
+    (some API gateways), and kin."""
     error = payload.get("error")
     if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and message.strip():
-            return clip(message)
+        for key in ("message", "Message"):
+            message = error.get(key)
+            if isinstance(message, str) and message.strip():
+                return clip(message)
     if isinstance(error, str) and error.strip():
         return clip(error)
-    for key in ("message", "detail"):
+    for key in ("message", "Message", "detail"):
         value = payload.get(key)
         if isinstance(value, str) and value.strip():
             return clip(value)
@@ -96,14 +150,33 @@ def connect_failure(exc: BaseException) -> str:
     return clip(str(exc)) or type(exc).__name__
 
 
-async def status_failure(resp: httpx.Response, *, service: str, limit: int) -> str:
-    """The reason for a non-2xx answer: its status and the server's own message."""
+async def status_failure(
+    resp: httpx.Response, *, service: str, limit: int, auth_hint: str = ""
+) -> str:
+    """The reason for a non-2xx answer: its status and the server's own message.
+
+    ``auth_hint`` ("check DASHSCOPE_API_KEY") is added to a 401 or 403.
+    """
     body = await read_capped(resp, limit)
-    status = f"HTTP {resp.status_code}"
-    if resp.reason_phrase:
-        status += f" {resp.reason_phrase}"
-    message = error_message_from_body(body)
+    return status_reason(
+        resp.status_code,
+        resp.reason_phrase,
+        error_message_from_body(body),
+        service=service,
+        auth_hint=auth_hint,
+    )
+
+
+def status_reason(
+    status_code: int, phrase: str, message: str, *, service: str, auth_hint: str = ""
+) -> str:
+    """``The <service> answered HTTP 401 Unauthorized (<auth_hint>): <message>``."""
+    status = f"HTTP {status_code}"
+    if phrase:
+        status += f" {phrase}"
     reason = f"The {service} answered {status}"
+    if auth_hint and status_code in (401, 403):
+        reason += f" ({auth_hint})"
     return f"{reason}: {message}" if message else f"{reason}."
 
 
@@ -130,7 +203,7 @@ def transport_failure(
     if isinstance(exc, httpx.ConnectError | httpx.ProxyError | httpx.UnsupportedProtocol):
         return "refused", f"Could not connect to the {service} at {server}: {connect_failure(exc)}."
     if isinstance(exc, httpx.ReadTimeout):
-        return "timeout", f"{the} sent nothing for {read_timeout:g} s."
+        return "timeout", silence_reason(service=service, seconds=read_timeout)
     if isinstance(exc, httpx.WriteTimeout):
         return "timeout", f"{the} did not take the request within {connect_timeout:g} s."
     if isinstance(exc, httpx.PoolTimeout):
@@ -138,7 +211,62 @@ def transport_failure(
     if isinstance(exc, httpx.DecodingError):
         article = "a reply" if product == "reply" else product
         return "malformed", f"{the} sent {article} that could not be decoded."
-    return "disconnected", f"{the} closed the connection before the {product} was complete."
+    return "disconnected", disconnect_reason(service=service, product=product)
+
+
+def silence_reason(*, service: str, seconds: float) -> str:
+    return f"The {service} sent nothing for {seconds:g} s."
+
+
+def disconnect_reason(*, service: str, product: str) -> str:
+    return f"The {service} closed the connection before the {product} was complete."
+
+
+def websocket_failure(
+    exc: BaseException,
+    *,
+    service: str,
+    server: str,
+    connect_timeout: float,
+    auth_hint: str = "",
+) -> tuple[str, str]:
+    """(code, reason) for a failure to open a WebSocket to ``service``.
+
+    ``exc`` is what ``websockets.asyncio.client.connect`` (inside ``asyncio.timeout``)
+    raised: a refused handshake (``InvalidStatus``, with the server's own message from
+    its body, and ``auth_hint`` on a 401 or 403), another bad handshake, a timeout, a
+    socket error, or the connection closed at once. Codes: ``upstream_status``,
+    ``refused``, ``disconnected``.
+    """
+    could_not = f"Could not connect to the {service} at {server}"
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        body = response.body.decode("utf-8", "replace") if response.body else ""
+        reason = status_reason(
+            response.status_code,
+            response.reason_phrase,
+            error_message_from_body(body) if body.strip() else "",
+            service=service,
+            auth_hint=auth_hint,
+        )
+        return "upstream_status", reason
+    if isinstance(exc, TimeoutError):
+        return "refused", f"{could_not}: no answer within {connect_timeout:g} s."
+    if isinstance(exc, InvalidHandshake | InvalidURI):
+        return "refused", f"{could_not}: {clip(str(exc)) or type(exc).__name__}."
+    if isinstance(exc, ConnectionClosed):
+        return "disconnected", f"The {service} closed the connection at once."
+    return "refused", f"{could_not}: {connect_failure(exc)}."
+
+
+def server_of(url: str) -> str:
+    """Scheme, host and port of ``url`` for an error message: never a key, query or path."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "the configured URL"
+    netloc = parsed.netloc.decode("ascii", "replace").rpartition("@")[2]
+    return f"{parsed.scheme}://{netloc}"
 
 
 class LoopClient:

@@ -20,8 +20,7 @@ body was not read to the end: the server sees the disconnect at once.
 
 from __future__ import annotations
 
-import struct
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar, Final, Literal
 
 import httpx
@@ -31,10 +30,12 @@ from chat.upstream import (
     content_type,
     error_message_from_body,
     read_capped,
+    server_of,
     status_failure,
     transport_failure,
 )
-from voice.engines.base import AudioChunk, PCMChunker, TTSEngine, TTSError
+from voice.engines.base import AudioChunk, TTSEngine, TTSError
+from voice.engines.wav import raw_pcm, wav_pcm
 
 SpeechFormat = Literal["pcm", "wav"]
 
@@ -42,13 +43,10 @@ SpeechFormat = Literal["pcm", "wav"]
 OPENAI_PCM_SAMPLE_RATE: Final = 24000
 # An error body worth showing fits in a few kilobytes; a proxy's HTML page may be large.
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
-# A WAV header is 44 bytes, a few hundred with LIST/fact chunks; this much without the
-# "data" chunk is not a WAV stream we can play.
-_MAX_WAV_HEADER_BYTES: Final = 64 * 1024
 # Keep-alive connections held per process: one per reply speaking at once.
 _MAX_KEEPALIVE_CONNECTIONS: Final = 10
-_WAVE_FORMAT_PCM: Final = 1
-_WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE
+# Who a WAV problem is blamed on.
+_SOURCE: Final = "The speech server"
 
 
 class OpenAISpeechEngine(TTSEngine):
@@ -87,7 +85,7 @@ class OpenAISpeechEngine(TTSEngine):
         self.speed = speed
         self.instructions = instructions
         # Where errors point: scheme, host and port, never the key or a path.
-        self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
+        self._server = server_of(self.base_url)
         self._http = LoopClient(
             headers={},
             api_key=self.api_key,
@@ -125,9 +123,9 @@ class OpenAISpeechEngine(TTSEngine):
                 if content_type(resp) in ("application/json", "text/html", "text/plain"):
                     raise await self._not_audio(resp)
                 if self.response_format == "pcm":
-                    audio = _raw_pcm(resp.aiter_bytes(), OPENAI_PCM_SAMPLE_RATE)
+                    audio = raw_pcm(resp.aiter_bytes(), OPENAI_PCM_SAMPLE_RATE)
                 else:
-                    audio = _wav_pcm(resp.aiter_bytes())
+                    audio = wav_pcm(resp.aiter_bytes(), source=_SOURCE)
                 got_audio = False
                 async for chunk in audio:
                     got_audio = True
@@ -158,95 +156,3 @@ class OpenAISpeechEngine(TTSEngine):
             read_timeout=self.read_timeout,
         )
         return TTSError(code, reason)
-
-
-async def _raw_pcm(
-    body: AsyncIterator[bytes], sample_rate: int
-) -> AsyncGenerator[AudioChunk, None]:
-    chunker = PCMChunker(sample_rate)
-    async for data in body:
-        for chunk in chunker.push(data):
-            yield chunk
-    for chunk in chunker.flush():
-        yield chunk
-
-
-async def _wav_pcm(body: AsyncIterator[bytes]) -> AsyncGenerator[AudioChunk, None]:
-    """The samples of a streamed WAV file, after reading its header for the format."""
-    header = bytearray()
-    parsed: tuple[int, int, int | None] | None = None
-    async for data in body:
-        header += data
-        parsed = _parse_wav_header(bytes(header))
-        if parsed is not None:
-            break
-        if len(header) > _MAX_WAV_HEADER_BYTES:
-            raise TTSError("malformed", "The speech server sent a WAV header we cannot read.")
-    if parsed is None:
-        if not header:
-            return
-        raise TTSError("malformed", "The speech server's WAV audio ended inside its header.")
-    sample_rate, data_offset, data_size = parsed
-    chunker = PCMChunker(sample_rate)
-    remaining = data_size
-    rest = bytes(header[data_offset:])
-    while True:
-        if remaining is not None:
-            rest = rest[:remaining]
-            remaining -= len(rest)
-        for chunk in chunker.push(rest):
-            yield chunk
-        if remaining == 0:
-            break
-        try:
-            rest = await anext(body)
-        except StopAsyncIteration:
-            break
-    for chunk in chunker.flush():
-        yield chunk
-
-
-def _parse_wav_header(data: bytes) -> tuple[int, int, int | None] | None:
-    """(sample rate, offset of the samples, their size or None) once the header is in.
-
-    None while more bytes are needed. Raises :class:`TTSError` for anything but 16-bit
-    mono PCM: that is what the engines promise, and converting is not worth a stream's
-    latency (every server we know sends it).
-    """
-    if len(data) < 12:
-        return None
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise TTSError("malformed", "The speech server's audio is not a WAV file.")
-    offset = 12
-    sample_rate: int | None = None
-    while True:
-        if len(data) < offset + 8:
-            return None
-        chunk_id = data[offset : offset + 4]
-        (size,) = struct.unpack_from("<I", data, offset + 4)
-        body_at = offset + 8
-        if chunk_id == b"data":
-            if sample_rate is None:
-                raise TTSError("malformed", "The speech server's WAV audio has no format chunk.")
-            streaming_placeholder = size in (0, 0xFFFFFFFF)
-            return sample_rate, body_at, None if streaming_placeholder else size
-        if len(data) < body_at + size:
-            return None
-        if chunk_id == b"fmt ":
-            sample_rate = _check_wav_format(data[body_at : body_at + size])
-        offset = body_at + size + (size & 1)  # chunks are padded to an even size
-
-
-def _check_wav_format(fmt: bytes) -> int:
-    if len(fmt) < 16:
-        raise TTSError("malformed", "The speech server's WAV format chunk is too short.")
-    tag, channels, sample_rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
-    if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
-        (tag,) = struct.unpack_from("<H", fmt, 24)  # the sub-format GUID starts with it
-    if tag != _WAVE_FORMAT_PCM or bits != 16 or channels != 1 or sample_rate <= 0:
-        raise TTSError(
-            "malformed",
-            f"The speech server sent {channels}-channel {bits}-bit audio (format {tag}); "
-            "only 16-bit mono PCM can be played.",
-        )
-    return int(sample_rate)

@@ -11,9 +11,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from chat.upstream import error_message_from_body
 from voice.engines.base import TTSEngine, TTSError
 from voice.engines.volcano.codec import Event, Frame, FrameError, client_frame, decode_frame
-from voice.engines.volcano.errors import message_from_text
+from voice.engines.volcano.errors import SERVICE
 
 # Closing a connection we no longer need: FinishConnection is a courtesy, and waiting for
 # a slow network longer than this would only hold the close up. websockets then gives
@@ -48,13 +49,13 @@ class Connection:
                 # The service reports some failures as a text frame (the page, "文本帧").
                 raise TTSError(
                     "upstream_status",
-                    f"The Volcano speech service reported: {message_from_text(message)}",
+                    f"The {SERVICE} reported: {error_message_from_body(message)}",
                 )
             try:
                 return decode_frame(message)
             except FrameError as exc:
                 raise TTSError(
-                    "malformed", f"The Volcano speech service sent a frame we cannot read: {exc}"
+                    "malformed", f"The {SERVICE} sent a frame we cannot read: {exc}"
                 ) from exc
 
     async def send(self, data: bytes) -> None:

@@ -10,8 +10,9 @@ from collections.abc import AsyncGenerator
 from typing import Any, ClassVar, Final
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from chat.upstream import server_of, websocket_failure
 from voice.engines.base import AudioChunk, TTSEngine, TTSError, TTSSession
 from voice.engines.volcano.codec import (
     DEFAULT_URL,
@@ -22,7 +23,7 @@ from voice.engines.volcano.codec import (
     client_frame,
 )
 from voice.engines.volcano.connection import GOODBYE_TIMEOUT, PING_INTERVAL, Connection
-from voice.engines.volcano.errors import clip, frame_error, message_from_text, os_failure
+from voice.engines.volcano.errors import CREDENTIALS_HINT, SERVICE, frame_error
 from voice.engines.volcano.session import VolcanoSession
 
 #: A cancelled session's connection is reused only if the service acknowledges within
@@ -82,6 +83,8 @@ class VolcanoEngine(TTSEngine):
         self.resource_id = resource_id
         self.speaker = speaker
         self.url = url
+        # Where errors point: scheme, host and port, never a key or a path.
+        self._server = server_of(url)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.cancel_timeout = cancel_timeout
@@ -201,42 +204,17 @@ class VolcanoEngine(TTSEngine):
                 except BaseException:
                     conn.discard()
                     raise
-        except TimeoutError:
-            raise TTSError(
-                "refused",
-                f"Could not connect to the Volcano speech service: no answer within "
-                f"{self.connect_timeout:g} s.",
-            ) from None
-        except InvalidStatus as exc:
-            raise _handshake_error(exc) from exc
-        except (InvalidHandshake, InvalidURI) as exc:
-            raise TTSError(
-                "refused", f"Could not connect to the Volcano speech service: {clip(str(exc))}"
-            ) from exc
-        except ConnectionClosed as exc:
-            raise TTSError(
-                "disconnected", "The Volcano speech service closed the connection at once."
-            ) from exc
-        except OSError as exc:
-            raise TTSError(
-                "refused",
-                f"Could not connect to the Volcano speech service: {os_failure(exc)}.",
-            ) from exc
+        except (TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed, OSError) as exc:
+            code, reason = websocket_failure(
+                exc,
+                service=SERVICE,
+                server=self._server,
+                connect_timeout=self.connect_timeout,
+                auth_hint=CREDENTIALS_HINT,
+            )
+            raise TTSError(code, reason) from exc
         if frame.event == Event.CONNECTION_STARTED:
             conn.server_connect_id = frame.connect_id
             return conn
         conn.discard()
         raise frame_error(frame, "connecting")
-
-
-def _handshake_error(exc: InvalidStatus) -> TTSError:
-    response = exc.response
-    body = response.body.decode("utf-8", "replace") if response.body else ""
-    message = message_from_text(body)
-    status = f"HTTP {response.status_code}"
-    if response.reason_phrase:
-        status += f" {response.reason_phrase}"
-    reason = f"The Volcano speech service refused the connection ({status})"
-    if response.status_code in (401, 403):
-        reason += ": check VOLCANO_APP_KEY, VOLCANO_ACCESS_KEY and VOLCANO_RESOURCE_ID"
-    return TTSError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")

@@ -1,17 +1,22 @@
-"""The Volcano service's failures in words a room member can read."""
+"""The Volcano service's failure frames in words a room member can read.
+
+Failures of the connection itself (a refused handshake, a socket error, silence) are
+worded by ``chat.upstream``, as for every other engine; what is here reads this
+protocol's own failure frames.
+"""
 
 from __future__ import annotations
 
-import json
-import socket
-import ssl
 from typing import Final
 
+from chat.upstream import clip, error_message
 from voice.engines.base import TTSError
 from voice.engines.volcano.codec import Event, Frame, MsgType
 
-# What of the service's error message a room member sees: one line in the chat.
-MAX_REASON_CHARS: Final = 300
+#: How errors name the service (``chat.upstream`` words the rest around it).
+SERVICE: Final = "Volcano speech service"
+#: Where a refused handshake or a ConnectionFailed points.
+CREDENTIALS_HINT: Final = "check VOLCANO_APP_KEY, VOLCANO_ACCESS_KEY and VOLCANO_RESOURCE_ID"
 
 
 def status_code(frame: Frame) -> int | None:
@@ -28,12 +33,11 @@ def frame_error(frame: Frame, when: str) -> TTSError:
         payload = frame.json()
     except (ValueError, OSError):
         payload = {}
-    message = ""
-    for key in ("message", "error", "status_text"):
-        value = payload.get(key)
-        if isinstance(value, str) and value.strip():
-            message = clip(value)
-            break
+    message = error_message(payload)
+    if not message:
+        status_text = payload.get("status_text")
+        if isinstance(status_text, str) and status_text.strip():
+            message = clip(status_text)
     if not message and frame.payload and not payload:
         message = clip(frame.payload.decode("utf-8", "replace"))
     code = frame.error_code if frame.msg_type == MsgType.ERROR else payload.get("status_code")
@@ -42,16 +46,16 @@ def frame_error(frame: Frame, when: str) -> TTSError:
         Event.SESSION_FAILED,
         Event.SESSION_FINISHED,
     ):
-        reason = f"The Volcano speech service reported an error while {when}"
+        reason = f"The {SERVICE} reported an error while {when}"
         if code is not None:
             reason += f" (code {code})"
         if frame.event == Event.CONNECTION_FAILED:
-            reason += "; check VOLCANO_APP_KEY, VOLCANO_ACCESS_KEY and VOLCANO_RESOURCE_ID"
+            reason += f"; {CREDENTIALS_HINT}"
         return TTSError("upstream_status", f"{reason}: {message}" if message else f"{reason}.")
     name = _event_name(frame.event)
     return TTSError(
         "malformed",
-        f"The Volcano speech service sent {name} while {when}, which we did not expect.",
+        f"The {SERVICE} sent {name} while {when}, which we did not expect.",
     )
 
 
@@ -62,37 +66,3 @@ def _event_name(event: int | None) -> str:
         return f"event {Event(event).name} ({event})"
     except ValueError:
         return f"event {event}"
-
-
-def message_from_text(text: str) -> str:
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return clip(text)
-    if isinstance(parsed, dict):
-        for key in ("message", "error", "Message"):
-            value = parsed.get(key)
-            if isinstance(value, str) and value.strip():
-                return clip(value)
-            if isinstance(value, dict):
-                inner = value.get("message") or value.get("Message")
-                if isinstance(inner, str) and inner.strip():
-                    return clip(inner)
-    return clip(text)
-
-
-def clip(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > MAX_REASON_CHARS:
-        return text[: MAX_REASON_CHARS - 1] + "…"
-    return text
-
-
-def os_failure(exc: OSError) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return "host not found"
-    if isinstance(exc, ssl.SSLError):
-        return "TLS handshake failed"
-    return clip(str(exc)) or type(exc).__name__

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from websockets.exceptions import ConnectionClosed
 
+from chat.upstream import disconnect_reason, silence_reason
 from voice.engines.base import (
     SESSION_BUFFER_CHUNKS,
     PCMChunker,
@@ -19,7 +20,7 @@ from voice.engines.base import (
 )
 from voice.engines.volcano.codec import STATUS_OK, Event, MsgType, client_frame
 from voice.engines.volcano.connection import Connection
-from voice.engines.volcano.errors import frame_error, status_code
+from voice.engines.volcano.errors import SERVICE, frame_error, status_code
 from voice.segmenter import SpeechTextStream
 
 if TYPE_CHECKING:
@@ -122,11 +123,7 @@ class VolcanoSession(TTSSession):
             self._pipe.fail(exc)
         except (ConnectionClosed, OSError):
             self._pipe.fail(
-                TTSError(
-                    "disconnected",
-                    "The Volcano speech service closed the connection before the audio "
-                    "was complete.",
-                )
+                TTSError("disconnected", disconnect_reason(service=SERVICE, product="audio"))
             )
         except Exception:
             logger.exception("Volcano speech session failed")
@@ -178,8 +175,7 @@ class VolcanoSession(TTSSession):
         except TimeoutError:
             raise TTSError(
                 "timeout",
-                f"The Volcano speech service did not start a session within "
-                f"{engine.connect_timeout:g} s.",
+                f"The {SERVICE} did not start a session within {engine.connect_timeout:g} s.",
             ) from None
 
     async def _send_loop(self, conn: Connection) -> None:
@@ -229,8 +225,7 @@ class VolcanoSession(TTSSession):
                 if self.cancelled:
                     return False  # never acknowledged: do not reuse the connection
                 raise TTSError(
-                    "timeout",
-                    f"The Volcano speech service sent nothing for {engine.read_timeout:g} s.",
+                    "timeout", silence_reason(service=SERVICE, seconds=engine.read_timeout)
                 ) from None
             finally:
                 self._receiving = None

@@ -116,6 +116,15 @@ class TTSEngine(ABC):
         ``asyncio.CancelledError`` always propagates.
         """
 
+    def synthesize_streaming(self, text: str) -> AsyncGenerator[AudioChunk, None]:
+        """Yield the speech for one sentence of the ``streaming`` voice mode.
+
+        As :meth:`synthesize`, which it is unless the engine has a way to speak one
+        sentence sooner (the Qwen engine streams it over SSE where ``synthesize`` waits
+        for a whole audio file).
+        """
+        return self.synthesize(text)
+
     async def open_session(self) -> TTSSession:
         """Start a realtime session. It must be ended by ``aclose()`` (or ``async with``)."""
         return SegmentingSession(self, clause_mode=True)
@@ -263,6 +272,7 @@ class SegmentingSession(TTSSession):
     ) -> None:
         super().__init__(sample_rate=engine.sample_rate, buffer_chunks=buffer_chunks)
         self._engine = engine
+        self._synthesize = engine.synthesize if clause_mode else engine.synthesize_streaming
         self._segmenter = SentenceSegmenter(
             clause_mode=clause_mode, first_cut_chars=first_cut_chars
         )
@@ -313,7 +323,7 @@ class SegmentingSession(TTSSession):
                 if item is None:
                     break
                 piece, start, end = item
-                async with contextlib.aclosing(self._engine.synthesize(piece)) as audio:
+                async with contextlib.aclosing(self._synthesize(piece)) as audio:
                     async for chunk in audio:
                         tagged = dataclasses.replace(chunk, text_start=start, text_end=end)
                         if not await self._pipe.put(tagged):

@@ -448,6 +448,7 @@ def test_push_to_talk_states_toggle_cancel_and_errors(daphne, launch, speakers):
     expect(talk).to_have_attribute("aria-pressed", "true")
     expect(status).to_have_text("Listening. Release to send, Esc to cancel.")
     wait_for(lambda: len([f for f in server.frames if isinstance(f, bytes)]) >= 4, ann)
+    shot(ann, "room-speech-holding")
     ann.mouse.up()
     expect(status).to_have_text("Transcribing...")
     expect(talk).to_be_disabled()

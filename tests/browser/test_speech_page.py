@@ -521,3 +521,25 @@ def test_push_to_talk_states_toggle_cancel_and_errors(daphne, launch, speakers):
     expect(status).to_have_text("A voice message can be at most 60 seconds.")
     expect(talk).to_have_attribute("aria-pressed", "false")
     shot(ann, "room-speech-error")
+
+
+def test_a_blocked_microphone_says_so_and_cancels(daphne, launch, speakers):
+    browser = launch([])
+    ann = login(new_context(browser), daphne, "ann")
+    server = ScriptedRoom(ann, speakers, "ann")
+    open_room(ann, daphne, speakers.slug)
+    # What the browser answers when the member refused the microphone.
+    ann.evaluate(
+        """() => {
+            navigator.mediaDevices.getUserMedia = () =>
+                Promise.reject(new DOMException("denied", "NotAllowedError"));
+        }"""
+    )
+    ann.locator("#talk").click()
+    expect(ann.locator("#speech-text")).to_have_text(
+        "The microphone is blocked: allow it in the browser's site settings."
+    )
+    start = server.json_frames(action="speech", state="start")
+    assert len(start) == 1
+    wait_for(lambda: server.json_frames(action="speech", state="cancel"), ann)
+    expect(ann.locator("#talk")).to_have_attribute("aria-pressed", "false")

@@ -185,8 +185,8 @@ export class PushToTalk {
         this.advance();
       },
       (err) => {
-        if (this.id !== id) return;
-        this.abandon();
+        if (this.id !== id || !CAPTURING.has(this.state)) return;
+        this.io.send({ action: "speech", state: "cancel" }); // the server is listening
         this.fail(err.message);
       },
     );

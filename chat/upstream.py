@@ -14,7 +14,7 @@ import asyncio
 import json
 import socket
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,14 +229,15 @@ def websocket_failure(
     server: str,
     connect_timeout: float,
     auth_hint: str = "",
+    read_message: Callable[[str], str] = error_message_from_body,
 ) -> tuple[str, str]:
     """(code, reason) for a failure to open a WebSocket to ``service``.
 
     ``exc`` is what ``websockets.asyncio.client.connect`` (inside ``asyncio.timeout``)
     raised: a refused handshake (``InvalidStatus``, with the server's own message from
-    its body, and ``auth_hint`` on a 401 or 403), another bad handshake, a timeout, a
-    socket error, or the connection closed at once. Codes: ``upstream_status``,
-    ``refused``, ``disconnected``.
+    its body as ``read_message`` finds it, and ``auth_hint`` on a 401 or 403), another
+    bad handshake, a timeout, a socket error, or the connection closed at once. Codes:
+    ``upstream_status``, ``refused``, ``disconnected``.
     """
     could_not = f"Could not connect to the {service} at {server}"
     if isinstance(exc, InvalidStatus):
@@ -245,7 +246,7 @@ def websocket_failure(
         reason = status_reason(
             response.status_code,
             response.reason_phrase,
-            error_message_from_body(body) if body.strip() else "",
+            read_message(body) if body.strip() else "",
             service=service,
             auth_hint=auth_hint,
         )

@@ -364,6 +364,25 @@ VOLCANO_SAMPLE_RATE = env.int("VOLCANO_SAMPLE_RATE", default=24000)
 VOLCANO_CONNECT_TIMEOUT = env.float("VOLCANO_CONNECT_TIMEOUT", default=5.0)
 # Silence accepted only after the text is complete.
 VOLCANO_READ_TIMEOUT = env.float("VOLCANO_READ_TIMEOUT", default=10.0)
+# Qwen-TTS on Alibaba Cloud Model Studio (DashScope). Beijing by default; Singapore is
+# https://dashscope-intl.aliyuncs.com/api/v1 and wss://dashscope-intl.aliyuncs.com/...,
+# with a key of its own (a key works only in its region).
+DASHSCOPE_API_KEY = env.str("DASHSCOPE_API_KEY", default="")
+QWEN_TTS_BASE_URL = env.str("QWEN_TTS_BASE_URL", default="https://dashscope.aliyuncs.com/api/v1")
+QWEN_TTS_REALTIME_URL = env.str(
+    "QWEN_TTS_REALTIME_URL", default="wss://dashscope.aliyuncs.com/api-ws/v1/realtime"
+)
+# normal and streaming modes (HTTP); realtime mode (WebSocket) has models of its own.
+QWEN_TTS_MODEL = env.str("QWEN_TTS_MODEL", default="qwen3-tts-flash")
+QWEN_TTS_REALTIME_MODEL = env.str("QWEN_TTS_REALTIME_MODEL", default="qwen3-tts-flash-realtime")
+QWEN_TTS_VOICE = env.str("QWEN_TTS_VOICE", default="Cherry")
+# Auto lets the service tell; Chinese, English, ... help a text of one known language.
+QWEN_TTS_LANGUAGE = env.str("QWEN_TTS_LANGUAGE", default="Auto")
+QWEN_TTS_CONNECT_TIMEOUT = env.float("QWEN_TTS_CONNECT_TIMEOUT", default=5.0)
+# Normal mode's answer waits for a whole reply's audio file: tens of seconds of speech
+# made several times faster than real time. Realtime mode counts silence only once the
+# text is complete.
+QWEN_TTS_READ_TIMEOUT = env.float("QWEN_TTS_READ_TIMEOUT", default=30.0)
 # Load the bundled voice when the server starts rather than at the first spoken reply.
 VOICE_PRELOAD = env.bool("VOICE_PRELOAD", default=True)
 # Where GET /api/messages/<id>/audio keeps the WAV of each reply once made.

@@ -50,7 +50,21 @@ def build_engine() -> TTSEngine:
             connect_timeout=settings.VOLCANO_CONNECT_TIMEOUT,
             read_timeout=settings.VOLCANO_READ_TIMEOUT,
         )
-    raise ValueError(f"TTS_BACKEND must be piper, openai or volcano, not {kind!r}")
+    if kind == "qwen":
+        from voice.engines.qwen import QwenEngine
+
+        return QwenEngine(
+            api_key=settings.DASHSCOPE_API_KEY,
+            base_url=settings.QWEN_TTS_BASE_URL,
+            realtime_url=settings.QWEN_TTS_REALTIME_URL,
+            model=settings.QWEN_TTS_MODEL,
+            realtime_model=settings.QWEN_TTS_REALTIME_MODEL,
+            voice=settings.QWEN_TTS_VOICE,
+            language_type=settings.QWEN_TTS_LANGUAGE,
+            connect_timeout=settings.QWEN_TTS_CONNECT_TIMEOUT,
+            read_timeout=settings.QWEN_TTS_READ_TIMEOUT,
+        )
+    raise ValueError(f"TTS_BACKEND must be piper, openai, volcano or qwen, not {kind!r}")
 
 
 def get_engine() -> TTSEngine:

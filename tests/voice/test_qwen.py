@@ -121,7 +121,7 @@ async def test_normal_mode_asks_for_the_whole_text_then_downloads_its_audio_file
     assert b"".join(c.pcm for c in chunks) == audio_for(TEXT)
     assert pcm_rms(chunks[0].pcm) > 1000
     assert_chunked(chunks)
-    generation, download = server.requests
+    generation, download = server.http.requests
     assert (generation.kind, generation.method, generation.path) == (
         "generation",
         "POST",
@@ -142,17 +142,17 @@ async def test_blank_text_sends_nothing(server: FakeQwenServer, make_engine: Eng
     engine = make_engine()
     assert await collect(engine.synthesize("  \n ")) == []
     assert await collect(engine.synthesize_streaming(" ")) == []
-    assert server.requests == []
+    assert server.http.requests == []
 
 
 async def test_the_audio_file_is_passed_on_as_it_downloads(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.slow(delay=0.1))
+    server.http.script(QwenScenario.slow(delay=0.1))
     stream = make_engine().synthesize(TEXT)
     first = await anext(stream)
     assert first.pcm
-    assert not server.request(1).finished  # the file is still coming
+    assert not server.http.request(1).finished  # the file is still coming
     rest = await collect(stream)
     assert first.pcm + b"".join(c.pcm for c in rest) == audio_for(TEXT)
 
@@ -173,7 +173,7 @@ async def test_streaming_mode_speaks_each_sentence_over_sse_as_the_reply_arrives
         audio = first.pcm + await drain(session)
 
     assert audio == audio_for("Hello there, friend.", "How are you?")
-    requests = server.requests
+    requests = server.http.requests
     assert [r.kind for r in requests] == ["generation", "generation"]  # no file to fetch
     assert all(r.sse and r.headers["x-dashscope-sse"] == "enable" for r in requests)
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in requests)
@@ -183,11 +183,11 @@ async def test_streaming_mode_speaks_each_sentence_over_sse_as_the_reply_arrives
 async def test_sse_audio_is_passed_on_as_it_arrives(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.slow(delay=0.1))
+    server.http.script(QwenScenario.slow(delay=0.1))
     stream = make_engine().synthesize_streaming(TEXT)
     first = await anext(stream)
     assert first.pcm
-    assert not server.request(0).finished
+    assert not server.http.request(0).finished
     rest = await collect(stream)
     chunks = [first, *rest]
     assert b"".join(c.pcm for c in chunks) == audio_for(TEXT)
@@ -200,7 +200,7 @@ async def test_one_connection_serves_sentences_one_after_another(
     engine = make_engine()
     await collect(engine.synthesize_streaming("First sentence."))
     await collect(engine.synthesize_streaming("Second sentence."))
-    first, second = server.requests
+    first, second = server.http.requests
     assert first.connection == second.connection
 
 
@@ -215,26 +215,26 @@ async def test_realtime_text_goes_out_as_it_arrives_and_audio_comes_back_before_
         await session.feed("Hello there. ")
         await session.feed("How")
         # The first words reach the service on their own, before the reply is complete...
-        (first_text,) = await server.await_events("input_text_buffer.append", 1)
+        (first_text,) = await server.realtime.await_events("input_text_buffer.append", 1)
         assert first_text.text == "Hello there."
         # ...and their audio is back while the model is still writing.
         first = await asyncio.wait_for(anext(session), timeout=5)
         assert first.sample_rate == QWEN_SAMPLE_RATE
         await session.feed(" are **you**? ")
-        await server.await_events("input_text_buffer.append", 2)
-        assert server.events_of("session.finish") == []
+        await server.realtime.await_events("input_text_buffer.append", 2)
+        assert server.realtime.events_of("session.finish") == []
         await session.feed("你好，世界😀！")
         await session.finish()
         audio = first.pcm + await drain(session)
 
-    texts = [e.text or "" for e in server.events_of("input_text_buffer.append")]
+    texts = [e.text or "" for e in server.realtime.events_of("input_text_buffer.append")]
     assert "".join(texts) == "Hello there. How are you? 你好，世界！"
     assert audio == audio_for(*texts)
-    kinds = [e.type for e in server.events]
+    kinds = [e.type for e in server.realtime.events]
     assert kinds[0] == "session.update"
     assert kinds[-1] == "session.finish"
     assert set(kinds[1:-1]) == {"input_text_buffer.append"}
-    (update,) = server.events_of("session.update")
+    (update,) = server.realtime.events_of("session.update")
     assert update.payload["session"] == {
         "voice": "Cherry",
         "mode": "server_commit",
@@ -242,12 +242,12 @@ async def test_realtime_text_goes_out_as_it_arrives_and_audio_comes_back_before_
         "sample_rate": QWEN_SAMPLE_RATE,
         "language_type": "Auto",
     }
-    (sock,) = server.sockets
+    (sock,) = server.realtime.sockets
     headers = {name.lower(): value for name, value in sock.headers.items()}
     assert headers["authorization"] == f"Bearer {KEY}"
     assert sock.model == "qwen3-tts-flash-realtime"
     # The service closes the socket after session.finished; so do we.
-    await server.await_closed(1)
+    await server.realtime.await_closed(1)
 
 
 async def test_realtime_one_shot_text(server: FakeQwenServer, make_engine: EngineFactory) -> None:
@@ -259,7 +259,7 @@ async def test_realtime_one_shot_text(server: FakeQwenServer, make_engine: Engin
     await session.finish()
     audio = await drain(session)
     await session.aclose()
-    assert [e.text for e in server.events_of("input_text_buffer.append")] == ["One. Two."]
+    assert [e.text for e in server.realtime.events_of("input_text_buffer.append")] == ["One. Two."]
     assert audio == audio_for("One. Two.")
 
 
@@ -269,7 +269,7 @@ async def test_realtime_one_shot_text(server: FakeQwenServer, make_engine: Engin
 async def test_cancelling_sse_closes_the_request_at_once(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.endless(interval=0.01))
+    server.http.script(QwenScenario.endless(interval=0.01))
     engine = make_engine()
     heard = asyncio.Event()
 
@@ -283,7 +283,7 @@ async def test_cancelling_sse_closes_the_request_at_once(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    request = await server.await_disconnect(0)
+    request = await server.http.await_disconnect(0)
     assert request.closed_by == "client"
     assert request.disconnected_at is not None
     assert request.disconnected_at - stopped < STOP_DEADLINE
@@ -293,12 +293,12 @@ async def test_cancelling_sse_closes_the_request_at_once(
 async def test_closing_the_normal_stream_mid_download_closes_the_download(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.endless(interval=0.01))
+    server.http.script(QwenScenario.endless(interval=0.01))
     stream = make_engine().synthesize(TEXT)
     await anext(stream)
     stopped = time.monotonic()
     await stream.aclose()
-    download = await server.await_disconnect(1)
+    download = await server.http.await_disconnect(1)
     assert download.kind == "file"
     assert download.closed_by == "client"
     assert download.disconnected_at is not None
@@ -308,7 +308,7 @@ async def test_closing_the_normal_stream_mid_download_closes_the_download(
 async def test_cancelling_a_realtime_session_closes_its_socket_at_once(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script_realtime(QwenRealtimeScenario.endless(interval=0.01))
+    server.realtime.script(QwenRealtimeScenario.endless(interval=0.01))
     engine = make_engine()
     session = await engine.open_session()
     await session.feed("Talk forever. ")
@@ -323,11 +323,11 @@ async def test_cancelling_a_realtime_session_closes_its_socket_at_once(
         await asyncio.wait_for(pending, timeout=STOP_DEADLINE)
     with pytest.raises(StopAsyncIteration):
         await anext(session)
-    sock = await server.await_closed(1)
+    sock = await server.realtime.await_closed(1)
     assert sock.closed_at is not None
     assert sock.closed_at - stopped < STOP_DEADLINE
     await session.aclose()
-    assert server.events_of("session.finish") == []
+    assert server.realtime.events_of("session.finish") == []
 
 
 async def test_cancel_while_the_handshake_is_pending_returns_at_once() -> None:
@@ -393,7 +393,9 @@ async def test_a_wrong_key_is_reported_with_the_services_words(
 async def test_an_error_status_is_reported_with_its_code(
     server: FakeQwenServer, make_engine: EngineFactory, sse: bool
 ) -> None:
-    server.script(QwenScenario.error_status(400, "InvalidParameter", "Voice is not supported."))
+    server.http.script(
+        QwenScenario.error_status(400, "InvalidParameter", "Voice is not supported.")
+    )
     engine = make_engine()
     error = await error_of(engine.synthesize_streaming(TEXT) if sse else engine.synthesize(TEXT))
     assert error.code == "upstream_status"
@@ -406,7 +408,7 @@ async def test_an_error_status_is_reported_with_its_code(
 async def test_an_error_event_mid_stream_is_reported(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.error_event(after=2, code="DataInspectionFailed"))
+    server.http.script(QwenScenario.error_event(after=2, code="DataInspectionFailed"))
     error = await error_of(make_engine().synthesize_streaming(TEXT))
     assert error.code == "upstream_status"
     assert "inappropriate content" in error.reason
@@ -417,7 +419,7 @@ async def test_an_error_event_mid_stream_is_reported(
 async def test_a_service_that_hangs_up_midway_is_reported(
     server: FakeQwenServer, make_engine: EngineFactory, sse: bool
 ) -> None:
-    server.script(QwenScenario.disconnect(after=2))
+    server.http.script(QwenScenario.disconnect(after=2))
     engine = make_engine()
     error = await error_of(engine.synthesize_streaming(TEXT) if sse else engine.synthesize(TEXT))
     assert error.code == "disconnected"
@@ -427,7 +429,7 @@ async def test_a_service_that_hangs_up_midway_is_reported(
 async def test_a_silent_service_times_out(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.hang(after=0))
+    server.http.script(QwenScenario.hang(after=0))
     error = await error_of(make_engine(read_timeout=0.3).synthesize(TEXT))
     assert error.code == "timeout"
     assert error.reason == "The Qwen speech service sent nothing for 0.3 s."
@@ -436,7 +438,7 @@ async def test_a_silent_service_times_out(
 async def test_an_answer_without_an_audio_url_is_malformed(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.no_url())
+    server.http.script(QwenScenario.no_url())
     error = await error_of(make_engine().synthesize(TEXT))
     assert error.code == "malformed"
     assert error.reason == "The Qwen speech service answered without an audio URL."
@@ -445,7 +447,7 @@ async def test_an_answer_without_an_audio_url_is_malformed(
 async def test_an_expired_audio_file_is_reported_with_the_stores_words(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script(QwenScenario.file_error(403))
+    server.http.script(QwenScenario.file_error(403))
     error = await error_of(make_engine().synthesize(TEXT))
     assert error.code == "upstream_status"
     assert error.reason == (
@@ -476,7 +478,7 @@ async def test_a_realtime_failure_ends_the_session_with_it(
     code: str,
     words: str,
 ) -> None:
-    server.script_realtime(scenario)
+    server.realtime.script(scenario)
     error = await error_of(await make_engine().open_session())
     assert error.code == code
     assert words in error.reason
@@ -485,7 +487,7 @@ async def test_a_realtime_failure_ends_the_session_with_it(
 async def test_a_realtime_service_silent_after_finish_times_out(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script_realtime(QwenRealtimeScenario.silent_finish())
+    server.realtime.script(QwenRealtimeScenario.silent_finish())
     error = await error_of(await make_engine(read_timeout=0.3).open_session())
     assert error.code == "timeout"
     assert error.reason == "The Qwen speech service sent nothing for 0.3 s."
@@ -494,7 +496,7 @@ async def test_a_realtime_service_silent_after_finish_times_out(
 async def test_feed_and_finish_never_raise_for_the_services_failures(
     server: FakeQwenServer, make_engine: EngineFactory
 ) -> None:
-    server.script_realtime(QwenRealtimeScenario.fail_after_text())
+    server.realtime.script(QwenRealtimeScenario.fail_after_text())
     async with await make_engine().open_session() as session:
         await session.feed("One. ")
         with pytest.raises(TTSError):

@@ -42,6 +42,7 @@ from tests.browser.test_room_page import (
     wait_js,
 )
 from tests.conftest import IN_CI
+from tests.support.openai_server import Scenario
 from voice.engines.piper import PiperEngine
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -543,3 +544,77 @@ def test_a_blocked_microphone_says_so_and_cancels(daphne, launch, speakers):
     assert len(start) == 1
     wait_for(lambda: server.json_frames(action="speech", state="cancel"), ann)
     expect(ann.locator("#talk")).to_have_attribute("aria-pressed", "false")
+
+
+# --- the real server: what this listener heard is kept when the reply is cut off -----------
+
+
+@pytest.mark.parametrize("how", ["stop", "talk"])
+def test_cutting_off_a_spoken_reply_keeps_what_this_listener_heard(
+    daphne, llm, launch, make_user, make_room, how
+):
+    from chat.models import Generation, Status
+
+    ann, _ = make_user("ann")
+    room = make_room(ann, "Forecast")  # the assistant answers every message
+    # Sentence after sentence, for as long as nobody stops it: there is always audio.
+    llm.set_default(Scenario.endless(("It will rain in Paris today. ",), interval=0.3))
+    browser = launch([])  # Chromium's own fake microphone, for barge-in
+    page = login(new_context(browser), daphne, "ann")
+    frames = sent_frames(page)
+    open_room(page, daphne, room.slug)
+    page.get_by_label("Voice mode for your messages").select_option("streaming")
+    page.get_by_role("button", name="Speaker off").click()
+    wait_js(page, "window.parley.player.debugState().context === 'running'")
+    box = page.get_by_label("Message", exact=True)
+    box.fill("What is the weather?")
+    box.press("Enter")
+    reply = page.locator("article.msg--assistant[data-id]")
+    expect(reply).to_have_attribute("data-status", "streaming")
+    rid = reply.get_attribute("data-id")
+    assert rid
+    stream = int(rid) & 0xFFFFFFFF
+
+    def played() -> list[dict[str, Any]]:
+        return [
+            f
+            for f in frames
+            if isinstance(f, dict) and f.get("action") == "played" and f["stream"] == stream
+        ]
+
+    # Played for a while: reports go out as the audio plays.
+    wait_for(lambda: any(f["ms"] >= 1000 for f in played()), page, 30_000)
+    if how == "stop":
+        reply.get_by_role("button", name="Stop").click()
+        cut = wait_for(
+            lambda: [f for f in frames if isinstance(f, dict) and f.get("action") == "stop"], page
+        )[0]
+    else:
+        page.locator("#talk").hover()
+        page.mouse.down()
+        cut = wait_for(
+            lambda: [f for f in frames if isinstance(f, dict) and f.get("state") == "start"], page
+        )[0]
+    last = frames[frames.index(cut) - 1]
+    assert last["action"] == "played"
+    assert last["stream"] == stream
+    expect(reply).to_have_attribute("data-status", "stopped")
+    expect(reply.locator(".msg__note")).to_have_text("Stopped by ann")
+    assert page.evaluate("window.parley.player.debugState().streams") == 0
+    if how == "talk":
+        expect(page.locator("#talk")).to_have_attribute("data-state", "listening")
+        page.keyboard.press("Escape")
+        expect(page.locator("#talk")).to_have_attribute("data-state", "idle")
+
+    # The server kept how far this listener got, and the text up to there.
+    def generation() -> Generation | None:
+        g = Generation.objects.filter(message_id=int(rid)).first()
+        return g if g is not None and g.heard_ms is not None else None
+
+    kept = wait_for(generation, page)
+    assert kept.heard_ms == last["ms"]
+    assert kept.message.status == Status.STOPPED
+    assert kept.heard_text
+    assert kept.message.text.startswith(kept.heard_text)
+    assert len(kept.heard_text) < len(kept.message.text)
+    assert not page.locator("#errors .alert").count()

@@ -132,7 +132,8 @@ class MessageAdmin(admin.ModelAdmin):
     # One query for the page's rows with their room and author, however many rows.
     list_select_related = ["room", "author"]
     # The status belongs to the task running the reply; end a reply with "Stop reply".
-    readonly_fields = ["status"]
+    # How a message was made (typed or spoken) is a fact about it, not an editable field.
+    readonly_fields = ["status", "input"]
     inlines = [GenerationInline]
     actions = ["stop_reply"]
 

@@ -73,7 +73,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # The utterance being spoken (between `speech start` and `end`), and how far this
     # connection has played each reply's audio (`played` reports).
     utterance: Utterance | None = None
-    playback: Playback
+    playback: Playback | None = None  # made at the first report: most members never play
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch makes a thread-pool hop (aclose_old_connections) before every
@@ -86,7 +86,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.last_typing = 0.0
-        self.playback = Playback()
         user = self.scope.get("user")
         # Accept first so the client can read the close code (a close before accept is
         # an HTTP 403 to the browser, with no code).
@@ -206,7 +205,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # A stop keeps what this member heard of the reply (their `played` reports), and
         # also cuts off a reply whose text has ended while its audio still plays.
         stream = _stream_of(message_id)
-        heard_ms = self.playback.heard_ms(stream) if stream is not None else None
+        heard_ms = None
+        if stream is not None and self.playback is not None:
+            heard_ms = self.playback.heard_ms(stream)
         if heard_ms is None:
             await reply_control(user=self.user, message_id=message_id, action=action)
             return
@@ -243,6 +244,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def action_played(self, frame: dict[str, Any], request_id: object) -> None:
         stream, ms = parse_played(frame)
+        if self.playback is None:
+            self.playback = Playback()
         self.playback.report(stream, ms)
 
     async def action_speech(self, frame: dict[str, Any], request_id: object) -> None:
@@ -255,7 +258,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.utterance = Utterance(sample_rate=sample_rate, request_id=request_id)
             await self._send_json({"type": "speech", "state": "listening", "id": request_id})
             # Speaking over a reply that is being spoken stops it (barge-in).
-            await barge_in(user=self.user, room=self.room, playback=self.playback)
+            await barge_in(user=self.user, room=self.room, playback=self.playback or Playback())
         elif state == "end":
             utterance, self.utterance = self.utterance, None
             if utterance is None:

@@ -36,6 +36,7 @@ def test_token_lists_visible_rooms(daphne, make_user, make_room):
         "visibility": "public",
         "assistant": "always",
         "voice": "off",
+        "prompt_heard_text": True,
         "head": garden["head"],
     }
     assert isinstance(garden["head"], int)
@@ -166,8 +167,10 @@ def test_join_public_room_then_read_messages(daphne, make_user, make_room):
             "status",
             "reply_to",
             "client_id",
+            "input",
             "created",
         }
+        assert first["input"] == "text"
         older = c.get(
             f"/api/rooms/{room.slug}/messages", params={"before": ids[3], "limit": 2}
         ).json()

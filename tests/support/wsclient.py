@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ class RoomClient:
         self.conn = conn
         self.events: list[dict[str, Any]] = []
         self.binary: list[bytes] = []
+        # time.monotonic() as each event / binary frame arrived (bench/voice.py).
+        self.event_times: list[float] = []
+        self.binary_times: list[float] = []
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
@@ -59,8 +63,10 @@ class RoomClient:
                 async with self._changed:
                     if isinstance(frame, bytes):
                         self.binary.append(frame)
+                        self.binary_times.append(time.monotonic())
                     else:
                         self.events.append(json.loads(frame))
+                        self.event_times.append(time.monotonic())
                     self._changed.notify_all()
         except websockets.ConnectionClosed:
             pass

@@ -203,3 +203,31 @@ async def test_speaking_over_a_finished_reply_still_playing_cancels_its_audio(
     finally:
         await ann.close()
         await bob.close()
+
+
+@pytest.mark.parametrize("heard_only", [True, False])
+def test_the_prompt_has_what_was_heard_unless_the_room_says_otherwise(
+    make_user, make_room, heard_only
+) -> None:
+    from chat.models import Role, Status
+    from chat.replies.db import prompt_for
+
+    ann, _ = make_user("ann")
+    room = make_room(ann, "Heard", prompt_heard_text=heard_only)
+    asked = Message.objects.create(room=room, role=Role.USER, author=ann, text="tell me")
+    cut = Message.objects.create(
+        room=room, role=Role.ASSISTANT, text=TEXT, status=Status.STOPPED, reply_to=asked
+    )
+    Generation.objects.create(
+        message=cut, backend="openai", queued_at=cut.created, heard_text="First part", heard_ms=600
+    )
+    unheard = Message.objects.create(
+        room=room, role=Role.ASSISTANT, text="Never heard at all.", status=Status.STOPPED
+    )
+    Generation.objects.create(
+        message=unheard, backend="openai", queued_at=unheard.created, heard_text="", heard_ms=0
+    )
+    Message.objects.create(room=room, role=Role.USER, author=ann, text="and then?")
+    reply = Message.objects.create(room=room, role=Role.ASSISTANT, status=Status.QUEUED)
+    said = [m.content for m in prompt_for(reply.pk) if m.role == "assistant"]
+    assert said == (["First part"] if heard_only else [TEXT, "Never heard at all."])

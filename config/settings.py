@@ -383,6 +383,10 @@ QWEN_TTS_CONNECT_TIMEOUT = env.float("QWEN_TTS_CONNECT_TIMEOUT", default=5.0)
 # made several times faster than real time. Realtime mode counts silence only once the
 # text is complete.
 QWEN_TTS_READ_TIMEOUT = env.float("QWEN_TTS_READ_TIMEOUT", default=30.0)
+# How far ahead of real time a reply's audio is sent (seconds; 0: as fast as it is made).
+# Enough to ride out a network hiccup; less means less wasted audio when a reply is cut off,
+# and no bursts of audio to every listener crowding the server (voice/speech.py).
+VOICE_AUDIO_LEAD = env.float("VOICE_AUDIO_LEAD", default=1.5)
 # Load the bundled voice when the server starts rather than at the first spoken reply.
 VOICE_PRELOAD = env.bool("VOICE_PRELOAD", default=True)
 # Where GET /api/messages/<id>/audio keeps the WAV of each reply once made.

@@ -220,12 +220,16 @@ async def barge_in(*, user: User, room: Room, playback: Playback) -> list[int]:
     control (the asker, the room owner, staff; docs/protocol.md "Barge-in"). Being spoken
     to them: a stream they reported playing within the last second, or a voiced reply
     of this room being written in this process. Returns the replies cut off."""
-    targets = set(playback.playing())
-    for run in list(get_manager().runs.values()):
-        if run.room_id == room.pk and run.speech is not None:
-            targets.add(run.message_id & 0xFFFFFFFF)
+    # The reply being written here first (it is what is speaking now), then what this
+    # member reported playing, latest first.
+    targets = [
+        run.message_id & 0xFFFFFFFF
+        for run in list(get_manager().runs.values())
+        if run.room_id == room.pk and run.speech is not None
+    ]
+    targets += [s for s in reversed(playback.playing()) if s not in targets]
     stopped = []
-    for stream in sorted(targets):
+    for stream in targets:
         try:
             await speech_interrupt(
                 user=user, message_id=stream, heard_ms=playback.heard_ms(stream), room_id=room.pk

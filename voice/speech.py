@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from chat.events import room_audio_emit
 from voice.engines.base import AudioChunk, SegmentingSession, TTSError, TTSSession
 from voice.registry import get_engine
@@ -119,6 +121,15 @@ class ReplySpeech:
     _playing: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _started: bool = False
+    # Set by cancel(): nothing of the stream goes out after its `cancel` event. Every emit
+    # holds the lock, so the `cancel` can go out at once, before synthesis has wound down
+    # (a barge-in is heard as soon as members drop their queue, not once Piper stops).
+    _cut: bool = False
+    # Pacing: when the first chunk went out, and how long the speech was held paused since.
+    _clock: float | None = None
+    _paused_at: float | None = None
+    _held: float = 0.0
+    _emit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def stream(self) -> int:
@@ -136,31 +147,47 @@ class ReplySpeech:
         self._text.put_nowait(text)
 
     def pause(self) -> None:
+        if self._playing.is_set():
+            self._paused_at = time.monotonic()
         self._playing.clear()
 
     def resume(self) -> None:
+        if self._paused_at is not None:
+            self._held += time.monotonic() - self._paused_at
+            self._paused_at = None
         self._playing.set()
 
     def finish(self) -> None:
         """The reply's text is complete: speak the rest, then end the stream."""
         self._text.put_nowait(_END)
-        self._playing.set()
+        self.resume()
 
     async def cancel(self) -> None:
         """The reply was stopped: stop synthesis at once; members drop what they queued.
 
-        Nothing of this stream is sent after the ``cancel`` event: the sender is
-        cancelled and awaited first.
+        The ``cancel`` event goes out first, and nothing of this stream after it (emits
+        are serialised and checked); then the sender is cancelled and awaited. Calling it
+        again (a reply whose text has ended, cut off again) sends no second ``cancel``.
         """
+        async with self._emit_lock:
+            first, self._cut = not self._cut, True
+            if first and self._started:
+                await room_audio_emit(
+                    room_id=self.room_id,
+                    event={"type": "audio", "state": "cancel", "stream": self.stream},
+                )
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._started:
-            await room_audio_emit(
-                room_id=self.room_id,
-                event={"type": "audio", "state": "cancel", "stream": self.stream},
-            )
+
+    async def _emit(self, event: dict[str, Any] | None = None, frame: bytes | None = None) -> bool:
+        """Emit unless the stream was cut; False if it was."""
+        async with self._emit_lock:
+            if self._cut:
+                return False
+            await room_audio_emit(room_id=self.room_id, event=event, frame=frame)
+            return True
 
     # --- the sender -----------------------------------------------------------------
 
@@ -188,24 +215,20 @@ class ReplySpeech:
                         with contextlib.suppress(asyncio.CancelledError):
                             await feeder
             if self._started:
-                await room_audio_emit(
-                    room_id=self.room_id,
-                    event={
+                await self._emit(
+                    {
                         "type": "audio",
                         "state": "end",
                         "stream": self.stream,
                         "chunks": self.stats.chunks,
-                    },
+                    }
                 )
         except TTSError as exc:
             # Speech failing never fails the reply: the text is what counts.
             logger.warning("speech for reply %s failed: %s", self.message_id, exc.reason)
             self.stats.error = exc.reason
             if self._started:
-                await room_audio_emit(
-                    room_id=self.room_id,
-                    event={"type": "audio", "state": "cancel", "stream": self.stream},
-                )
+                await self._emit({"type": "audio", "state": "cancel", "stream": self.stream})
 
     async def _feed(self, session: TTSSession) -> None:
         while (piece := await self._text.get()) is not _END:
@@ -222,15 +245,38 @@ class ReplySpeech:
                 return
             self.stats.synthesis_seconds += time.monotonic() - waited
             await self._playing.wait()  # a paused reply holds its audio too
+            await self._pace()
+            await self._playing.wait()  # paused while it was held back
             await self._send(chunk)
 
+    async def _pace(self) -> None:
+        """Keep the audio sent at most VOICE_AUDIO_LEAD seconds ahead of real time.
+
+        Engines make speech several times faster than it plays. Sent as fast as it is
+        made, a reply's audio would reach every listener in bursts (tens of MB/s for a
+        room listening), crowding the event loop just when a barge-in must get through,
+        and piling up seconds of audio in each client that a cancel then throws away.
+        A lead of a second or so keeps every player fed through any network hiccup.
+        """
+        lead = settings.VOICE_AUDIO_LEAD
+        if lead <= 0:
+            return
+        now = time.monotonic()
+        if self._clock is None:
+            self._clock = now
+            return
+        ahead = self.stats.audio_seconds - (now - self._clock - self._held) - lead
+        if ahead > 0:
+            await asyncio.sleep(ahead)  # pacing the stream, not waiting for an event
+
     async def _send(self, chunk: AudioChunk) -> None:
+        if self._cut:
+            return
         if not self._started:
             self._started = True
             self.stats.first_audio_at = time.monotonic()
-            await room_audio_emit(
-                room_id=self.room_id,
-                event={
+            await self._emit(
+                {
                     "type": "audio",
                     "state": "start",
                     "stream": self.stream,
@@ -239,10 +285,11 @@ class ReplySpeech:
                     "sample_rate": chunk.sample_rate,
                     "channels": 1,
                     "mode": self.mode,
-                },
+                }
             )
-        self.marks.note(chunk, fed_chars=self.fed_chars)
         header = struct.pack(">II", self.stream, self.stats.chunks)
-        await room_audio_emit(room_id=self.room_id, frame=header + chunk.pcm)
+        if not await self._emit(frame=header + chunk.pcm):
+            return
+        self.marks.note(chunk, fed_chars=self.fed_chars)
         self.stats.chunks += 1
         self.stats.audio_seconds += chunk.duration

@@ -177,6 +177,13 @@ async def reply_control(
     if action not in ACTIONS:
         raise BadRequest(f"action must be one of: {', '.join(ACTIONS)}")
     message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
+    return await _control_checked(message, user=user, action=action, heard_ms=heard_ms)
+
+
+async def _control_checked(
+    message: Message, *, user: User, action: str, heard_ms: int | None
+) -> MessageDict:
+    """``reply_control`` once ``user`` is known to be allowed to control ``message``."""
     if message.status in TERMINAL_STATUSES:
         raise NotGenerating(f"this reply is already {message.status}")
     manager = get_manager()
@@ -214,13 +221,17 @@ async def speech_interrupt(
     message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
     if room_id is not None and message.room_id != room_id:
         raise NotFound("no such reply in this room")
+    manager = get_manager()
     if message.status not in TERMINAL_STATUSES:
+        run = manager.runs.get(message.pk)
+        if run is not None and run.speech is not None:
+            # Silence first: listeners drop their audio now, not after upstream has closed.
+            await run.speech.cancel()
         try:
-            await reply_control(user=user, message_id=message.pk, action="stop", heard_ms=heard_ms)
+            await _control_checked(message, user=user, action="stop", heard_ms=heard_ms)
             return
         except NotGenerating:
             pass  # it ended meanwhile: its speech may go on
-    manager = get_manager()
     if await manager.silence(message_id=message.pk, heard_ms=heard_ms):
         return
     worker = message.generation.worker if hasattr(message, "generation") else ""

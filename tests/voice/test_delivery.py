@@ -192,3 +192,23 @@ async def test_realtime_mode_feeds_volcano_text_as_it_arrives(daphne_factory, ll
             assert not volcano.protocol_errors
         finally:
             await ann.close()
+
+
+async def test_audio_goes_out_at_the_pace_it_plays(daphne, llm, voice_room):
+    """Piper makes speech several times faster than it plays; listeners get it no more
+    than VOICE_AUDIO_LEAD (1.5 s) ahead of real time, not in one burst."""
+    room, ann_token, _ = voice_room
+    llm.set_default(Scenario.normal(SENTENCES))
+    ann = await listen(daphne, room, ann_token, audio=True)
+    try:
+        await ann.send(action="send", text="read it all", voice="normal")
+        start = await ann.wait_type("audio", state="start", timeout=60)
+        end = await ann.wait_type("audio", state="end", stream=start["stream"], timeout=60)
+        seconds = sum(len(f) - 8 for f in ann.binary) / 2 / start["sample_rate"]
+        assert end["chunks"] == len(ann.binary)
+        assert seconds > 4  # four sentences
+        spread = ann.binary_times[-1] - ann.binary_times[0]
+        # The last chunk went out at most the lead (and one chunk) before it plays.
+        assert spread >= seconds - 1.5 - 0.25 - 0.2
+    finally:
+        await ann.close()

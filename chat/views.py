@@ -132,5 +132,14 @@ async def room_send(request: HttpRequest, user: User, slug: str) -> HttpResponse
 async def message_control(
     request: HttpRequest, user: User, message_id: str, action: str
 ) -> HttpResponseBase:
-    message = await replies.reply_control(user=user, message_id=message_id, action=action)
-    return JsonResponse({"message": message})
+    heard_ms = read_json(request).get("heard_ms") if action == "stop" else None
+    if heard_ms is None:
+        message = await replies.reply_control(user=user, message_id=message_id, action=action)
+        return JsonResponse({"message": message})
+    # A listener's stop that says how far it had played the reply's audio: what it heard
+    # is kept, and audio still playing elsewhere is cancelled (as over the WebSocket).
+    if not isinstance(heard_ms, int) or isinstance(heard_ms, bool) or not 0 <= heard_ms < 1 << 32:
+        raise BadRequest("heard_ms must be a non-negative integer")
+    await replies.speech_interrupt(user=user, message_id=message_id, heard_ms=heard_ms)
+    stopped = await database_sync_to_async(selectors.message_get)(message_id=message_id, user=user)
+    return JsonResponse({"message": message_to_dict(stopped)})

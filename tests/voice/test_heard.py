@@ -231,3 +231,32 @@ def test_the_prompt_has_what_was_heard_unless_the_room_says_otherwise(
     reply = Message.objects.create(room=room, role=Role.ASSISTANT, status=Status.QUEUED)
     said = [m.content for m in prompt_for(reply.pk) if m.role == "assistant"]
     assert said == (["First part"] if heard_only else [TEXT, "Never heard at all."])
+
+
+async def test_a_stop_over_http_can_say_what_was_heard(daphne, llm, spoken_room) -> None:
+    import httpx
+
+    room, ann_token, _ = spoken_room
+    llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
+    ann = await listening(daphne, room, ann_token)
+    try:
+        reply_id, start = await ask(ann, "talk")
+        url = f"{daphne.http_url}/api/messages/{reply_id}/stop"
+        headers = {"Authorization": f"Bearer {ann_token}"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            for bad in ("12", -1, True, 1 << 40):
+                r = await http.post(url, json={"heard_ms": bad}, headers=headers)
+                assert r.status_code == 400, r.text
+                assert "heard_ms" in r.json()["detail"]
+            r = await http.post(url, json={"heard_ms": 1500}, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["message"]["status"] == "stopped"
+        await ann.wait_type("audio", state="cancel", stream=start["stream"])
+        gen = await sync_to_async(Generation.objects.select_related("message").get)(
+            message_id=int(reply_id)
+        )
+        assert gen.heard_ms == 1500
+        assert gen.heard_text
+        assert gen.message.text.startswith(gen.heard_text)
+    finally:
+        await ann.close()

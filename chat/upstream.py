@@ -260,6 +260,19 @@ def websocket_failure(
     return "refused", f"{could_not}: {connect_failure(exc)}."
 
 
+def http_base_url(value: str, *, setting: str) -> str:
+    """``value`` (a setting named ``setting``) as an http(s) base URL without a trailing
+    slash; ValueError naming the setting when it is not one (a deployment mistake, found
+    at start, not at the first request)."""
+    try:
+        url = httpx.URL(value.strip())
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{setting} is not a URL: {value!r}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{setting} must be an http(s) URL, not {value!r}")
+    return str(url).rstrip("/")
+
+
 def server_of(url: str) -> str:
     """Scheme, host and port of ``url`` for an error message: never a key, query or path."""
     try:

@@ -30,7 +30,9 @@ from chat.upstream import (
     content_type,
     error_message,
     error_message_from_body,
+    http_base_url,
     read_capped,
+    server_of,
     status_failure,
     transport_failure,
 )
@@ -65,13 +67,7 @@ class OpenAIBackend(LLMBackend):
         temperature: float | None = None,
     ) -> None:
         super().__init__(model=model)
-        try:
-            url = httpx.URL(base_url.strip())
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"OPENAI_BASE_URL is not a URL: {base_url!r}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"OPENAI_BASE_URL must be an http(s) URL, not {base_url!r}")
-        self.base_url = str(url).rstrip("/")
+        self.base_url = http_base_url(base_url, setting="OPENAI_BASE_URL")
         self.url = f"{self.base_url}/chat/completions"
         self.api_key = api_key or None
         self.connect_timeout = connect_timeout
@@ -79,7 +75,7 @@ class OpenAIBackend(LLMBackend):
         self.max_tokens = max_tokens
         self.temperature = temperature
         # Where errors point: scheme, host and port, never the key or a path.
-        self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
+        self._server = server_of(self.base_url)
         self._http = LoopClient(
             headers={"Accept": "text/event-stream"},
             api_key=self.api_key,

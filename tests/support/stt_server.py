@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import http
 import io
-import json
 import threading
 import wave
 from dataclasses import dataclass, field
 
 from tests.support.loopback import Connection, LoopbackHTTPServer
-
-_MAX_HEAD_BYTES = 64 * 1024
+from tests.support.tts.common import read_request, send_json
 
 
 @dataclass
@@ -46,39 +43,23 @@ class FakeTranscriptionServer(LoopbackHTTPServer):
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def _serve_one(self, conn: Connection) -> bool:
-        head = await conn.read_until(b"\r\n\r\n", _MAX_HEAD_BYTES)
-        if head is None:
+        request = await read_request(conn)
+        if request is None:
             return False
-        request_line, *lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = request_line.split(" ", 2)
-        headers = {}
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await conn.read_exactly(int(headers.get("content-length", "0") or "0"))
-        if body is None:
-            return False
-        if method != "POST" or not target.endswith("/audio/transcriptions"):
-            return await self._answer(conn, 404, _error(f"Unknown URL {target}"))
+        if request.method != "POST" or not request.path.endswith("/audio/transcriptions"):
+            return await send_json(conn, 404, _error(f"Unknown URL {request.target}"))
         if self.status != 200:
-            return await self._answer(conn, self.status, _error("Incorrect API key provided"))
-        upload = _parse_form(headers, body)
+            return await send_json(conn, self.status, _error("Incorrect API key provided"))
+        upload = _parse_form(request.headers, request.raw_body)
         with self._lock:
             self.uploads.append(upload)
         if self.raw_answer is not None:
-            return await self._send(conn, 200, "text/plain", self.raw_answer)
-        return await self._answer(conn, 200, {"text": self.transcript})
-
-    async def _answer(self, conn: Connection, status: int, payload: object) -> bool:
-        return await self._send(conn, status, "application/json", json.dumps(payload).encode())
-
-    async def _send(self, conn: Connection, status: int, kind: str, data: bytes) -> bool:
-        head = (
-            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-            f"Content-Type: {kind}\r\nContent-Length: {len(data)}\r\n\r\n"
-        )
-        return await conn.send(head.encode() + data)
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(self.raw_answer)}\r\n\r\n"
+            )
+            return await conn.send(head.encode() + self.raw_answer)
+        return await send_json(conn, 200, {"text": self.transcript})
 
 
 def _error(message: str) -> dict[str, object]:

@@ -6,8 +6,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import io
-import wave
 
 from voice.engines.piper import PiperEngine
 
@@ -32,16 +30,6 @@ def spoken(text: str = UTTERANCE) -> tuple[bytes, int]:
     thread of its own, so async tests may call it too)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, _speak(text)).result()
-
-
-def as_wav(pcm: bytes, sample_rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm)
-    return out.getvalue()
 
 
 def resample_16k(pcm: bytes, sample_rate: int) -> bytes:

@@ -9,7 +9,8 @@ from asgiref.sync import sync_to_async
 
 from chat.models import InputKind, Message
 from tests.support.wsclient import RoomClient
-from tests.voice.speech_samples import KEY_WORDS, as_wav, resample_16k, spoken, words
+from tests.voice.speech_samples import KEY_WORDS, resample_16k, spoken, words
+from voice.stt.base import to_wav
 from voice.stt.whisper import WhisperEngine
 
 pytestmark = pytest.mark.model
@@ -160,7 +161,7 @@ async def test_speech_over_http_as_wav_and_raw_pcm(daphne, speech_room) -> None:
     headers = {"Authorization": f"Bearer {ann_token}"}
     async with httpx.AsyncClient(timeout=60) as http:
         wav = await http.post(
-            url, content=as_wav(pcm, rate), headers={**headers, "Content-Type": "audio/wav"}
+            url, content=to_wav(pcm, rate), headers={**headers, "Content-Type": "audio/wav"}
         )
         assert wav.status_code == 201, wav.text
         message = wav.json()["message"]
@@ -186,7 +187,7 @@ async def test_speech_over_http_as_wav_and_raw_pcm(daphne, speech_room) -> None:
             bad = await http.post(url, content=content, headers={**headers, "Content-Type": kind})
             assert bad.status_code in (400, 413, 422), (kind, bad.text)
             assert bad.json()["code"] == code, (kind, bad.text)
-        anonymous = await http.post(url, content=as_wav(pcm, rate))
+        anonymous = await http.post(url, content=to_wav(pcm, rate))
         assert anonymous.status_code == 401
     inputs = await sync_to_async(
         lambda: list(Message.objects.filter(room=room, role="user").values_list("input", flat=True))

@@ -29,6 +29,7 @@ from chat.upstream import (
     LoopClient,
     content_type,
     error_message_from_body,
+    http_base_url,
     read_capped,
     server_of,
     status_failure,
@@ -68,13 +69,7 @@ class OpenAISpeechEngine(TTSEngine):
         if response_format not in ("pcm", "wav"):
             raise ValueError(f"response_format must be 'pcm' or 'wav', not {response_format!r}")
         super().__init__(sample_rate=OPENAI_PCM_SAMPLE_RATE if response_format == "pcm" else None)
-        try:
-            url = httpx.URL(base_url.strip())
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"OPENAI_TTS_BASE_URL is not a URL: {base_url!r}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"OPENAI_TTS_BASE_URL must be an http(s) URL, not {base_url!r}")
-        self.base_url = str(url).rstrip("/")
+        self.base_url = http_base_url(base_url, setting="OPENAI_TTS_BASE_URL")
         self.url = f"{self.base_url}/audio/speech"
         self.api_key = api_key or None
         self.model = model

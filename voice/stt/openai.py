@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import httpx
 
-from chat.upstream import LoopClient, status_failure, transport_failure
+from chat.upstream import LoopClient, http_base_url, server_of, status_failure, transport_failure
 from voice.stt.base import STTEngine, STTError, to_wav
 
 _MAX_ERROR_BODY_BYTES = 4096
@@ -32,19 +32,14 @@ class OpenAITranscriptionEngine(STTEngine):
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        try:
-            url = httpx.URL(base_url.strip())
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"OPENAI_STT_BASE_URL is not a URL: {base_url!r}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"OPENAI_STT_BASE_URL must be an http(s) URL, not {base_url!r}")
-        self.url = f"{str(url).rstrip('/')}/audio/transcriptions"
+        base = http_base_url(base_url, setting="OPENAI_STT_BASE_URL")
+        self.url = f"{base}/audio/transcriptions"
         self.model = model
         self.language = language
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         # Where errors point: scheme, host and port, never the key or a path.
-        self._server = f"{url.scheme}://{url.netloc.decode('ascii', 'replace').rpartition('@')[2]}"
+        self._server = server_of(base)
         self._http = LoopClient(
             headers={},
             api_key=api_key or None,

@@ -184,7 +184,7 @@ async def test_speaking_over_a_finished_reply_still_playing_cancels_its_audio(
     try:
         reply_id, start = await ask(ann, "talk")
         assert (await ann.wait_terminal(reply_id))["state"] == "complete"
-        # Speech is made faster than it plays: it has ended here, listeners still play it.
+        # All of it has been sent (up to VOICE_AUDIO_LEAD ahead): listeners still play it.
         await ann.wait_type("audio", state="end", stream=start["stream"], timeout=60)
         await bob.wait_type("audio", state="end", stream=start["stream"], timeout=60)
 

@@ -141,6 +141,17 @@ def make_room(transactional_db: Any) -> Any:
 
 
 @pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis, for tests of several processes (CI sets REDIS_URL)."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        if IN_CI:
+            pytest.fail("REDIS_URL is not set in CI: the multi-process suite needs Redis")
+        pytest.skip("REDIS_URL is not set: multi-process tests need Redis (CI sets it)")
+    return url
+
+
+@pytest.fixture
 def daphne_factory(
     django_db_setup: Any, django_db_blocker: Any, fake_llm_server: FakeOpenAIServer
 ) -> Iterator[Any]:

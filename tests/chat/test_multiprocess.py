@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ import websockets
 from asgiref.sync import sync_to_async
 
 from chat.models import Message
-from tests.conftest import IN_CI
 from tests.support.openai_server import Scenario
 from tests.support.redis_server import RedisServer
 from tests.support.wsclient import RoomClient
@@ -33,16 +31,6 @@ FAST_LEASES = {
     "PARLEY_WORKER_LEASE": "1.5",
     "PARLEY_RESYNC_INTERVAL": "0.5",
 }
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        if IN_CI:
-            pytest.fail("REDIS_URL is not set in CI: the multi-process suite needs Redis")
-        pytest.skip("REDIS_URL is not set: multi-process tests need Redis (CI sets it)")
-    return url
 
 
 @pytest.fixture

@@ -72,9 +72,11 @@ async def listening(daphne, room, token) -> RoomClient:
 
 
 async def ask(client: RoomClient, text: str) -> tuple[str, dict]:
+    mark = len(client.events)
     await client.send(action="send", text=text)
     reply = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
+        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant",
+        start=mark,
     )
     reply_id = reply["message"]["id"]
     start = await client.wait_type("audio", state="start", message_id=reply_id, timeout=60)
@@ -260,3 +262,60 @@ async def test_a_stop_over_http_can_say_what_was_heard(daphne, llm, spoken_room)
         assert gen.message.text.startswith(gen.heard_text)
     finally:
         await ann.close()
+
+
+@pytest.mark.redis
+async def test_a_member_on_another_process_cuts_off_the_reply_where_it_runs(
+    daphne_factory, redis_url, llm, spoken_room
+) -> None:
+    """The reply runs where it was asked (A); its asker listens through B. Speaking on B
+    stops it on A, a live reply and then one whose text has ended but whose audio A is
+    still sending: every listener gets the cancel, and what she heard is kept."""
+    room, ann_token, bob_token = spoken_room
+    a = daphne_factory(REDIS_URL=redis_url)
+    b = daphne_factory(REDIS_URL=redis_url)
+    asker = await listening(a, room, ann_token)
+    ann = await listening(b, room, ann_token)
+    bob = await listening(b, room, bob_token)
+    try:
+        llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
+        reply_id, start = await ask(asker, "talk")
+        await bob.wait_type("audio", state="start", stream=start["stream"], timeout=60)
+        await ann.send(action="played", stream=start["stream"], ms=900)
+        await ann.send(action="speech", state="start", sample_rate=16000, id="a")
+        stopped = await bob.wait_terminal(reply_id)
+        assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
+        await bob.wait_type("audio", state="cancel", stream=start["stream"])
+        await ann.send(action="speech", state="cancel")
+        gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
+        assert gen.heard_ms == 900
+        assert gen.heard_text is not None
+
+        # Complete, with seconds of audio still to go out from A at the pace it plays.
+        llm.set_default(Scenario.normal(["A first sentence here. "] * 6))
+        reply_id, start = await ask(asker, "again")
+        assert (await bob.wait_terminal(reply_id, timeout=60))["state"] == "complete"
+        await bob.wait_for(lambda e: e.get("type") == "audio" and e["stream"] == start["stream"])
+        await ann.send(action="played", stream=start["stream"], ms=1200)
+        await ann.send(action="speech", state="start", sample_rate=16000, id="b")
+        await bob.wait_type("audio", state="cancel", stream=start["stream"], timeout=30)
+        await ann.send(action="ping", id="after")
+        await ann.wait_type("pong", id="after")
+        # A cancelled its speech: no `end` follows the cancel.
+        assert not [
+            e
+            for e in bob.events
+            if e.get("type") == "audio"
+            and e.get("state") == "end"
+            and e["stream"] == start["stream"]
+        ]
+        gen = await sync_to_async(Generation.objects.select_related("message").get)(
+            message_id=int(reply_id)
+        )
+        assert gen.heard_ms == 1200
+        assert gen.heard_text
+        assert gen.message.status == "complete"
+        assert len(gen.heard_text) < len(gen.message.text)
+    finally:
+        for client in (asker, ann, bob):
+            await client.close()

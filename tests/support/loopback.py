@@ -175,51 +175,22 @@ class Connection:
         await self.close()
 
 
-class LoopbackHTTPServer:
-    """An HTTP/1.1 server on 127.0.0.1 (``asyncio.start_server``, no extra dependency).
+class ServedInThread:
+    """A server that runs in the test's loop (``async with``) or in a daemon thread.
 
-    Runs in the test's loop (``async with``) or in a daemon thread (``with``, or
-    ``start()``/``stop()``, for a separate daphne process to reach). Subclasses answer
-    requests in ``_serve_one`` and may note closed connections in ``connection_closed``.
+    Subclasses give ``astart`` (listen, return ``self``) and ``astop``; this gives the rest:
+    ``async with``, and ``with`` or ``start()``/``stop()`` for a separate daphne process
+    to reach, through a :class:`ThreadRunner` with its own event loop.
     """
 
-    def __init__(self, *, name: str, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[Connection] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._connection_ids = itertools.count(1)
+    def __init__(self, name: str) -> None:
         self._runner = ThreadRunner(name, self.astart, self.astop)
 
-    async def _serve_one(self, conn: Connection) -> bool:
-        """Answer one request; False when the connection should close."""
+    async def astart(self) -> Self:
         raise NotImplementedError
 
-    def connection_closed(self, conn: Connection) -> None:
-        """The client (or the server) closed ``conn``."""
-
-    async def astart(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
     async def astop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        # Hang up on every client; each handler then sees its connection closed and ends
-        # on its own (cancelling them trips a Python 3.11 asyncio bug that logs noise).
-        for conn in list(self._connections):
-            await conn.aclose()
-        handlers = list(self._handlers)
-        if handlers:
-            _, stuck = await asyncio.wait(handlers, timeout=START_TIMEOUT)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        raise NotImplementedError
 
     async def __aenter__(self) -> Self:
         return await self.astart()
@@ -250,6 +221,53 @@ class LoopbackHTTPServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LoopbackHTTPServer(ServedInThread):
+    """An HTTP/1.1 server on 127.0.0.1 (``asyncio.start_server``, no extra dependency).
+
+    Runs in the test's loop (``async with``) or in a daemon thread (``with``, or
+    ``start()``/``stop()``, for a separate daphne process to reach). Subclasses answer
+    requests in ``_serve_one`` and may note closed connections in ``connection_closed``.
+    """
+
+    def __init__(self, *, name: str, host: str, port: int) -> None:
+        super().__init__(name)
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._connections: set[Connection] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._connection_ids = itertools.count(1)
+
+    async def _serve_one(self, conn: Connection) -> bool:
+        """Answer one request; False when the connection should close."""
+        raise NotImplementedError
+
+    def connection_closed(self, conn: Connection) -> None:
+        """The client (or the server) closed ``conn``."""
+
+    async def astart(self) -> Self:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def astop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Hang up on every client; each handler then sees its connection closed and ends
+        # on its own (cancelling them trips a Python 3.11 asyncio bug that logs noise).
+        for conn in list(self._connections):
+            await conn.aclose()
+        handlers = list(self._handlers)
+        if handlers:
+            _, stuck = await asyncio.wait(handlers, timeout=START_TIMEOUT)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -26,17 +26,15 @@ and their ``await_*`` forms.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from tests.support.loopback import Connection, LoopbackHTTPServer
-from tests.support.tts.common import Waiter, read_request, send_json, tone, wav_header
+from tests.support.loopback import Connection
+from tests.support.tts.common import RecordingServer, read_request, send_json, tone, wav_header
 
 #: The rate of OpenAI's ``pcm`` format.
 PCM_SAMPLE_RATE = 24000
@@ -106,7 +104,7 @@ class SpeechRequest:
     closed_by: Literal["client", "server"] | None = None
 
 
-class FakeSpeechServer(LoopbackHTTPServer):
+class FakeSpeechServer(RecordingServer[SpeechRequest]):
     def __init__(
         self,
         default: SpeechScenario | None = None,
@@ -119,8 +117,6 @@ class FakeSpeechServer(LoopbackHTTPServer):
         self.api_key = api_key
         self._default = default or SpeechScenario.normal()
         self._queue: deque[SpeechScenario] = deque()
-        self._requests: list[SpeechRequest] = []
-        self._waiter = Waiter()
 
     @property
     def base_url(self) -> str:
@@ -136,49 +132,7 @@ class FakeSpeechServer(LoopbackHTTPServer):
         with self._waiter.cond:
             self._queue.extend(scenarios)
 
-    @property
-    def requests(self) -> list[SpeechRequest]:
-        with self._waiter.cond:
-            return [replace(r, headers=dict(r.headers)) for r in self._requests]
-
-    def request(self, index: int) -> SpeechRequest:
-        with self._waiter.cond:
-            return replace(self._requests[index])
-
-    def _wait_on(
-        self, index: int, ready: Callable[[SpeechRequest], bool], what: str, timeout: float
-    ) -> SpeechRequest:
-        def check() -> SpeechRequest | None:
-            if len(self._requests) > index and ready(self._requests[index]):
-                return replace(self._requests[index])
-            return None
-
-        return self._waiter.wait(check, timeout, f"request {index}: {what}")
-
-    def wait_request(self, index: int = 0, timeout: float = 5.0) -> SpeechRequest:
-        return self._wait_on(index, lambda r: True, "arrive", timeout)
-
-    def wait_finished(self, index: int = 0, timeout: float = 5.0) -> SpeechRequest:
-        return self._wait_on(index, lambda r: r.finished, "finish", timeout)
-
-    def wait_disconnect(self, index: int = 0, timeout: float = 5.0) -> SpeechRequest:
-        return self._wait_on(index, lambda r: r.disconnected_at is not None, "disconnect", timeout)
-
-    async def await_request(self, index: int = 0, timeout: float = 5.0) -> SpeechRequest:
-        return await asyncio.to_thread(self.wait_request, index, timeout)
-
-    async def await_disconnect(self, index: int = 0, timeout: float = 5.0) -> SpeechRequest:
-        return await asyncio.to_thread(self.wait_disconnect, index, timeout)
-
     # -- running -------------------------------------------------------------------------
-
-    def connection_closed(self, conn: Connection) -> None:
-        with self._waiter.cond:
-            for r in self._requests:
-                if r.connection == conn.ident and r.disconnected_at is None:
-                    r.disconnected_at = conn.closed_at
-                    r.closed_by = "server" if conn.closing_by_server else "client"
-            self._waiter.cond.notify_all()
 
     async def _serve_one(self, conn: Connection) -> bool:
         request = await read_request(conn)

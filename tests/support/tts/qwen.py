@@ -16,9 +16,9 @@ Both want the same bearer key (``api_key``). Their modules say what each does.
 
 from __future__ import annotations
 
-from types import TracebackType
+from typing import Self
 
-from tests.support.loopback import ThreadRunner
+from tests.support.loopback import ServedInThread
 from tests.support.tts.qwen_http import (
     GENERATION_PATH,
     QWEN_SAMPLE_RATE,
@@ -35,7 +35,7 @@ from tests.support.tts.qwen_realtime import (
 )
 
 
-class FakeQwenServer:
+class FakeQwenServer(ServedInThread):
     def __init__(
         self,
         default: QwenScenario | None = None,
@@ -45,12 +45,12 @@ class FakeQwenServer:
         realtime_model: str | None = None,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__("fake-qwen-server")
         self.api_key = api_key
         self.http = QwenHTTPServer(default, api_key=api_key, host=host)
         self.realtime = QwenRealtimeServer(
             realtime_default, api_key=api_key, model=realtime_model, host=host
         )
-        self._runner = ThreadRunner("fake-qwen-server", self.astart, self.astop)
 
     @property
     def base_url(self) -> str:
@@ -64,7 +64,7 @@ class FakeQwenServer:
     def protocol_errors(self) -> list[str]:
         return self.realtime.protocol_errors
 
-    async def astart(self) -> FakeQwenServer:
+    async def astart(self) -> Self:
         await self.http.astart()
         await self.realtime.astart()
         return self
@@ -72,35 +72,6 @@ class FakeQwenServer:
     async def astop(self) -> None:
         await self.realtime.astop()
         await self.http.astop()
-
-    async def __aenter__(self) -> FakeQwenServer:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
-
-    def start(self) -> FakeQwenServer:
-        self._runner.start()
-        return self
-
-    def stop(self) -> None:
-        self._runner.stop()
-
-    def __enter__(self) -> FakeQwenServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 __all__ = [

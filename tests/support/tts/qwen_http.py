@@ -34,7 +34,6 @@ and their ``await_*`` forms.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import http
 import itertools
@@ -42,12 +41,11 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from tests.support.loopback import Connection, LoopbackHTTPServer
-from tests.support.tts.common import Waiter, read_request, send_json, tone, wav_header
+from tests.support.loopback import Connection
+from tests.support.tts.common import RecordingServer, read_request, send_json, tone, wav_header
 
 #: The rate of everything the fake speaks (the service's for qwen3-tts).
 QWEN_SAMPLE_RATE = 24000
@@ -158,7 +156,7 @@ def dashscope_error(code: str, message: str) -> dict[str, str]:
     return {"code": code, "message": message, "request_id": str(uuid.uuid4())}
 
 
-class QwenHTTPServer(LoopbackHTTPServer):
+class QwenHTTPServer(RecordingServer[QwenRequest]):
     """The HTTP API and the audio files' store, on one port."""
 
     def __init__(
@@ -173,8 +171,6 @@ class QwenHTTPServer(LoopbackHTTPServer):
         self.api_key = api_key
         self._default = default or QwenScenario.normal()
         self._queue: deque[QwenScenario] = deque()
-        self._requests: list[QwenRequest] = []
-        self._waiter = Waiter()
         self._files: dict[str, _File] = {}
 
     @property
@@ -195,54 +191,7 @@ class QwenHTTPServer(LoopbackHTTPServer):
         with self._waiter.cond:
             return self._queue.popleft() if self._queue else self._default
 
-    # -- what it saw: HTTP ---------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[QwenRequest]:
-        with self._waiter.cond:
-            return [replace(r, headers=dict(r.headers)) for r in self._requests]
-
-    def request(self, index: int) -> QwenRequest:
-        with self._waiter.cond:
-            return replace(self._requests[index], headers=dict(self._requests[index].headers))
-
-    def _wait_on(
-        self, index: int, ready: Callable[[QwenRequest], bool], what: str, timeout: float
-    ) -> QwenRequest:
-        def check() -> QwenRequest | None:
-            if len(self._requests) > index and ready(self._requests[index]):
-                return replace(self._requests[index])
-            return None
-
-        return self._waiter.wait(check, timeout, f"request {index}: {what}")
-
-    def wait_request(self, index: int = 0, timeout: float = 5.0) -> QwenRequest:
-        return self._wait_on(index, lambda r: True, "arrive", timeout)
-
-    def wait_finished(self, index: int = 0, timeout: float = 5.0) -> QwenRequest:
-        return self._wait_on(index, lambda r: r.finished, "finish", timeout)
-
-    def wait_disconnect(self, index: int = 0, timeout: float = 5.0) -> QwenRequest:
-        return self._wait_on(index, lambda r: r.disconnected_at is not None, "disconnect", timeout)
-
-    async def await_request(self, index: int = 0, timeout: float = 5.0) -> QwenRequest:
-        return await asyncio.to_thread(self.wait_request, index, timeout)
-
-    async def await_finished(self, index: int = 0, timeout: float = 5.0) -> QwenRequest:
-        return await asyncio.to_thread(self.wait_finished, index, timeout)
-
-    async def await_disconnect(self, index: int = 0, timeout: float = 5.0) -> QwenRequest:
-        return await asyncio.to_thread(self.wait_disconnect, index, timeout)
-
     # -- running -------------------------------------------------------------------------
-
-    def connection_closed(self, conn: Connection) -> None:
-        with self._waiter.cond:
-            for r in self._requests:
-                if r.connection == conn.ident and r.disconnected_at is None:
-                    r.disconnected_at = conn.closed_at
-                    r.closed_by = "server" if conn.closing_by_server else "client"
-            self._waiter.cond.notify_all()
 
     async def _serve_one(self, conn: Connection) -> bool:
         request = await read_request(conn)

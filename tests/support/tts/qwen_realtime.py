@@ -38,11 +38,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tests.support.tts.common import Waiter, tone
+from tests.support.tts.common import WebSocketFake, tone
 from tests.support.tts.qwen_http import QWEN_SAMPLE_RATE, dashscope_error
 
 REALTIME_PATH = "/api-ws/v1/realtime"
@@ -144,7 +144,7 @@ class _Session:
     finishing: bool = False
 
 
-class QwenRealtimeServer:
+class QwenRealtimeServer(WebSocketFake):
     """The realtime WebSocket API: one session per connection."""
 
     def __init__(
@@ -156,19 +156,15 @@ class QwenRealtimeServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(name="fake-qwen-realtime", host=host, port=port)
         self.api_key = api_key
         self.model = model  # if set, the handshake's ?model= must be it
-        self.host = host
-        self.port = port
         self._default = default or QwenRealtimeScenario.normal()
         self._queue: deque[QwenRealtimeScenario] = deque()
         self._events: list[QwenEvent] = []
         self._sent: list[tuple[int, str]] = []
         self._sockets: list[QwenSocket] = []
-        self._protocol_errors: list[str] = []
-        self._waiter = Waiter()
         self._ids = itertools.count(1)
-        self._server: Server | None = None
 
     @property
     def url(self) -> str:
@@ -204,11 +200,6 @@ class QwenRealtimeServer:
         with self._waiter.cond:
             return [replace(c, headers=dict(c.headers)) for c in self._sockets]
 
-    @property
-    def protocol_errors(self) -> list[str]:
-        with self._waiter.cond:
-            return list(self._protocol_errors)
-
     def wait_events(self, kind: str, count: int = 1, timeout: float = 5.0) -> list[QwenEvent]:
         def ready() -> list[QwenEvent] | None:
             found = [e for e in self._events if e.type == kind]
@@ -243,21 +234,6 @@ class QwenRealtimeServer:
     async def await_closed(self, socket: int, timeout: float = 5.0) -> QwenSocket:
         return await asyncio.to_thread(self.wait_closed, socket, timeout)
 
-    # -- running -------------------------------------------------------------------------
-
-    async def astart(self) -> QwenRealtimeServer:
-        self._server = await serve(
-            self._handle, self.host, self.port, process_request=self._check_handshake
-        )
-        self.port = next(iter(self._server.sockets)).getsockname()[1]
-        return self
-
-    async def astop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
     # -- the protocol --------------------------------------------------------------------
 
     def _check_handshake(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -277,11 +253,6 @@ class QwenRealtimeServer:
         response = ws.respond(http.HTTPStatus(status), json.dumps(dashscope_error(code, message)))
         response.headers["Content-Type"] = "application/json"
         return response
-
-    def _protocol_error(self, message: str) -> None:
-        with self._waiter.cond:
-            self._protocol_errors.append(message)
-            self._waiter.cond.notify_all()
 
     async def _send(self, to: _Session, kind: str, /, **fields: Any) -> None:
         event = {"event_id": f"event_{uuid.uuid4().hex[:21]}", "type": kind, **fields}

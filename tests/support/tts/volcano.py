@@ -42,16 +42,14 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 from typing import Any, Literal
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from tests.support.loopback import ThreadRunner
-from tests.support.tts.common import Waiter, tone
+from tests.support.tts.common import WebSocketFake, tone
 
 # Events, from the vendor's table "Event 定义" (see voice/engines/volcano/).
 START_CONNECTION = 1
@@ -233,7 +231,7 @@ def _meta(status_code: int, message: str) -> bytes:
     return json.dumps({"status_code": status_code, "message": message}).encode()
 
 
-class FakeVolcanoServer:
+class FakeVolcanoServer(WebSocketFake):
     def __init__(
         self,
         default: VolcanoScenario | None = None,
@@ -245,23 +243,17 @@ class FakeVolcanoServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(name="fake-volcano-server", host=host, port=port)
         self.app_key = app_key
         self.access_key = access_key
         self.resource_id = resource_id
         self.fail_connection = fail_connection
-        self.host = host
-        self.port = port
         self._default = default or VolcanoScenario.normal()
         self._queue: deque[VolcanoScenario] = deque()
         self._frames: list[VolcanoFrame] = []
         self._sent: list[tuple[int, int, str | None]] = []
         self._connections: list[VolcanoConnection] = []
-        self._protocol_errors: list[str] = []
-        self._waiter = Waiter()
         self._ids = itertools.count(1)
-        self._server: Server | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner = ThreadRunner("fake-volcano-server", self.astart, self.astop)
 
     @property
     def url(self) -> str:
@@ -296,11 +288,6 @@ class FakeVolcanoServer:
     def connections(self) -> list[VolcanoConnection]:
         with self._waiter.cond:
             return [replace(c, headers=dict(c.headers)) for c in self._connections]
-
-    @property
-    def protocol_errors(self) -> list[str]:
-        with self._waiter.cond:
-            return list(self._protocol_errors)
 
     def wait_frames(self, event: int, count: int = 1, timeout: float = 5.0) -> list[VolcanoFrame]:
         """Block until ``count`` frames of ``event`` have arrived; return them all."""
@@ -360,49 +347,6 @@ class FakeVolcanoServer:
                 *(ws.close() for ws in self._server.connections), return_exceptions=True
             )
 
-    async def astart(self) -> FakeVolcanoServer:
-        self._loop = asyncio.get_running_loop()
-        self._server = await serve(
-            self._handle, self.host, self.port, process_request=self._check_handshake
-        )
-        self.port = next(iter(self._server.sockets)).getsockname()[1]
-        return self
-
-    async def astop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> FakeVolcanoServer:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
-
-    def start(self) -> FakeVolcanoServer:
-        self._runner.start()
-        return self
-
-    def stop(self) -> None:
-        self._runner.stop()
-
-    def __enter__(self) -> FakeVolcanoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- the protocol --------------------------------------------------------------------
 
     def _check_handshake(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -421,11 +365,6 @@ class FakeVolcanoServer:
                 )
                 return response
         return None
-
-    def _protocol_error(self, message: str) -> None:
-        with self._waiter.cond:
-            self._protocol_errors.append(message)
-            self._waiter.cond.notify_all()
 
     async def _handle(self, ws: ServerConnection) -> None:
         ident = next(self._ids)

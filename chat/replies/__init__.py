@@ -215,8 +215,8 @@ async def speech_interrupt(
     A reply still being written is stopped (upstream closed, audio ``cancel``). One whose
     text has ended may still be speaking: its speech is cancelled where it is made. One
     whose speech has all been sent still plays at the listeners for up to
-    ``VOICE_AUDIO_LEAD``: they get the ``cancel`` all the same. Either way, what this member had heard
-    by ``heard_ms`` is kept with the reply.
+    ``VOICE_AUDIO_LEAD``: they get the ``cancel`` all the same. Either way, what this
+    member had heard by ``heard_ms`` is kept with the reply.
     """
     message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
     if room_id is not None and message.room_id != room_id:

@@ -30,7 +30,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Final
 
-from voice.segmenter import DEFAULT_FIRST_CUT_CHARS, SentenceSegmenter, clean_for_speech
+from voice.segmenter import (
+    DEFAULT_FIRST_CUT_CHARS,
+    SentenceSegmenter,
+    SpeechTextStream,
+    clean_for_speech,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +256,61 @@ class TTSSession(ABC):
     @abstractmethod
     async def _wait_closed(self) -> None:
         """Wait until the session's background work has ended."""
+
+
+#: Put in a :class:`TextStreamSession`'s outbox when the text is complete.
+FINISH: Final = object()
+
+
+class TextStreamSession(TTSSession):
+    """A realtime session for an engine that takes the text itself as a stream (Volcano,
+    Qwen): fed text, cleaned for speech word by word, waits in an outbox that the
+    engine's background task (``_run``, owned by the engine) sends from; ``FINISH`` ends it.
+    """
+
+    def __init__(self, engine: TTSEngine, *, sample_rate: int | None, name: str) -> None:
+        super().__init__(sample_rate=sample_rate, buffer_chunks=SESSION_BUFFER_CHUNKS)
+        self._cleaner = SpeechTextStream()
+        self._outbox: deque[object] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._finish_sent = False
+        # The timeout around the message being awaited, so that finishing (or cancelling)
+        # can shorten a wait that began while the service could rightly stay silent.
+        self._receiving: asyncio.Timeout | None = None
+        self._task = asyncio.create_task(self._run(), name=name)
+        engine._adopt(self._task)
+
+    @abstractmethod
+    async def _run(self) -> None:
+        """Connect, send the outbox, receive audio into the pipe, until the end."""
+
+    def _feed(self, text: str) -> None:
+        spoken = self._cleaner.feed(text)
+        if spoken:
+            self._post(spoken)
+
+    def _finish(self) -> None:
+        rest = self._cleaner.flush()
+        if rest:
+            self._post(rest)
+        self._post(FINISH)
+
+    async def _wait_closed(self) -> None:
+        await asyncio.wait({self._task})
+        _consume(self._task)
+
+    def _post(self, item: object) -> None:
+        self._outbox.append(item)
+        self._outbox_ready.set()
+
+    def _wait_at_most(self, seconds: float) -> None:
+        receiving = self._receiving
+        if receiving is None:
+            return
+        deadline = asyncio.get_running_loop().time() + seconds
+        current = receiving.when()
+        if current is None or current > deadline:
+            receiving.reschedule(deadline)
 
 
 class SegmentingSession(TTSSession):

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -24,15 +23,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from chat.upstream import clip, disconnect_reason, silence_reason, websocket_failure
 from voice.engines.base import (
-    SESSION_BUFFER_CHUNKS,
+    FINISH,
     PCMChunker,
+    TextStreamSession,
     TTSError,
-    TTSSession,
     internal_error,
 )
 from voice.engines.qwen.engine import SAMPLE_RATE, b64_pcm
 from voice.engines.qwen.errors import AUTH_HINT, SERVICE, dashscope_message, message_from_body
-from voice.segmenter import SpeechTextStream
 
 if TYPE_CHECKING:
     from voice.engines.qwen.engine import QwenEngine
@@ -48,8 +46,6 @@ _PING_INTERVAL: Final = 20.0
 # Closing: websockets waits this long for the service's closing handshake, then drops
 # the TCP connection. The close frame itself goes out at once.
 _CLOSE_TIMEOUT: Final = 1.0
-
-_FINISH: Final = object()
 
 
 def session_config(engine: QwenEngine) -> dict[str, Any]:
@@ -71,56 +67,18 @@ def client_event(kind: str, **fields: Any) -> str:
     return json.dumps(event, ensure_ascii=False)
 
 
-class QwenRealtimeSession(TTSSession):
+class QwenRealtimeSession(TextStreamSession):
     def __init__(self, engine: QwenEngine) -> None:
-        super().__init__(sample_rate=SAMPLE_RATE, buffer_chunks=SESSION_BUFFER_CHUNKS)
         self._engine = engine
-        self._cleaner = SpeechTextStream()
-        self._outbox: deque[object] = deque()
-        self._outbox_ready = asyncio.Event()
-        self._finish_sent = False
-        # The timeout around the event being awaited, so that finishing can shorten a
-        # wait that began while the service could rightly stay silent.
-        self._receiving: asyncio.Timeout | None = None
         self._sender_failed = False
         self._closing = False
-        self._task = asyncio.create_task(self._run(), name="tts-session-qwen")
-        engine._adopt(self._task)
+        super().__init__(engine, sample_rate=SAMPLE_RATE, name="tts-session-qwen")
 
     # -- TTSSession ----------------------------------------------------------------------
-
-    def _feed(self, text: str) -> None:
-        spoken = self._cleaner.feed(text)
-        if spoken:
-            self._post(spoken)
-
-    def _finish(self) -> None:
-        rest = self._cleaner.flush()
-        if rest:
-            self._post(rest)
-        self._post(_FINISH)
 
     async def _cancel(self) -> None:
         # The task's end closes the socket; the service stops speaking when it sees that.
         self._task.cancel()
-
-    async def _wait_closed(self) -> None:
-        await asyncio.wait({self._task})
-        if not self._task.cancelled():
-            self._task.exception()
-
-    def _post(self, item: object) -> None:
-        self._outbox.append(item)
-        self._outbox_ready.set()
-
-    def _wait_at_most(self, seconds: float) -> None:
-        receiving = self._receiving
-        if receiving is None:
-            return
-        deadline = asyncio.get_running_loop().time() + seconds
-        current = receiving.when()
-        if current is None or current > deadline:
-            receiving.reschedule(deadline)
 
     # -- the background task -------------------------------------------------------------
 
@@ -206,7 +164,7 @@ class QwenRealtimeSession(TTSSession):
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
             item = self._outbox.popleft()
-            if item is _FINISH:
+            if item is FINISH:
                 await ws.send(client_event("session.finish"))
                 self._finish_sent = True
                 self._wait_at_most(self._engine.read_timeout)

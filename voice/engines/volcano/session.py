@@ -5,34 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING, Final
 
 from websockets.exceptions import ConnectionClosed
 
 from chat.upstream import disconnect_reason, silence_reason
 from voice.engines.base import (
-    SESSION_BUFFER_CHUNKS,
+    FINISH,
     PCMChunker,
+    TextStreamSession,
     TTSError,
-    TTSSession,
     internal_error,
 )
 from voice.engines.volcano.codec import STATUS_OK, Event, MsgType, client_frame
 from voice.engines.volcano.connection import Connection
 from voice.engines.volcano.errors import SERVICE, frame_error, status_code
-from voice.segmenter import SpeechTextStream
 
 if TYPE_CHECKING:
     from voice.engines.volcano.engine import VolcanoEngine
 
 logger = logging.getLogger(__name__)
 
-_FINISH: Final = object()
 _CANCEL: Final = object()
 
 
-class VolcanoSession(TTSSession):
+class VolcanoSession(TextStreamSession):
     """One reply's speech: one protocol session on a pooled connection.
 
     A background task, owned by the engine, connects (or takes an idle connection),
@@ -43,33 +40,13 @@ class VolcanoSession(TTSSession):
     """
 
     def __init__(self, engine: VolcanoEngine) -> None:
-        super().__init__(sample_rate=engine.sample_rate, buffer_chunks=SESSION_BUFFER_CHUNKS)
         self._engine = engine
         self.session_id = uuid.uuid4().hex
-        self._cleaner = SpeechTextStream()
-        self._outbox: deque[object] = deque()
-        self._outbox_ready = asyncio.Event()
         self._started = False  # SessionStarted received
-        self._finish_sent = False
         self._cancel_sent = False
-        # The timeout around the frame being awaited, so that finish and cancel can
-        # shorten a wait that began while the service could rightly stay silent.
-        self._receiving: asyncio.Timeout | None = None
-        self._task = asyncio.create_task(self._run(), name="tts-session-volcano")
-        engine._adopt(self._task)
+        super().__init__(engine, sample_rate=engine.sample_rate, name="tts-session-volcano")
 
     # -- TTSSession ----------------------------------------------------------------------
-
-    def _feed(self, text: str) -> None:
-        spoken = self._cleaner.feed(text)
-        if spoken:
-            self._post(spoken)
-
-    def _finish(self) -> None:
-        rest = self._cleaner.flush()
-        if rest:
-            self._post(rest)
-        self._post(_FINISH)
 
     async def _cancel(self) -> None:
         if not self._started:
@@ -78,24 +55,6 @@ class VolcanoSession(TTSSession):
             return
         self._post(_CANCEL)
         self._wait_at_most(self._engine.cancel_timeout)
-
-    async def _wait_closed(self) -> None:
-        await asyncio.wait({self._task})
-        if not self._task.cancelled():
-            self._task.exception()
-
-    def _post(self, item: object) -> None:
-        self._outbox.append(item)
-        self._outbox_ready.set()
-
-    def _wait_at_most(self, seconds: float) -> None:
-        receiving = self._receiving
-        if receiving is None:
-            return
-        deadline = asyncio.get_running_loop().time() + seconds
-        current = receiving.when()
-        if current is None or current > deadline:
-            receiving.reschedule(deadline)
 
     # -- the background task -------------------------------------------------------------
 
@@ -190,7 +149,7 @@ class VolcanoSession(TTSSession):
                     self._cancel_sent = True
                     await conn.send(client_frame(Event.CANCEL_SESSION, {}, self.session_id))
                 return
-            if item is _FINISH:
+            if item is FINISH:
                 if not self._cancel_sent and not self._finish_sent:
                     self._finish_sent = True
                     await conn.send(client_frame(Event.FINISH_SESSION, {}, self.session_id))

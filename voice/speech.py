@@ -25,6 +25,7 @@ import contextlib
 import logging
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,8 @@ class ReplySpeech:
     mode: str
     stats: SpeechStats = field(default_factory=SpeechStats)
     marks: SpeechMarks = field(default_factory=SpeechMarks)
+    # Awaited when the speech has been made in full, before its `end` goes out.
+    before_end: Callable[[], Awaitable[None]] | None = None
     fed_chars: int = 0
     _text: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     _playing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -214,6 +217,8 @@ class ReplySpeech:
                         feeder.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await feeder
+            if self.before_end is not None:
+                await self.before_end()  # the record is complete once members hear `end`
             if self._started:
                 await self._emit(
                     {

@@ -365,6 +365,24 @@ class ReplyRun:
     async def _speak(self, speech: ReplySpeech) -> None:
         """Run the reply's speech to its end, then record its timings (owned by the
         manager: the audio may go on after the reply's text has ended)."""
+        saved = False
+
+        async def save() -> None:
+            nonlocal saved
+            saved = True
+            stats = speech.stats
+            await database_sync_to_async(db.save_speech)(
+                self.message_id,
+                mode=speech.mode,
+                first_audio_at=stats.first_audio_at,
+                audio_seconds=stats.audio_seconds,
+                synthesis_seconds=stats.synthesis_seconds,
+                marks=speech.marks.marks,
+            )
+
+        # Saved before `end` goes out when spoken in full (so a member who has the `end`
+        # finds the record), else once the speech has stopped.
+        speech.before_end = save
         task = speech.start()
         # Registered until its marks are stored: whoever cuts it off finds it here, or
         # finds its marks in the database.
@@ -376,15 +394,8 @@ class ReplyRun:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise  # we are being shut down, not just the speech stopped
-            stats = speech.stats
-            await database_sync_to_async(db.save_speech)(
-                self.message_id,
-                mode=speech.mode,
-                first_audio_at=stats.first_audio_at,
-                audio_seconds=stats.audio_seconds,
-                synthesis_seconds=stats.synthesis_seconds,
-                marks=speech.marks.marks,
-            )
+            if not saved:
+                await save()
         finally:
             if self.manager.speaking.get(self.message_id) is speech:
                 del self.manager.speaking[self.message_id]

@@ -149,7 +149,7 @@ class BearerTokenAuthMiddleware:
     A handshake with the header skips the session stack altogether (one thread hop for the
     token, none for an empty session); one without it goes through Channels'
     AuthMiddlewareStack for the session user. A header with a bad token leaves the
-    connection anonymous; the consumer then closes with 4401 (PROTOCOL.md section 5).
+    connection anonymous; the consumer then closes with 4401 (docs/protocol.md "WebSocket").
     """
 
     def __init__(self, inner: Any) -> None:

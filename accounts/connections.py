@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 from django.conf import settings
 
 from chat.errors import TooManyConnections
+from core import contract
 
-# WebSocket close code for a refused connection (PROTOCOL.md section 5).
-CLOSE_TOO_MANY_CONNECTIONS = 4429
+# WebSocket close code for a refused connection (docs/protocol.md "WebSocket").
+CLOSE_TOO_MANY_CONNECTIONS = contract.TOO_MANY_CONNECTIONS.code
 
 _held: Counter[int] = Counter()
 

@@ -15,7 +15,7 @@ class BearerTokenMiddleware:
     """A bearer token sets ``request.user`` and exempts the request from CSRF.
 
     CSRF protects cookies a browser sends on its own; a bearer token is never sent
-    implicitly, so token requests are exempt (PROTOCOL.md section 1). A token that is
+    implicitly, so token requests are exempt (docs/protocol.md "Identity"). A token that is
     wrong is answered 401 at once rather than silently falling back to the session.
     """
 

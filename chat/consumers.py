@@ -1,7 +1,7 @@
-"""The room WebSocket (PROTOCOL.md section 5). Thin: parse, check, call a service.
+"""The room WebSocket (docs/protocol.md "WebSocket"). Thin: parse, check, call a service.
 
 Room events do not come through the channel layer to each connection: the process's
-``RoomChannel`` (chat/events/delivery.py) receives each event once and writes it, encoded
+``RoomChannel`` (chat/events/delivery/channel.py) receives each event once and writes it, encoded
 once, to every local subscriber. This consumer opens and closes its ``Subscription`` and
 handles the client's frames; the SSE view uses the same ``Subscription``.
 """
@@ -21,40 +21,24 @@ from django.contrib.auth.models import User
 
 from accounts.auth import token_id_of
 from chat import redis as redis_conn
-from chat.errors import (
-    BadJson,
-    BadRequest,
-    Forbidden,
-    NotFound,
-    ParleyError,
-    RateLimited,
-    SpeechTooLong,
-)
+from chat.errors import BadJson, BadRequest, Forbidden, NotFound, ParleyError, RateLimited
 from chat.events import StoreUnavailable, room_live_emit
 from chat.events.delivery import Subscription, WebSocketSubscriber, admit
 from chat.events.frames import Frame
+from chat.extensions import EXTENSIONS
 from chat.models import Room
-from chat.ratelimit import send_allow
-from chat.replies import get_manager, message_send, reply_control, speech_interrupt
-from voice.conversation import (
-    PCM_FORMAT,
-    Playback,
-    Utterance,
-    barge_in,
-    parse_played,
-    parse_sample_rate,
-    speech_send,
-)
+from chat.replies import message_send, reply_control
+from core import contract
 
 logger = logging.getLogger(__name__)
 
-# Close codes (PROTOCOL.md section 5).
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_NOT_MEMBER = 4403
-CLOSE_NO_ROOM = 4404
-CLOSE_TOO_BIG = 1009
+# Close codes (docs/protocol.md "Close codes"; their one home is core/contract.py).
+CLOSE_UNAUTHENTICATED = contract.UNAUTHENTICATED.code
+CLOSE_NOT_MEMBER = contract.NOT_MEMBER.code
+CLOSE_NO_ROOM = contract.NO_ROOM.code
+CLOSE_TOO_BIG = contract.TOO_BIG.code
 # The store is unreachable (Redis restarting): "try again later" (RFC 6455 section 7.4.1).
-CLOSE_TRY_AGAIN = 1013
+CLOSE_TRY_AGAIN = contract.TRY_AGAIN.code
 
 # A typing indicator lasts a few seconds on screen; relaying more than one per second
 # per connection adds nothing but traffic.
@@ -70,10 +54,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     room: Room
     subscription: Subscription | None = None
     sub: WebSocketSubscriber
-    # The utterance being spoken (between `speech start` and `end`), and how far this
-    # connection has played each reply's audio (`played` reports).
-    utterance: Utterance | None = None
-    playback: Playback | None = None  # made at the first report: most members never play
+    # State of the extensions' actions (chat/extensions.py), made when first needed.
+    state: dict[str, Any]
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch makes a thread-pool hop (aclose_old_connections) before every
@@ -86,6 +68,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.last_typing = 0.0
+        self.state = {}
         user = self.scope.get("user")
         # Accept first so the client can read the close code (a close before accept is
         # an HTTP 403 to the browser, with no code).
@@ -112,16 +95,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
         )
         subscription = Subscription(room=self.room, sub=self.sub, after=after)
         try:
-            await get_manager().ensure_started()
             hello = await subscription.open()
         except (StoreUnavailable, *redis_conn.UNAVAILABLE):
             await subscription.close()
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         self.subscription = subscription
-        await self._send_json(hello)
+        await self.send_json(hello)
         if after_error:
-            await self._error("bad_request", after_error, None)
+            await self.error("bad_request", after_error, None)
         try:
             await subscription.start()
         except StoreUnavailable:
@@ -143,13 +125,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         request_id = None
         try:
             if text_data is None:
-                if self.utterance is None:
-                    raise BadRequest("binary frames are speech audio: send speech start first")
-                try:
-                    self.utterance.add(bytes_data or b"")
-                except SpeechTooLong:
-                    request_id, self.utterance = self.utterance.request_id, None
-                    raise
+                if EXTENSIONS.binary is None:
+                    raise BadRequest("binary frames are not accepted here")
+                await EXTENSIONS.binary(self, bytes_data or b"")
                 return
             try:
                 frame = json.loads(text_data)
@@ -165,12 +143,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
             if not isinstance(action, str):
                 raise BadRequest("action is required")
             handler = getattr(self, f"action_{action}", None) if action.isidentifier() else None
-            if handler is None:
-                await self._error("unknown_action", f"unknown action {action[:40]!r}", request_id)
+            if handler is not None:
+                await handler(frame, request_id)
                 return
-            await handler(frame, request_id)
+            extension = EXTENSIONS.actions.get(action)
+            if extension is None:
+                await self.error("unknown_action", f"unknown action {action[:40]!r}", request_id)
+                return
+            await extension(self, frame, request_id)
         except RateLimited as exc:
-            await self._send_json(
+            await self.send_json(
                 {
                     "type": "error",
                     "code": exc.code,
@@ -180,10 +162,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 }
             )
         except ParleyError as exc:
-            await self._error(exc.code, exc.detail, request_id)
+            await self.error(exc.code, exc.detail, request_id)
         except Exception:
             logger.exception("room %s: action failed", self.room.pk)
-            await self._error("internal", "something went wrong; try again", request_id)
+            await self.error("internal", "something went wrong; try again", request_id)
 
     async def action_send(self, frame: dict[str, Any], request_id: object) -> None:
         await message_send(
@@ -202,16 +184,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if action != "stop":
             await reply_control(user=self.user, message_id=message_id, action=action)
             return
-        # A stop keeps what this member heard of the reply (their `played` reports), and
-        # also cuts off a reply whose text has ended while its audio still plays.
-        stream = _stream_of(message_id)
+        # A stop keeps what this member heard of the reply (voice: their `played`
+        # reports), and also cuts off a reply whose text has ended while its audio plays.
         heard_ms = None
-        if stream is not None and self.playback is not None:
-            heard_ms = self.playback.heard_ms(stream)
-        if heard_ms is None:
+        if EXTENSIONS.heard_ms is not None:
+            heard_ms = EXTENSIONS.heard_ms(self, message_id)
+        if heard_ms is None or EXTENSIONS.stop_heard is None:
             await reply_control(user=self.user, message_id=message_id, action=action)
             return
-        await speech_interrupt(
+        await EXTENSIONS.stop_heard(
             user=self.user, message_id=message_id, heard_ms=heard_ms, room_id=self.room.pk
         )
 
@@ -239,75 +220,20 @@ class RoomConsumer(AsyncWebsocketConsumer):
         enabled = frame.get("enabled")
         if not isinstance(enabled, bool):
             raise BadRequest("enabled must be true or false")
-        if self.sub.room is not None:
-            self.sub.room.set_audio(self.sub, enabled)
-
-    async def action_played(self, frame: dict[str, Any], request_id: object) -> None:
-        stream, ms = parse_played(frame)
-        if self.playback is None:
-            self.playback = Playback()
-        self.playback.report(stream, ms)
-
-    async def action_speech(self, frame: dict[str, Any], request_id: object) -> None:
-        state = frame.get("state")
-        if state == "start":
-            if frame.get("format", PCM_FORMAT) != PCM_FORMAT:
-                raise BadRequest(f"format must be {PCM_FORMAT}")
-            sample_rate = parse_sample_rate(frame.get("sample_rate", 16000))
-            await send_allow(user_id=self.user.pk)  # one utterance takes one send's turn
-            self.utterance = Utterance(sample_rate=sample_rate, request_id=request_id)
-            await self._send_json({"type": "speech", "state": "listening", "id": request_id})
-            # Speaking over a reply that is being spoken stops it (barge-in).
-            await barge_in(user=self.user, room=self.room, playback=self.playback or Playback())
-        elif state == "end":
-            utterance, self.utterance = self.utterance, None
-            if utterance is None:
-                raise BadRequest("no speech was started")
-            message, _reply = await speech_send(
-                user=self.user,
-                room=self.room,
-                pcm=bytes(utterance.pcm),
-                sample_rate=utterance.sample_rate,
-                client_id=frame.get("client_id"),
-                ask_ai=frame.get("ask_ai"),
-                voice=frame.get("voice"),
-                rate_checked=True,
-            )
-            await self._send_json(
-                {
-                    "type": "speech",
-                    "state": "transcribed",
-                    "id": request_id,
-                    "text": message["text"],
-                    "message_id": message["id"],
-                }
-            )
-        elif state == "cancel":
-            self.utterance = None
-            await self._send_json({"type": "speech", "state": "cancelled", "id": request_id})
-        else:
-            raise BadRequest("state must be start, end or cancel")
+        if self.subscription is not None:
+            self.subscription.set_audio(enabled)
 
     async def action_ping(self, frame: dict[str, Any], request_id: object) -> None:
-        await self._send_json({"type": "pong", "id": request_id})
+        await self.send_json({"type": "pong", "id": request_id})
 
     # --- sending ---
 
-    async def _send_json(self, event: dict[str, Any]) -> None:
+    async def send_json(self, event: dict[str, Any]) -> None:
         # The same write path as room events (a prepared frame, written at once).
         await self.base_send(Frame(event).ws)
 
-    async def _error(self, code: str, detail: str, request_id: object) -> None:
-        await self._send_json({"type": "error", "code": code, "detail": detail, "id": request_id})
-
-
-def _stream_of(message_id: str | int) -> int | None:
-    """The audio stream id of reply ``message_id`` (voice/speech.py), if it is one."""
-    if isinstance(message_id, str):
-        if not (message_id.isascii() and message_id.isdigit() and len(message_id) <= 18):
-            return None
-        message_id = int(message_id)
-    return message_id & 0xFFFFFFFF if message_id > 0 else None
+    async def error(self, code: str, detail: str, request_id: object) -> None:
+        await self.send_json({"type": "error", "code": code, "detail": detail, "id": request_id})
 
 
 def _parse_after(query_string: bytes) -> tuple[int | None, str | None]:

@@ -1,4 +1,4 @@
-"""The error codes of PROTOCOL.md section 5, shared by every transport.
+"""The error codes of docs/protocol.md "WebSocket", shared by every transport.
 
 Services raise these; the WebSocket consumer turns them into ``error`` frames, the HTTP
 views into JSON bodies with the status below.

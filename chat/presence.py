@@ -13,12 +13,12 @@ import bisect
 import contextlib
 import logging
 import time
-import weakref
 from collections import Counter
 
 from django.conf import settings
 
 from chat import redis as redis_conn
+from chat.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ class Presence:
                 logger.warning("presence unavailable: %s", exc)
         return sorted(names)
 
+    async def aclose(self) -> None:
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+
     def _expiry(self) -> float:
         return time.time() + settings.PARLEY_WORKER_LEASE
 
@@ -143,16 +149,7 @@ class Presence:
                 logger.warning("presence refresh failed: %s", exc)
 
 
-_presence: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Presence] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def get_presence() -> Presence:
-    from chat.replies import get_manager
-
-    loop = asyncio.get_running_loop()
-    presence = _presence.get(loop)
-    if presence is None:
-        presence = _presence[loop] = Presence(get_manager().worker_id)
-    return presence
+    """This event loop's presence, a part of its runtime (chat/runtime.py), recorded under
+    the runtime's worker id."""
+    return get_runtime().part(Presence, lambda runtime: Presence(runtime.worker_id))

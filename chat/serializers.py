@@ -1,4 +1,4 @@
-"""Wire shapes of PROTOCOL.md section 2: the Room and Message objects."""
+"""Wire shapes of docs/protocol.md "Objects": the Room and Message objects."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Server-sent events: the room's event stream without a WebSocket (PROTOCOL.md section 5).
+"""Server-sent events: the room's event stream without a WebSocket (docs/protocol.md
+"Server-sent events").
 
 The stream is an async generator served by Django under ASGI: no thread per listener, no
 database query per event. It opens the same ``Subscription`` as a WebSocket connection
-(chat/events/delivery.py), so ordering, gap filling, replay and the bounded outbound
+(chat/events/delivery/), so ordering, gap filling, replay and the bounded outbound
 buffer behave identically; its frames arrive already encoded as SSE blocks. When the
 client goes away Django cancels the generator; its ``finally`` leaves the room.
 """
@@ -23,8 +24,7 @@ from chat.events import StoreUnavailable
 from chat.events.delivery import SseSubscriber, Subscription, admit
 from chat.events.frames import Frame
 from chat.http import async_api
-from chat.replies import get_manager
-from config.daphne_patches import REQUEST_KEY
+from core.fastpath import REQUEST_KEY
 
 # Browsers reconnect this long after a dropped stream (the SSE "retry" field).
 RETRY_MS = 3000
@@ -53,13 +53,12 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         username=user.get_username(),
         token_id=token_id_of(user),
         audio=request.GET.get("audio") == "1",
-        # daphne's own request for this response (config/daphne_patches.py); absent under
+        # daphne's own request for this response (core/fastpath.py); absent under
         # any other server, and then the frames go the ordinary way.
         request=getattr(request, "scope", {}).get(REQUEST_KEY),
     )
     subscription = Subscription(room=room, sub=sub, after=after)
     try:
-        await get_manager().ensure_started()
         # Subscribe the process to the room before answering, so an unreachable store is
         # a clean 503 rather than a stream that dies at once.
         await subscription.prepare()

@@ -1,4 +1,4 @@
-"""JSON API (PROTOCOL.md section 5, HTTP). Thin: parse, check, call a service, serialize."""
+"""JSON API (docs/protocol.md "HTTP"). Thin: parse, check, call a service, serialize."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from chat import events, replies, selectors, services
 from chat.errors import BadRequest
+from chat.extensions import EXTENSIONS
 from chat.http import api, async_api, query_int, read_json, request_user
 from chat.serializers import message_to_dict, room_to_dict
 
@@ -133,13 +134,15 @@ async def message_control(
     request: HttpRequest, user: User, message_id: str, action: str
 ) -> HttpResponseBase:
     heard_ms = read_json(request).get("heard_ms") if action == "stop" else None
-    if heard_ms is None:
+    if heard_ms is not None and (
+        not isinstance(heard_ms, int) or isinstance(heard_ms, bool) or not 0 <= heard_ms < 1 << 32
+    ):
+        raise BadRequest("heard_ms must be a non-negative integer")
+    if heard_ms is None or EXTENSIONS.stop_heard is None:
         message = await replies.reply_control(user=user, message_id=message_id, action=action)
         return JsonResponse({"message": message})
     # A listener's stop that says how far it had played the reply's audio: what it heard
     # is kept, and audio still playing elsewhere is cancelled (as over the WebSocket).
-    if not isinstance(heard_ms, int) or isinstance(heard_ms, bool) or not 0 <= heard_ms < 1 << 32:
-        raise BadRequest("heard_ms must be a non-negative integer")
-    await replies.speech_interrupt(user=user, message_id=message_id, heard_ms=heard_ms)
+    await EXTENSIONS.stop_heard(user=user, message_id=message_id, heard_ms=heard_ms, room_id=None)
     stopped = await database_sync_to_async(selectors.message_get)(message_id=message_id, user=user)
     return JsonResponse({"message": message_to_dict(stopped)})

@@ -1,6 +1,6 @@
 """Parley settings: everything from the environment, defaults that run on a laptop.
 
-Production behaviour is switched on by variables (PROTOCOL.md section 7):
+Production behaviour is switched on by variables (README "Configuration"):
 ``DATABASE_URL`` (PostgreSQL), ``REDIS_URL`` (channels-redis), ``LLM_BACKEND``...
 """
 
@@ -41,7 +41,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # After the session user, before CSRF: a valid bearer token replaces the session
-    # user and exempts the request from CSRF (PROTOCOL.md section 1).
+    # user and exempts the request from CSRF (docs/protocol.md "Identity").
     "accounts.middleware.BearerTokenMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -189,7 +189,7 @@ LOGGING = {
 
 # --- Parley ----------------------------------------------------------------------------
 
-# Message text limit (PROTOCOL.md section 5): long enough for a pasted page of code,
+# Message text limit (docs/protocol.md "WebSocket"): long enough for a pasted page of code,
 # short enough that one message cannot fill a model's context.
 PARLEY_MAX_MESSAGE_CHARS = env.int("PARLEY_MAX_MESSAGE_CHARS", default=8000)
 # Largest JSON body the HTTP API reads; a message at the limit in UTF-8 is < 32 KiB.
@@ -200,7 +200,7 @@ PARLEY_MESSAGES_PAGE = env.int("PARLEY_MESSAGES_PAGE", default=50)
 PARLEY_MESSAGES_PAGE_MAX = env.int("PARLEY_MESSAGES_PAGE_MAX", default=200)
 
 # The model. Default: openai when an OpenAI-compatible server is configured, else the
-# bundled model (PROTOCOL.md section 7).
+# bundled model (README "Configuration").
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 LLM_BACKEND = env.str(
@@ -230,7 +230,7 @@ LLM_LOCAL_THREADS = env.int("LLM_LOCAL_THREADS", default=2)
 
 # --- Room events and replies -------------------------------------------------------------
 
-# Replay log kept per room (PROTOCOL.md section 3 promises at least 1,000 events and
+# Replay log kept per room (docs/protocol.md "The event stream" promises at least 1,000 events and
 # 10 minutes): a client that drops for a short while resumes exactly where it was.
 PARLEY_LOG_MIN_EVENTS = env.int("PARLEY_LOG_MIN_EVENTS", default=1000)
 PARLEY_LOG_MIN_SECONDS = env.float("PARLEY_LOG_MIN_SECONDS", default=600.0)
@@ -255,7 +255,7 @@ PARLEY_DELTA_MAX_WAIT = env.float("PARLEY_DELTA_MAX_WAIT", default=0.05)
 # accepts by default, and small enough that one frame never nears the slow-reader bound.
 PARLEY_DELTA_MAX_CHARS = env.int("PARLEY_DELTA_MAX_CHARS", default=16384)
 # While streaming, the reply's text is saved at least this often, so a crash loses at
-# most this much (PROTOCOL.md section 4), without a database write per token.
+# most this much (docs/protocol.md "Who controls a reply"), without a database write per token.
 PARLEY_SAVE_INTERVAL = env.float("PARLEY_SAVE_INTERVAL", default=1.0)
 # A paused reply that nobody resumes ends as stopped (pause_timeout) after this long, so
 # a forgotten pause cannot hold the room's queue and the model forever.
@@ -269,9 +269,9 @@ PARLEY_SEND_PER_SECOND = env.float("PARLEY_SEND_PER_SECOND", default=1.0)
 # reconnect, a store outage of PARLEY_STORE_RETRY_SECONDS); an hour also covers a laptop
 # lid closed over lunch, and the lookup is one indexed probe whatever the window.
 PARLEY_SEND_IDEMPOTENCY_WINDOW = env.float("PARLEY_SEND_IDEMPOTENCY_WINDOW", default=3600.0)
-# Largest WebSocket frame a client may send (PROTOCOL.md section 5): closes with 1009.
+# Largest WebSocket frame a client may send (docs/protocol.md "WebSocket"): closes with 1009.
 PARLEY_MAX_FRAME_BYTES = env.int("PARLEY_MAX_FRAME_BYTES", default=64 * 1024)
-# Messages in a snapshot (PROTOCOL.md section 3).
+# Messages in a snapshot (docs/protocol.md "The event stream").
 PARLEY_SNAPSHOT_MESSAGES = env.int("PARLEY_SNAPSHOT_MESSAGES", default=50)
 # Replies waiting in one room's queue; past it a send that asks for a reply gets busy.
 PARLEY_ROOM_QUEUE_MAX = env.int("PARLEY_ROOM_QUEUE_MAX", default=20)
@@ -326,14 +326,15 @@ PARLEY_HANDSHAKE_CONCURRENCY = env.int("PARLEY_HANDSHAKE_CONCURRENCY", default=1
 # How long a cross-process control (pause/resume/stop sent to another process's reply)
 # waits for the owner's answer before reporting busy.
 PARLEY_CONTROL_TIMEOUT = env.float("PARLEY_CONTROL_TIMEOUT", default=5.0)
-# SSE: a comment line this often keeps proxies from closing an idle stream (PROTOCOL.md
-# promises one at least every 15 s; 10 s leaves margin for a slow loop).
+# SSE: a comment line this often keeps proxies from closing an idle stream (the contract,
+# docs/protocol.md "Server-sent events", promises one at least every 15 s; 10 s leaves
+# margin for a slow loop).
 PARLEY_SSE_PING_INTERVAL = env.float("PARLEY_SSE_PING_INTERVAL", default=10.0)
 # POST .../messages with "wait": true holds the request until the reply ends, up to this
 # long; a reply still running then answers 504 with the reply to follow over SSE or GET.
 PARLEY_WAIT_TIMEOUT = env.float("PARLEY_WAIT_TIMEOUT", default=120.0)
 
-# --- Voice (PROTOCOL.md section 6) ---------------------------------------------------------
+# --- Voice (docs/protocol.md "Audio frames") ----------------------------------------------
 
 # piper: the bundled voice, in process; openai: /v1/audio/speech; volcano: bidirectional WS.
 TTS_BACKEND = env.str("TTS_BACKEND", default="piper")

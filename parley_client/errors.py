@@ -1,4 +1,4 @@
-"""Typed errors carrying the wire contract's codes (PROTOCOL.md section 5).
+"""Typed errors carrying the wire contract's codes (docs/protocol.md "WebSocket").
 
 Every error the client raises is a :class:`ParleyError`. Its ``str()`` is one sentence a
 person can read; ``code`` is the contract's error code (``"rate_limited"``, ...),

@@ -1,4 +1,5 @@
-"""The contract's objects and events as typed, immutable dataclasses (PROTOCOL.md 2, 3, 6).
+"""The contract's objects and events as typed, immutable dataclasses (docs/protocol.md
+"Objects", "The event stream", "Audio frames").
 
 Each event keeps the wire dict it came from in ``raw`` (for logging and for comparing
 what two clients saw); the typed fields are what programs read. A frame of a type this
@@ -109,7 +110,7 @@ class Room:
         )
 
     def answers(self, text: str, *, ask_ai: bool = False) -> bool:
-        """Whether the assistant will answer ``text`` here (PROTOCOL.md section 2)."""
+        """Whether the assistant will answer ``text`` here (docs/protocol.md "Objects")."""
         return self.assistant == "always" or ask_ai or "@assistant" in text.lower()
 
 

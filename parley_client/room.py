@@ -86,7 +86,8 @@ DEFAULT_BUFFER = 10_000
 TRACKED_MESSAGES = 1_000
 # How long send() waits for its own message event (it survives reconnects meanwhile).
 SEND_TIMEOUT = 30.0
-# After our message event, the reply placeholder follows at once (PROTOCOL.md 2): a room
+# After our message event, the reply placeholder follows at once (docs/protocol.md
+# "Objects"): a room
 # that should answer but has not announced one within this is taken as not answering.
 REPLY_ANNOUNCE_TIMEOUT = 10.0
 # How long an action waits for the connection to come back before giving up.

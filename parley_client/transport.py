@@ -47,9 +47,11 @@ MAX_SERVER_FRAME = 32 * 1024 * 1024
 # back on the server (which then cuts us with 4408 and we resume) instead of piling up
 # frames here: websockets' default, 16, can be many megabytes of large deltas.
 WS_MAX_QUEUE = 4
-# The contract's limit on frames we send (PROTOCOL.md 5: over 64 KiB closes with 1009).
+# The contract's limit on frames we send (docs/protocol.md "WebSocket": over 64 KiB closes
+# with 1009).
 MAX_CLIENT_FRAME = 64 * 1024
-# The server sends a ": ping" comment at least every 15 s (PROTOCOL.md 5); three missed
+# The server sends a ": ping" comment at least every 15 s (docs/protocol.md "Server-sent
+# events"); three missed
 # in a row mean the stream is dead even if TCP has not noticed.
 SSE_READ_TIMEOUT = 45.0
 

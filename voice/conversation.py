@@ -24,7 +24,7 @@ from django.contrib.auth.models import User
 from chat.errors import BadRequest, Forbidden, NoSpeech, NotFound, SpeechFailed, SpeechTooLong
 from chat.models import InputKind, Room
 from chat.ratelimit import send_allow
-from chat.replies import get_manager, message_send, speech_interrupt
+from chat.replies import message_send
 from chat.serializers import MessageDict
 from voice.stt import STTError, get_stt_engine
 from voice.stt.base import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_silent
@@ -217,16 +217,15 @@ def parse_played(frame: dict[str, Any]) -> tuple[int, int]:
 
 async def barge_in(*, user: User, room: Room, playback: Playback) -> list[int]:
     """``user`` started speaking: cut off each reply being spoken to them that they may
-    control (the asker, the room owner, staff; docs/protocol.md "Barge-in"). Being spoken
-    to them: a stream they reported playing within the last second, or a voiced reply
-    of this room being written in this process. Returns the replies cut off."""
-    # The reply being written here first (it is what is speaking now), then what this
+    control (the asker, the room owner, staff; docs/protocol.md "What was heard, and
+    barge-in"). Being spoken to them: a stream they reported playing within the last
+    second, or a reply of this room whose speech is being made in this process. Returns
+    the replies cut off."""
+    from voice.reply_speech import get_speaking, speech_interrupt
+
+    # The reply being spoken from here first (it is what is speaking now), then what this
     # member reported playing, latest first.
-    targets = [
-        run.message_id & 0xFFFFFFFF
-        for run in list(get_manager().runs.values())
-        if run.room_id == room.pk and run.speech is not None
-    ]
+    targets = [speech.stream for speech in get_speaking().in_room(room.pk)]
     targets += [s for s in reversed(playback.playing()) if s not in targets]
     stopped = []
     for stream in targets:

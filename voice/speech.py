@@ -1,4 +1,4 @@
-"""Speaking a reply as it streams, to every member who opted in (PROTOCOL.md section 6).
+"""Speaking a reply as it streams, to every member who opted in (docs/protocol.md "Audio frames").
 
 A ``ReplySpeech`` belongs to one reply run. The run feeds it the text members have been
 shown (so audio never runs ahead of the text), pauses and resumes it with the reply,

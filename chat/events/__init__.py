@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +41,9 @@ from chat.events.schema import (
 )
 from chat.events.store import EventStore, LiveState, StoreUnavailable
 from chat.models import Room
+from chat.runtime import get_runtime
 from chat.serializers import MessageDict, message_to_dict
+from core.contract import LAYER_ROOM_AUDIO, LAYER_ROOM_EVENT, LAYER_ROOM_LIVE
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +91,17 @@ def make_store() -> EventStore:
 class EventHub:
     def __init__(self, store: EventStore | None = None) -> None:
         self.store = store or make_store()
-        # Emits of one room from this process go out in seq order.
-        self._locks: dict[int, asyncio.Lock] = {}
+        # Emits of one room from this process go out in seq order: a lock per room, with
+        # the number of emits holding or awaiting it, dropped when that falls to zero (a
+        # process that sees many rooms keeps locks only for those emitting right now).
+        self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
 
-    def _lock(self, room_id: int) -> asyncio.Lock:
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = self._locks[room_id] = asyncio.Lock()
-        return lock
+    def forget_room(self, room_id: int) -> None:
+        """The room went idle in this process: drop what is kept for it."""
+        self.store.forget(room_id)
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
 
     async def emit(
         self,
@@ -113,28 +117,49 @@ class EventHub:
         reply has ended in the database, and members must learn it once the store is back).
         """
         deadline = time.monotonic() + settings.PARLEY_STORE_RETRY_SECONDS
-        attempt = 0
         # One key for every attempt: a retry after a lost answer is the same event.
         key = uuid.uuid4().hex
-        async with self._lock(room_id):
-            while True:
-                try:
-                    event = await self.store.append(room_id, body, key=key, live=live)
-                    break
-                except StoreUnavailable:
-                    if not until_stored and time.monotonic() >= deadline:
-                        raise
-                    delay = _RETRY_BACKOFF[min(attempt, len(_RETRY_BACKOFF) - 1)]
-                    attempt += 1
-                    logger.warning("event store unavailable; retrying in %.2f s", delay)
-                    await asyncio.sleep(delay)
-            layer = get_channel_layer()
-            assert layer is not None
+        entry = self._locks.get(room_id)
+        if entry is None:
+            entry = self._locks[room_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                return await self._emit_locked(room_id, body, key, live, until_stored, deadline)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[room_id]
+
+    async def _emit_locked(
+        self,
+        room_id: int,
+        body: Mapping[str, Any],
+        key: str,
+        live: LiveState | None,
+        until_stored: bool,
+        deadline: float,
+    ) -> dict[str, Any]:
+        attempt = 0
+        while True:
             try:
-                await layer.group_send(group_name(room_id), {"type": "room.event", "event": event})
-            except Exception:  # noqa: BLE001 - recorded already: members catch up from the log
-                logger.warning("room %s: fan-out of seq %s failed", room_id, event["seq"])
-            return event
+                event = await self.store.append(room_id, body, key=key, live=live)
+                break
+            except StoreUnavailable:
+                if not until_stored and time.monotonic() >= deadline:
+                    raise
+                delay = _RETRY_BACKOFF[min(attempt, len(_RETRY_BACKOFF) - 1)]
+                attempt += 1
+                logger.warning("event store unavailable; retrying in %.2f s", delay)
+                await asyncio.sleep(delay)
+        layer = get_channel_layer()
+        assert layer is not None
+        try:
+            await layer.group_send(group_name(room_id), {"type": LAYER_ROOM_EVENT, "event": event})
+        except Exception:  # noqa: BLE001 - recorded already: members catch up from the log
+            logger.warning("room %s: fan-out of seq %s failed", room_id, event["seq"])
+        return event
 
     async def head(self, room_id: int) -> int:
         return await self.store.head(room_id)
@@ -164,15 +189,9 @@ def _latest(room_id: int) -> list[MessageDict]:
     return [message_to_dict(m) for m in latest_messages(room_id=room_id, limit=limit)]
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventHub] = weakref.WeakKeyDictionary()
-
-
 def get_hub() -> EventHub:
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        hub = _hubs[loop] = EventHub()
-    return hub
+    """This event loop's hub, a part of its runtime (chat/runtime.py)."""
+    return get_runtime().part(EventHub, lambda runtime: EventHub())
 
 
 # --- The public functions -------------------------------------------------------------------
@@ -204,7 +223,7 @@ async def room_live_emit(
     layer = get_channel_layer()
     assert layer is not None
     await layer.group_send(
-        group_name(room_id), {"type": "room.live", "event": dict(event), "exclude": exclude}
+        group_name(room_id), {"type": LAYER_ROOM_LIVE, "event": dict(event), "exclude": exclude}
     )
 
 
@@ -217,7 +236,7 @@ async def room_audio_emit(
     """
     layer = get_channel_layer()
     assert layer is not None
-    message: dict[str, Any] = {"type": "room.audio"}
+    message: dict[str, Any] = {"type": LAYER_ROOM_AUDIO}
     if event is not None:
         message["event"] = dict(event)
     if frame is not None:

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from config.daphne_patches import FRAME_KEY, prepare_frame
+from core.fastpath import FRAME_KEY, prepare_frame
 
 
 def encode(event: Mapping[str, Any]) -> str:
@@ -71,7 +71,7 @@ class Frame:
     @property
     def sse_chunk(self) -> bytes:
         """The SSE block as one HTTP/1.1 chunk (size line, block, CRLF), for the responses
-        that daphne lets us write to directly (config/daphne_patches.py ``write_chunk``)."""
+        that daphne lets us write to directly (core/fastpath.py ``write_chunk``)."""
         if self._sse_chunk is None:
             block = self.sse
             self._sse_chunk = b"%x\r\n%s\r\n" % (len(block), block)

@@ -113,6 +113,10 @@ class RedisEventStore(EventStore):
         # The highest seq_reserved this process knows the database holds, per room.
         self._floors: dict[int, int] = {}
 
+    def forget(self, room_id: int) -> None:
+        # Only a cache: the next append raises the database's floor again (one write).
+        self._floors.pop(room_id, None)
+
     async def append(
         self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
     ) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The durable room events (PROTOCOL.md section 3): one schema and one constructor each.
+"""The durable room events (docs/protocol.md "The event stream"): one schema and one
+constructor each.
 
 Services build event bodies only through these constructors; the store adds ``seq``
 (``EventHub.emit``), so a body is the event less its seq. The live-only events (``hello``,

@@ -82,3 +82,9 @@ class EventStore(ABC):
     @abstractmethod
     def head_sync(self, room: Room) -> int:
         """The room's latest seq, from synchronous code (JSON views in worker threads)."""
+
+    def forget(self, room_id: int) -> None:  # noqa: B027 - most stores keep no cache
+        """The room went idle in this process: drop caches kept for it (never the record)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - most stores hold nothing of their own
+        """Release what the store holds (its connections belong to the loop's client)."""

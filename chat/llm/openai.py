@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import httpx
 
 from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
-from chat.upstream import (
+from core.upstream import (
     LoopClient,
     clip,
     content_type,

@@ -15,8 +15,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from chat.errors import BadRequest, Busy, NotFound, NotGenerating, TooLong
-from chat.events import StoreUnavailable, message_body, room_audio_emit, room_event_emit
+from chat.errors import BadRequest, Busy, NotGenerating, TooLong
+from chat.events import StoreUnavailable, message_body, room_event_emit
 from chat.llm import get_backend
 from chat.models import TERMINAL_STATUSES, AssistantMode, InputKind, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
@@ -32,8 +32,8 @@ __all__ = [
     "get_manager",
     "message_send",
     "reply_control",
+    "reply_control_checked",
     "reply_wait",
-    "speech_interrupt",
     "wants_reply",
 ]
 
@@ -170,17 +170,18 @@ def _control_target(*, user: User, message_id: object) -> Message:
 async def reply_control(
     *, user: User, message_id: object, action: str, heard_ms: int | None = None
 ) -> MessageDict:
-    """Pause, resume or stop a reply, with PROTOCOL.md section 4's rules.
+    """Pause, resume or stop a reply, with the contract's rules (docs/protocol.md "Who
+    controls a reply").
 
     ``heard_ms`` (a stop): how far into the reply's audio the stopping member had played;
     what they heard is kept with the reply (Generation.heard_text)."""
     if action not in ACTIONS:
         raise BadRequest(f"action must be one of: {', '.join(ACTIONS)}")
     message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
-    return await _control_checked(message, user=user, action=action, heard_ms=heard_ms)
+    return await reply_control_checked(message, user=user, action=action, heard_ms=heard_ms)
 
 
-async def _control_checked(
+async def reply_control_checked(
     message: Message, *, user: User, action: str, heard_ms: int | None
 ) -> MessageDict:
     """``reply_control`` once ``user`` is known to be allowed to control ``message``."""
@@ -204,56 +205,6 @@ async def _control_checked(
     )
     result["text"], result["status"] = answer["text"], answer["status"]
     return result
-
-
-async def speech_interrupt(
-    *, user: User, message_id: object, heard_ms: int | None, room_id: int | None = None
-) -> None:
-    """Cut off a reply's speech, for a member who may control it (a stop, or speaking
-    over it: docs/protocol.md "Barge-in").
-
-    A reply still being written is stopped (upstream closed, audio ``cancel``). One whose
-    text has ended may still be speaking: its speech is cancelled where it is made. One
-    whose speech has all been sent still plays at the listeners for up to
-    ``VOICE_AUDIO_LEAD``: they get the ``cancel`` all the same. Either way, what this
-    member had heard by ``heard_ms`` is kept with the reply.
-    """
-    message = await database_sync_to_async(_control_target)(user=user, message_id=message_id)
-    if room_id is not None and message.room_id != room_id:
-        raise NotFound("no such reply in this room")
-    manager = get_manager()
-    if message.status not in TERMINAL_STATUSES:
-        run = manager.runs.get(message.pk)
-        if run is not None and run.speech is not None:
-            # Silence first: listeners drop their audio now, not after upstream has closed.
-            await run.speech.cancel()
-        try:
-            await _control_checked(message, user=user, action="stop", heard_ms=heard_ms)
-            return
-        except NotGenerating:
-            pass  # it ended meanwhile: its speech may go on
-    if await manager.silence(message_id=message.pk, heard_ms=heard_ms):
-        return
-    worker = message.generation.worker if hasattr(message, "generation") else ""
-    if worker and worker != manager.worker_id:
-        try:
-            answer = await manager.control_remote(
-                worker=worker,
-                message_id=message.pk,
-                action="silence",
-                by=user.get_username(),
-                heard_ms=heard_ms,
-            )
-            if answer.get("silenced"):
-                return
-        except (NotGenerating, Busy):
-            pass  # its process is gone or busy: what it sent is still playing
-    await room_audio_emit(
-        room_id=message.room_id,
-        event={"type": "audio", "state": "cancel", "stream": message.pk & 0xFFFFFFFF},
-    )
-    if heard_ms is not None:
-        await database_sync_to_async(db.save_heard)(message.pk, heard_ms=heard_ms, marks=None)
 
 
 async def reply_wait(*, message_id: int, timeout: float) -> str | None:  # noqa: ASYNC109

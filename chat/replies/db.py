@@ -162,7 +162,7 @@ def save_status(message_id: int, status: str) -> bool:
     return True
 
 
-def _wall(mono: float | None, *, now_mono: float) -> datetime | None:
+def wall_time(mono: float | None, *, now_mono: float) -> datetime | None:
     """A time.monotonic() reading as wall-clock time."""
     if mono is None:
         return None
@@ -195,8 +195,8 @@ def save_final(
             get_user_model().objects.filter(username=stopped_by).first() if stopped_by else None
         )
         Generation.objects.filter(message_id=message_id).update(
-            first_token_at=_wall(first_token_at, now_mono=now_mono),
-            ended_at=_wall(ended, now_mono=now_mono),
+            first_token_at=wall_time(first_token_at, now_mono=now_mono),
+            ended_at=wall_time(ended, now_mono=now_mono),
             paused_seconds=paused_seconds,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
@@ -206,7 +206,7 @@ def save_final(
         )
         if started_at is not None:
             Generation.objects.filter(message_id=message_id, started_at__isnull=True).update(
-                started_at=_wall(started_at, now_mono=now_mono)
+                started_at=wall_time(started_at, now_mono=now_mono)
             )
     return True
 
@@ -241,47 +241,3 @@ def interrupt(replies: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
                 )
                 changed.append((room_id, message_id))
     return changed
-
-
-def save_speech(
-    message_id: int,
-    *,
-    mode: str,
-    first_audio_at: float | None,
-    audio_seconds: float,
-    synthesis_seconds: float,
-    marks: list[list[int]],
-) -> None:
-    Generation.objects.filter(message_id=message_id).update(
-        voice=mode,
-        first_audio_at=_wall(first_audio_at, now_mono=time.monotonic()),
-        audio_seconds=audio_seconds,
-        synthesis_seconds=synthesis_seconds,
-        speech_marks=marks,
-    )
-
-
-def save_heard(message_id: int, *, heard_ms: int, marks: list[list[int]] | None) -> str | None:
-    """Keep what the member who cut a spoken reply off had heard of it, ``heard_ms`` into
-    its audio. ``marks`` are the live speech's (its owner's); None: the speech has ended,
-    and its marks were saved with it. The first cut counts; None if the reply has no
-    speech marks (it was never heard)."""
-    from voice.speech import heard_text
-
-    with transaction.atomic():
-        row = (
-            Generation.objects.select_for_update()
-            .select_related("message")
-            .filter(message_id=message_id)
-            .first()
-        )
-        if row is None or row.heard_text is not None:
-            return None if row is None else row.heard_text
-        if marks is None:
-            marks = row.speech_marks
-        if not marks:
-            return None
-        heard = heard_text(row.message.text, marks, heard_ms)
-        row.heard_text, row.heard_ms = heard, heard_ms
-        row.save(update_fields=["heard_text", "heard_ms"])
-    return heard

@@ -22,12 +22,12 @@ from django.conf import settings
 
 from chat.errors import NotGenerating
 from chat.events import StoreUnavailable, delta_body, generation_body, room_event_emit
-from chat.events.delivery import wait_room_drained
 from chat.llm import LLMError, Usage, get_backend
 from chat.llm.base import ChatMessage
-from chat.models import Status, VoiceMode
+from chat.models import Status
 from chat.replies import db
-from voice.speech import ReplySpeech
+from chat.replies.observer import ReplyObserver, ReplyStart, observers_for
+from chat.replies.steering import Cadence, Moment, decide, reply_metrics
 
 if TYPE_CHECKING:
     from chat.replies.manager import ReplyManager
@@ -80,7 +80,8 @@ class ReplyRun:
     pieces: int = 0
     usage: Usage = field(default_factory=Usage)
     reader_error: LLMError | None = None
-    speech: ReplySpeech | None = None
+    # Who follows this reply's life (voice speaks it: chat/replies/observer.py).
+    observers: list[ReplyObserver] = field(default_factory=list)
     # The prompt, when it was read with the send (the reply starts at once); else None and
     # it is read when the reply's turn comes.
     prompt: list[ChatMessage] | None = None
@@ -144,13 +145,15 @@ class ReplyRun:
                 await self._set_state(Status.PAUSED, by=None, reason=None)
             else:
                 await self._set_state(Status.STREAMING, by=None, reason=None)
-            if self.voice != VoiceMode.OFF:
-                self.speech = ReplySpeech(
-                    room_id=self.room_id, message_id=self.message_id, mode=self.voice
-                )
-                if self.paused:
-                    self.speech.pause()
-                self.manager.adopt(self._speak(self.speech))
+            self.observers = observers_for(
+                ReplyStart(
+                    room_id=self.room_id,
+                    message_id=self.message_id,
+                    voice=self.voice,
+                    paused=self.paused,
+                ),
+                self.manager.adopt,
+            )
             await self._steer(reader)
         except EndedElsewhere:
             logger.warning("reply %s was ended elsewhere; this run stops", self.message_id)
@@ -193,8 +196,8 @@ class ReplyRun:
 
     async def _abandon(self) -> None:
         """Stop here without a word: the reply's end is someone else's to announce."""
-        if self.speech is not None:
-            await self.speech.cancel()
+        for observer in self.observers:
+            await observer.cancel()
         self.manager.unregister(self)
         if not self.done.done():
             self.done.set_result(self.status)
@@ -219,10 +222,10 @@ class ReplyRun:
     async def _steer(self, reader: asyncio.Task[None]) -> None:
         # Adaptive coalescing: text goes out at once while the room's outbound is idle;
         # it is merged only while this process is still writing the previous delta to its
-        # members (up to PARLEY_DELTA_MAX_WAIT), or within PARLEY_DELTA_MIN_INTERVAL.
-        gap = settings.PARLEY_DELTA_MIN_INTERVAL
-        max_wait = settings.PARLEY_DELTA_MAX_WAIT
-        last_emit = -gap
+        # members (up to PARLEY_DELTA_MAX_WAIT), or within PARLEY_DELTA_MIN_INTERVAL. The
+        # rules are steering.decide's; this loop only carries them out.
+        cadence = Cadence.from_settings()
+        last_emit = -cadence.gap
         last_seq = 0
         last_save = time.monotonic()
         saved_len = 0
@@ -238,28 +241,34 @@ class ReplyRun:
                 finally:
                     if not control.future.done():
                         control.future.set_result(None)
-            now = time.monotonic()
-            if self.paused and self.paused_at is not None:
-                if now - self.paused_at >= settings.PARLEY_PAUSE_TIMEOUT:
-                    await self._stop(reader, by=None, reason="pause_timeout")
-                    return
-            timeout: float | None = None
-            if not self.paused and self.pending:
-                wait = last_emit + gap - now
-                if wait <= 0:
-                    # The previous delta must have reached this process's members (or
-                    # waited max_wait): while it is being written, more text piles up
-                    # and leaves as one delta.
-                    await wait_room_drained(
-                        self.room_id, last_seq, last_emit + max_wait - now, self.interrupt
-                    )
-                    if self.controls:
-                        continue
-                    last_seq = await self._deliver()
-                    last_emit = time.monotonic()
+            step = decide(
+                Moment(
+                    now=time.monotonic(),
+                    paused=self.paused,
+                    paused_at=self.paused_at,
+                    pending=bool(self.pending),
+                    reader_done=reader.done(),
+                    last_emit=last_emit,
+                    delivered_len=len(self.delivered),
+                    saved_len=saved_len,
+                    last_save=last_save,
+                ),
+                cadence,
+            )
+            if step.action == "pause_timeout":
+                await self._stop(reader, by=None, reason="pause_timeout")
+                return
+            if step.action == "deliver":
+                assert step.seconds is not None
+                channel = self.manager.fanout.get(self.room_id)
+                if channel is not None:
+                    await channel.drained(last_seq, step.seconds, self.interrupt)
+                if self.controls:
                     continue
-                timeout = wait
-            if reader.done() and not self.pending and not self.paused:
+                last_seq = await self._deliver()
+                last_emit = time.monotonic()
+                continue
+            if step.action == "finish":
                 if self.reader_error is not None:
                     err = self.reader_error
                     await self._finish(
@@ -268,23 +277,16 @@ class ReplyRun:
                 else:
                     await self._finish(Status.COMPLETE, by=None, reason=None)
                 return
-            delivered_len = len(self.delivered)
-            if delivered_len != saved_len and now - last_save >= settings.PARLEY_SAVE_INTERVAL:
+            if step.action == "save":
+                delivered_len = len(self.delivered)
                 if not await database_sync_to_async(db.save_text)(
                     self.message_id, self.visible()[0]
                 ):
                     raise EndedElsewhere
                 saved_len, last_save = delivered_len, time.monotonic()
-            if delivered_len != saved_len:
-                due = last_save + settings.PARLEY_SAVE_INTERVAL - now
-                timeout = due if timeout is None else min(timeout, due)
-            if self.paused and self.paused_at is not None:
-                due = self.paused_at + settings.PARLEY_PAUSE_TIMEOUT - now
-                timeout = due if timeout is None else min(timeout, due)
+                continue
             try:
-                await asyncio.wait_for(
-                    self.wake.wait(), timeout=None if timeout is None else max(timeout, 0.0)
-                )
+                await asyncio.wait_for(self.wake.wait(), timeout=step.seconds)
             except TimeoutError:
                 pass
 
@@ -294,15 +296,15 @@ class ReplyRun:
             if not self.paused:
                 self.paused = True
                 self.paused_at = time.monotonic()
-                if self.speech is not None:
-                    self.speech.pause()
+                for observer in self.observers:
+                    observer.paused()
                 await self._set_state(Status.PAUSED, by=control.by, reason=None)
             return False
         if control.action == "resume":
             if self.paused:
                 self.paused = False
-                if self.speech is not None:
-                    self.speech.resume()
+                for observer in self.observers:
+                    observer.resumed()
                 if self.paused_at is not None:
                     self.paused_total += time.monotonic() - self.paused_at
                 self.paused_at = None
@@ -348,8 +350,8 @@ class ReplyRun:
                 live=self.visible,
             )
             seq = int(event["seq"])
-        if self.speech is not None:
-            self.speech.feed(text)
+        for observer in self.observers:
+            observer.shown(text)
         return seq
 
     async def _set_state(self, state: str, *, by: str | None, reason: str | None) -> None:
@@ -361,44 +363,6 @@ class ReplyRun:
             body=generation_body(message_id=self.message_key, state=state, by=by, reason=reason),
             live=self.visible,
         )
-
-    async def _speak(self, speech: ReplySpeech) -> None:
-        """Run the reply's speech to its end, then record its timings (owned by the
-        manager: the audio may go on after the reply's text has ended)."""
-        saved = False
-
-        async def save() -> None:
-            nonlocal saved
-            saved = True
-            stats = speech.stats
-            await database_sync_to_async(db.save_speech)(
-                self.message_id,
-                mode=speech.mode,
-                first_audio_at=stats.first_audio_at,
-                audio_seconds=stats.audio_seconds,
-                synthesis_seconds=stats.synthesis_seconds,
-                marks=speech.marks.marks,
-            )
-
-        # Saved before `end` goes out when spoken in full (so a member who has the `end`
-        # finds the record), else once the speech has stopped.
-        speech.before_end = save
-        task = speech.start()
-        # Registered until its marks are stored: whoever cuts it off finds it here, or
-        # finds its marks in the database.
-        self.manager.speaking[self.message_id] = speech
-        try:
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # we are being shut down, not just the speech stopped
-            if not saved:
-                await save()
-        finally:
-            if self.manager.speaking.get(self.message_id) is speech:
-                del self.manager.speaking[self.message_id]
 
     async def _finish(
         self,
@@ -422,33 +386,23 @@ class ReplyRun:
         store was away, so every snapshot from its return on is exact without the live copy.
         """
         ended = time.monotonic()
-        if self.speech is not None:
+        for observer in self.observers:
             if state == Status.STOPPED:
-                await self.speech.cancel()  # before `stopped`: no audio of it follows
+                await observer.cancel()  # before `stopped`: nothing of it follows
             else:
-                self.speech.finish()  # complete, or failed: speak what members saw
-        tokens = (
-            self.usage.completion_tokens
-            if self.usage.completion_tokens is not None
-            else self.pieces
-        )
+                observer.complete()  # complete, or failed: finish with what members saw
         usage = {
             "prompt_tokens": self.usage.prompt_tokens,
             "completion_tokens": self.usage.completion_tokens,
         }
-        streamed = None
-        ttft = None
-        if self.started_at is not None:
-            streamed = ended - self.started_at - self.paused_total
-            if self.first_token_at is not None:
-                ttft = self.first_token_at - self.started_at
-        metrics: dict[str, float | int | None] = {
-            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
-            "duration_ms": round(streamed * 1000, 1) if streamed is not None else None,
-            "tokens": tokens,
-            "tokens_per_second": round(tokens / streamed, 2) if streamed else None,
-            "paused_ms": round(self.paused_total * 1000, 1),
-        }
+        metrics = reply_metrics(
+            ended=ended,
+            started_at=self.started_at,
+            first_token_at=self.first_token_at,
+            paused_total=self.paused_total,
+            completion_tokens=self.usage.completion_tokens,
+            pieces=self.pieces,
+        )
         try:
             won = await database_sync_to_async(db.save_final)(
                 self.message_id,
@@ -465,10 +419,9 @@ class ReplyRun:
             )
             if not won:
                 raise EndedElsewhere
-            if heard_ms is not None and self.speech is not None:
-                await database_sync_to_async(db.save_heard)(
-                    self.message_id, heard_ms=heard_ms, marks=list(self.speech.marks.marks)
-                )
+            if heard_ms is not None:
+                for observer in self.observers:
+                    await observer.stopped(heard_ms)
             self.status = state
             logger.info("reply %s saved as %s", self.message_id, state)
             await room_event_emit(

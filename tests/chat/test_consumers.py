@@ -17,6 +17,7 @@ from channels.testing import WebsocketCommunicator
 
 from chat.llm import get_backend
 from chat.models import Generation, Message, Role, Status
+from chat.replies import get_manager
 from config.asgi import application
 from tests.support.openai_server import Scenario
 
@@ -307,6 +308,9 @@ async def test_replies_left_by_a_dead_process_become_interrupted(setup, make_use
 
     reply = await sync_to_async(orphan)()
     c = await joined(room.slug, setup["member"], after=0)
+    # The process starts its reply manager (daphne does it with the server, before any
+    # connection: chat/replies/manager.py start_with_server); subscribing does not.
+    await get_manager().ensure_started()
     event = await c.until(lambda e: e["type"] == "generation")
     assert (event["message_id"], event["state"]) == (str(reply.pk), "interrupted")
     stored = await sync_to_async(Message.objects.get)(pk=reply.pk)

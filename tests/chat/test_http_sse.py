@@ -1,4 +1,4 @@
-"""The HTTP and SSE fallbacks over a real daphne (PROTOCOL.md section 5).
+"""The HTTP and SSE fallbacks over a real daphne (docs/protocol.md "Server-sent events", "HTTP").
 
 They call the same services as the WebSocket, so mixed use works: send over HTTP and
 watch over the WebSocket or SSE, and both see the same durable events with the same seq.

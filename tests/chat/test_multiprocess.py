@@ -1,4 +1,5 @@
-"""Several daphne processes on one Redis: PROTOCOL.md section 3's guarantees across them.
+"""Several daphne processes on one Redis: the guarantees of docs/protocol.md "The event
+stream" across them.
 
 Runs against the machine's Redis in CI (REDIS_URL); the restart test runs its own
 redis-server so it can kill it.

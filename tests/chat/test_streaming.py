@@ -1,6 +1,7 @@
 """Streamed replies over a real daphne and real WebSockets, against the fake model server.
 
-PROTOCOL.md sections 3 and 4: every member sees the same deltas, their concatenation is
+docs/protocol.md "The event stream" and "Who controls a reply": every member sees the same
+deltas, their concatenation is
 the stored text, and pause / resume / stop behave as the contract says.
 """
 

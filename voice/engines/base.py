@@ -4,7 +4,7 @@ Shape after the model backends (``chat/llm/base.py``): a TTS engine is an async 
 of :class:`AudioChunk` (signed 16-bit little-endian mono PCM with its sample rate), and
 every failure a user can hit is raised as :class:`TTSError` with a reason the UI can show.
 
-Two ways to speak (PROTOCOL.md section 6):
+Two ways to speak (docs/protocol.md "Audio frames"):
 
 - :meth:`TTSEngine.synthesize` takes one whole text (``normal`` mode, and each sentence
   in ``streaming`` mode). The caller stops it by cancelling the task that iterates it or
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: Bytes per sample of the PCM every engine yields (s16le mono).
 SAMPLE_WIDTH: Final = 2
 # The largest chunk an engine yields. Each chunk becomes one binary WebSocket frame to
-# every listener (PROTOCOL.md section 6); a quarter second keeps the per-frame overhead
+# every listener (docs/protocol.md "Audio frames"); a quarter second keeps the per-frame overhead
 # negligible while a cancelled stream leaves little queued audio behind.
 MAX_CHUNK_SECONDS: Final = 0.25
 # A network engine passes audio on once this much has arrived, rather than one frame per

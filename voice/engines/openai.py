@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Final, Literal
 
 import httpx
 
-from chat.upstream import (
+from core.upstream import (
     LoopClient,
     content_type,
     error_message_from_body,

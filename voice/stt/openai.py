@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import httpx
 
-from chat.upstream import LoopClient, http_base_url, server_of, status_failure, transport_failure
+from core.upstream import LoopClient, http_base_url, server_of, status_failure, transport_failure
 from voice.stt.base import STTEngine, STTError, to_wav
 
 _MAX_ERROR_BODY_BYTES = 4096

@@ -18,7 +18,7 @@ MESSAGES = [
     ChatMessage(role="user", content="alice: what is 2+2?"),
 ]
 # The promise to a user who presses stop: the model server sees the connection close
-# within 100 ms (PROTOCOL.md, `stop`).
+# within 100 ms (docs/protocol.md "Who controls a reply").
 STOP_DEADLINE = 0.1
 
 BackendFactory = Callable[..., OpenAIBackend]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final
 
 import httpx
 
-from chat.upstream import (
+from core.upstream import (
     EventTooLarge,
     LoopClient,
     ServerSentEvent,

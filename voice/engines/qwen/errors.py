@@ -1,6 +1,6 @@
 """DashScope's failures in words a room member can read.
 
-The wording around them (a refused connection, a status, silence) is ``chat.upstream``'s,
+The wording around them (a refused connection, a status, silence) is ``core.upstream``'s,
 as for every engine; what is here reads DashScope's own error shapes, which carry a code
 worth showing beside the message (``InvalidApiKey``, ``Throttling.RateQuota``).
 """
@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any, Final
 
-from chat.upstream import clip, error_message
+from core.upstream import clip, error_message
 
 #: How errors name the service.
 SERVICE: Final = "Qwen speech service"

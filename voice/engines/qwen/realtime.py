@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from chat.upstream import clip, disconnect_reason, silence_reason, websocket_failure
+from core.upstream import clip, disconnect_reason, silence_reason, websocket_failure
 from voice.engines.base import (
     FINISH,
     PCMChunker,

@@ -11,7 +11,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from chat.upstream import error_message_from_body
+from core.upstream import error_message_from_body
 from voice.engines.base import TTSEngine, TTSError
 from voice.engines.volcano.codec import Event, Frame, FrameError, client_frame, decode_frame
 from voice.engines.volcano.errors import SERVICE

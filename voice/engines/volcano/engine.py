@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Final
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from chat.upstream import server_of, websocket_failure
+from core.upstream import server_of, websocket_failure
 from voice.engines.base import AudioChunk, TTSEngine, TTSError, TTSSession
 from voice.engines.volcano.codec import (
     DEFAULT_URL,

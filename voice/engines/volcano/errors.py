@@ -1,7 +1,7 @@
 """The Volcano service's failure frames in words a room member can read.
 
 Failures of the connection itself (a refused handshake, a socket error, silence) are
-worded by ``chat.upstream``, as for every other engine; what is here reads this
+worded by ``core.upstream``, as for every other engine; what is here reads this
 protocol's own failure frames.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Final
 
-from chat.upstream import clip, error_message
+from core.upstream import clip, error_message
 from voice.engines.base import TTSError
 from voice.engines.volcano.codec import Event, Frame, MsgType
 
-#: How errors name the service (``chat.upstream`` words the rest around it).
+#: How errors name the service (``core.upstream`` words the rest around it).
 SERVICE: Final = "Volcano speech service"
 #: Where a refused handshake or a ConnectionFailed points.
 CREDENTIALS_HINT: Final = "check VOLCANO_APP_KEY, VOLCANO_ACCESS_KEY and VOLCANO_RESOURCE_ID"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 
 from websockets.exceptions import ConnectionClosed
 
-from chat.upstream import disconnect_reason, silence_reason
+from core.upstream import disconnect_reason, silence_reason
 from voice.engines.base import (
     FINISH,
     PCMChunker,

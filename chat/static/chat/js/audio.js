@@ -1,6 +1,6 @@
 // Spoken replies: PCM chunks played back to back with the Web Audio API.
 //
-// Wire format (PROTOCOL.md section 6): a JSON `audio` start event names the stream, its
+// Wire format (docs/protocol.md "Audio frames"): a JSON `audio` start event names the stream, its
 // sample rate and channel count; binary frames carry bytes 0-3 the stream number and bytes
 // 4-7 the chunk index (unsigned big-endian), then signed 16-bit little-endian PCM; an `end`
 // event closes the stream and `cancel` drops whatever is still queued. Each chunk is

@@ -22,8 +22,10 @@ const SSE_EVENT_TYPES = [
   "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "error", "audio", "pong",
 ];
 
-// Close codes after which trying again cannot help.
+// Close codes after which trying again cannot help (the server's list, with its reasons,
+// is core/contract.py; tests/test_contract.py checks that this one agrees).
 const FATAL_CLOSES = {
+  1009: "A message was too large for the server. Reload the page.",
   4401: "You are signed out. Log in again to rejoin the room.",
   4403: "You are not a member of this room.",
   4404: "This room no longer exists.",

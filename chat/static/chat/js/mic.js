@@ -1,4 +1,4 @@
-// The microphone, as 16-bit PCM frames for speech input (PROTOCOL.md, speech).
+// The microphone, as 16-bit PCM frames for speech input (docs/protocol.md "Speaking to a room").
 //
 // getUserMedia, an AudioContext at the speech rate, and an AudioWorklet (capture-worklet.js,
 // a static file of its own: a worklet module cannot be inlined under the page's policy)

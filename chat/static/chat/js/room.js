@@ -30,7 +30,7 @@ const config = JSON.parse(document.getElementById("parley-config").textContent);
 const slug = config.room.slug;
 const room = { ...config.room };
 const store = new RoomStore(config.me);
-// What this listener heard of a reply's audio, for the server (PROTOCOL.md, played).
+// What this listener heard of a reply's audio, for the server (docs/protocol.md "What was heard, and barge-in").
 const player = new AudioPlayer({
   onPlayed: (stream, ms) => connection.send({ action: "played", stream, ms }),
 });

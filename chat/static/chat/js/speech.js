@@ -1,4 +1,4 @@
-// Push to talk: speak a message to the room (PROTOCOL.md, speech).
+// Push to talk: speak a message to the room (docs/protocol.md "Speaking to a room").
 //
 // Over the room's WebSocket: {"action":"speech","state":"start",...} with a request id,
 // binary frames of s16le PCM while the member talks (mic.js), then "end" (the server

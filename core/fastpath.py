@@ -23,7 +23,7 @@ transport, which buffers without limit when the client stops reading: one stalle
 client would grow the server's memory for as long as the room talks. Daphne has no
 setting for this and the application cannot see the buffer, so Parley wraps daphne's
 ``serverSend``: past ``PARLEY_WS_MAX_BUFFER`` unsent bytes the connection gets close code
-4408 (PROTOCOL.md: "the client read too slowly and fell behind; reconnect with after")
+4408 (docs/protocol.md "Close codes": the client read too slowly; reconnect with after)
 and nothing more is queued for it. If the client does not answer the close within
 ``SLOW_CLOSE_GRACE``, autobahn drops the TCP connection, freeing the buffer. Other
 connections are untouched. An SSE response (an HTTP body that keeps streaming) has the
@@ -40,9 +40,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from core import contract
+
 logger = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW = 4408
+CLOSE_TOO_SLOW = contract.TOO_SLOW.code
 # How long a cut-off client has to read its backlog and reach the 4408 close frame before
 # the TCP connection is dropped (autobahn's default, 1 s, would drop it first and the
 # client would see 1006 and not know to resume). Memory stays bounded meanwhile: nothing
@@ -193,7 +195,7 @@ def install(limit: int) -> None:
             self._parley_too_slow = True
             self.closeHandshakeTimeout = SLOW_CLOSE_GRACE
             logger.warning("closing a WebSocket that fell %d bytes behind (4408)", limit)
-            self.sendClose(code=CLOSE_TOO_SLOW, reason="too slow; reconnect with after")
+            self.sendClose(code=CLOSE_TOO_SLOW, reason=contract.TOO_SLOW.reason)
             return True
         return False
 

@@ -1,0 +1,62 @@
+"""The contract's names agree wherever they are written down.
+
+The server's close codes live in core/contract.py. parley_client and the page keep their
+own copies (they must not import the server), and docs/protocol.md lists them: a client
+that retried a code the server means as final (or gave up on one it should retry) would
+loop or strand its user, so the four must say the same.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core import contract
+from parley_client import errors as client_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+FINAL = {code for code, close in contract.CLOSE_CODES.items() if not close.reconnect}
+
+
+def test_parley_client_knows_every_close_code_and_gives_up_on_the_final_ones():
+    assert set(client_errors._BY_CLOSE) <= set(contract.CLOSE_CODES)
+    assert set(client_errors.FATAL_CLOSE_CODES) == FINAL
+    # Every code the server may send maps to a typed error or is retried as a drop.
+    for code in contract.CLOSE_CODES:
+        error = client_errors.error_from_close(code)
+        assert error.close_code == code
+
+
+def test_the_page_gives_up_on_exactly_the_final_close_codes():
+    source = (ROOT / "chat/static/chat/js/connection.js").read_text()
+    block = re.search(r"const FATAL_CLOSES = \{(.*?)\};", source, re.S)
+    assert block is not None
+    assert {int(code) for code in re.findall(r"^\s*(\d{4}):", block.group(1), re.M)} == FINAL
+    # The one code the page comes straight back after.
+    assert f"e.code === {contract.TOO_SLOW.code} ? 0" in source
+
+
+def test_the_protocol_doc_lists_every_close_code_with_its_reconnect_rule():
+    doc = (ROOT / "docs/protocol.md").read_text()
+    section = doc.split("### Close codes", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `(\d{4})` \|[^|]*\| (yes|no)\b", section, re.M)
+    assert {int(code): answer == "yes" for code, answer in rows} == {
+        code: close.reconnect for code, close in contract.CLOSE_CODES.items()
+    }
+
+
+def test_no_comment_cites_numbered_sections_of_a_file_outside_the_repository():
+    stale = []
+    for path in [
+        *ROOT.glob("chat/**/*.py"),
+        *ROOT.glob("voice/**/*.py"),
+        *ROOT.glob("core/*.py"),
+        *ROOT.glob("accounts/**/*.py"),
+        *ROOT.glob("config/*.py"),
+        *ROOT.glob("parley_client/*.py"),
+        *ROOT.glob("chat/static/**/*.js"),
+    ]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"PROTOCOL\.md,? (section|§)\s*\d", line):
+                stale.append(f"{path.relative_to(ROOT)}:{number}")
+    assert stale == []

@@ -14,8 +14,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -30,7 +31,21 @@ from chat.replies.observer import ReplyObserver, ReplyStart, observers_for
 from chat.replies.steering import Cadence, Moment, decide, reply_metrics
 
 if TYPE_CHECKING:
-    from chat.replies.manager import ReplyManager
+    from chat.events.delivery import Fanout
+
+
+class RunOwner(Protocol):
+    """What a run needs of the manager that owns it (chat/replies/manager.py), named here
+    so that the run does not import its owner."""
+
+    runs: dict[int, ReplyRun]
+    fanout: Fanout
+
+    def adopt(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+    def unregister(self, run: ReplyRun) -> None: ...
+
+    async def dequeue(self, run: ReplyRun) -> None: ...
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +67,7 @@ class _Control:
 
 @dataclass(eq=False)
 class ReplyRun:
-    manager: ReplyManager
+    manager: RunOwner
     message_id: int
     room_id: int
     asker_id: int

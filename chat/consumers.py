@@ -212,7 +212,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.last_typing = now
         await room_live_emit(
             room_id=self.room.pk,
-            event={"type": "typing", "username": self.user.get_username()},
+            event={"type": contract.LIVE_TYPING, "username": self.user.get_username()},
             exclude=self.sub.id,
         )
 

@@ -19,6 +19,7 @@ from django.conf import settings
 
 from chat import redis as redis_conn
 from chat.runtime import get_runtime
+from core.contract import LIVE_PRESENCE
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def online_fields_with(online: list[str], name: str) -> dict[str, object]:
 
 
 def presence_event(online: list[str]) -> dict[str, object]:
-    return {"type": "presence", **online_fields(online)}
+    return {"type": LIVE_PRESENCE, **online_fields(online)}
 
 
 def _key(room_id: int) -> str:

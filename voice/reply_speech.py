@@ -31,6 +31,7 @@ from chat.replies.db import wall_time
 from chat.replies.observer import Adopt, ReplyStart, register_observer
 from chat.runtime import get_runtime
 from chat.selectors import reply_for_control
+from core.contract import LIVE_AUDIO
 from voice.speech import ReplySpeech, heard_text
 
 
@@ -194,7 +195,7 @@ async def speech_interrupt(
             pass  # its process is gone or busy: what it sent is still playing
     await room_audio_emit(
         room_id=message.room_id,
-        event={"type": "audio", "state": "cancel", "stream": message.pk & 0xFFFFFFFF},
+        event={"type": LIVE_AUDIO, "state": "cancel", "stream": message.pk & 0xFFFFFFFF},
     )
     if heard_ms is not None:
         await database_sync_to_async(save_heard)(message.pk, heard_ms=heard_ms, marks=None)

@@ -32,6 +32,7 @@ from typing import Any
 from django.conf import settings
 
 from chat.events import room_audio_emit
+from core.contract import LIVE_AUDIO
 from voice.engines.base import AudioChunk, SegmentingSession, TTSError, TTSSession
 from voice.registry import get_engine
 from voice.segmenter import clean_for_speech
@@ -177,7 +178,7 @@ class ReplySpeech:
             if first and self._started:
                 await room_audio_emit(
                     room_id=self.room_id,
-                    event={"type": "audio", "state": "cancel", "stream": self.stream},
+                    event={"type": LIVE_AUDIO, "state": "cancel", "stream": self.stream},
                 )
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -222,7 +223,7 @@ class ReplySpeech:
             if self._started:
                 await self._emit(
                     {
-                        "type": "audio",
+                        "type": LIVE_AUDIO,
                         "state": "end",
                         "stream": self.stream,
                         "chunks": self.stats.chunks,
@@ -233,7 +234,7 @@ class ReplySpeech:
             logger.warning("speech for reply %s failed: %s", self.message_id, exc.reason)
             self.stats.error = exc.reason
             if self._started:
-                await self._emit({"type": "audio", "state": "cancel", "stream": self.stream})
+                await self._emit({"type": LIVE_AUDIO, "state": "cancel", "stream": self.stream})
 
     async def _feed(self, session: TTSSession) -> None:
         while (piece := await self._text.get()) is not _END:
@@ -282,7 +283,7 @@ class ReplySpeech:
             self.stats.first_audio_at = time.monotonic()
             await self._emit(
                 {
-                    "type": "audio",
+                    "type": LIVE_AUDIO,
                     "state": "start",
                     "stream": self.stream,
                     "message_id": str(self.message_id),

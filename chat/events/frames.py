@@ -15,6 +15,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from core.contract import LIVE_AUDIO
 from core.fastpath import FRAME_KEY, prepare_frame
 
 
@@ -31,7 +32,7 @@ class Frame:
         self.event = event
         self.binary = binary
         self.seq: int | None = event.get("seq") if event is not None else None
-        self.type: str = event["type"] if event is not None else "audio"
+        self.type: str = event["type"] if event is not None else LIVE_AUDIO
         self.text = encode(event) if event is not None else ""
         self._ws: dict[str, Any] | None = None
         self._sse: bytes | None = None
@@ -82,7 +83,7 @@ def _audio_chunk(frame: bytes) -> dict[str, Any]:
     """Audio on SSE: a binary PCM frame becomes a base64 ``chunk`` event."""
     stream, index = struct.unpack(">II", frame[:8])
     return {
-        "type": "audio",
+        "type": LIVE_AUDIO,
         "state": "chunk",
         "stream": stream,
         "index": index,

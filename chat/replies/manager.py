@@ -120,6 +120,9 @@ class ReplyManager:
         finally:
             if self._workers.get(room_id) is asyncio.current_task():
                 del self._workers[room_id]
+            if self.fanout.get(room_id) is None:
+                # No reply and no member here any more: the room is idle in this process.
+                self.fanout.hub.forget_room(room_id)
 
     async def _apply_control(
         self, message_id: int, action: str, by: str, heard_ms: int | None

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from chat.events import EventHub, get_hub
+from chat.events import EventHub, get_hub, group_name
 from chat.events.delivery import Fanout, get_fanout
 from chat.llm import get_backend
 from chat.presence import Presence, get_presence
@@ -110,8 +112,13 @@ async def test_a_process_keeps_nothing_for_rooms_that_went_idle(
         async with asyncio.timeout(10):
             await asyncio.gather(*timers, *manager._workers.values())
         assert fanout.rooms == {}
-        assert manager.queues._queues == {} and manager._workers == {}
+        assert manager.queues._queues == {}
+        assert manager._workers == {}
         assert fanout.admission.rooms == {}
+        # Each closed room channel left its room's group (no subscription leaks).
+        layer = get_channel_layer()
+        if isinstance(layer, InMemoryChannelLayer):
+            assert not any(layer.groups.get(group_name(room.pk)) for room in rooms)
         assert hub._locks == {}
         assert getattr(hub.store, "_floors", {}) == {}
         assert get_presence()._rooms == {}

@@ -110,11 +110,14 @@ class RoomChannel:
         await self._on_idle(self)
 
     async def aclose(self) -> None:
-        for task in self._tasks:
+        # Called from its own timer when the room went idle: that task is not cancelled
+        # (it ends by itself once this returns), or the group would never be left.
+        current = asyncio.current_task()
+        others = [t for t in self._tasks if t is not current]
+        for task in others:
             task.cancel()
         await self.announcer.aclose()
-        current = asyncio.current_task()
-        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         layer = get_channel_layer()
         if layer is not None and self.channel:
             with contextlib.suppress(Exception):

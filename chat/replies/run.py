@@ -47,6 +47,7 @@ class RunOwner(Protocol):
 
     async def dequeue(self, run: ReplyRun) -> None: ...
 
+
 logger = logging.getLogger(__name__)
 
 

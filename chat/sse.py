@@ -24,7 +24,7 @@ from chat.events import StoreUnavailable
 from chat.events.delivery import SseSubscriber, Subscription, admit
 from chat.events.frames import Frame
 from chat.http import async_api
-from core.fastpath import REQUEST_KEY
+from core.fastpath import direct_write_request
 
 # Browsers reconnect this long after a dropped stream (the SSE "retry" field).
 RETRY_MS = 3000
@@ -53,9 +53,9 @@ async def room_events(request: HttpRequest, user: User, slug: str) -> HttpRespon
         username=user.get_username(),
         token_id=token_id_of(user),
         audio=request.GET.get("audio") == "1",
-        # daphne's own request for this response (core/fastpath.py); absent under
-        # any other server, and then the frames go the ordinary way.
-        request=getattr(request, "scope", {}).get(REQUEST_KEY),
+        # daphne's own request for this response (core/fastpath.py DIRECT_WRITE); absent
+        # under any other server, and then the frames go the ordinary way.
+        request=direct_write_request(getattr(request, "scope", {})),
     )
     subscription = Subscription(room=room, sub=sub, after=after)
     try:

@@ -14,9 +14,9 @@
 
 4. Event streams as fast as WebSockets: an SSE response's socket gets TCP_NODELAY (as
    autobahn gives a WebSocket's), and once its body has started the room writes each
-   event to it as one prebuilt HTTP chunk (``write_chunk``), found through the scope
-   (``parley.request``), instead of one ASGI message and one Django iteration per
-   member per frame.
+   event to it as one prebuilt HTTP chunk (``write_chunk``), found through the scope's
+   ``parley.direct_write`` extension (``DIRECT_WRITE``), instead of one ASGI message and
+   one Django iteration per member per frame.
 
 Daphne writes every frame the application sends straight into the connection's Twisted
 transport, which buffers without limit when the client stops reading: one stalled
@@ -30,15 +30,25 @@ connections are untouched. An SSE response (an HTTP body that keeps streaming) h
 same bound on its transport: past it daphne's connection is aborted, Django cancels the
 stream, and the client resumes with ``Last-Event-ID``.
 
-Prepared frames travel in the ASGI ``websocket.send`` message under the key
-``parley.frame`` (an autobahn ``PreparedMessage``) beside the usual ``text`` / ``bytes``,
-so a server without this patch (Channels' test communicator) still reads ``text``.
+The two ASGI scope extensions (``PREPARED_FRAME``, ``DIRECT_WRITE``) are declared here and
+nowhere else; chat/ reads them through this module.
+
+All of this leans on private names of daphne, autobahn and Twisted. requirements.txt pins
+the three; ``install`` first checks them (core/fastpath_check.py) and refuses to start on
+a version the tests have not passed on or when a name is gone. ``COUNTERS`` counts, per
+process, the frames that took the fast path, those that did not, and the slow readers
+cut off; tests/core/test_fastpath.py checks both paths on a real daphne.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
-from typing import Any
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any, Final
 
 from core import contract
 
@@ -51,20 +61,107 @@ CLOSE_TOO_SLOW = contract.TOO_SLOW.code
 # more is queued for the connection.
 SLOW_CLOSE_GRACE = 30.0
 
-
-def unsent_bytes(transport: Any) -> int:
-    """Bytes written to a Twisted TCP transport that the kernel has not taken yet."""
-    data = getattr(transport, "dataBuffer", b"")
-    offset = getattr(transport, "offset", 0)
-    pending = getattr(transport, "_tempDataLen", 0)
-    return max(0, len(data) - offset) + pending
-
-
 # Protocol-level close codes (RFC 6455 section 7.4.1) the application may close with.
 PROTOCOL_CLOSE_CODES = frozenset({1008, 1009, 1011, 1013})
 
 
-FRAME_KEY = "parley.frame"
+# --- The ASGI scope extensions ---------------------------------------------------------
+
+PREPARED_FRAME: Final = "parley.prepared_frame"
+"""ASGI extension for WebSocket scopes: ``scope["extensions"]["parley.prepared_frame"]``
+is ``{}`` when the server takes a frame prepared once for every member. A
+``websocket.send`` message may then carry, under this same key, an autobahn
+``PreparedMessage`` (``prepare_frame``) beside the usual ``text`` / ``bytes`` holding the
+same payload; the server writes the prepared frame as it is. A server without the
+extension (Channels' test communicator, uvicorn) ignores the key and sends ``text`` /
+``bytes``, so a message built with it is valid everywhere."""
+
+DIRECT_WRITE: Final = "parley.direct_write"
+"""ASGI extension for HTTP scopes: ``scope["extensions"]["parley.direct_write"]`` is
+``{"request": <daphne's Twisted request for this response>}``, for ``write_chunk`` and
+``abort_response``. Read it with ``direct_write_request``; absent under any other server,
+and then a streaming response goes the ordinary way (ASGI messages)."""
+
+
+def direct_write_request(scope: Mapping[str, Any]) -> Any:
+    """The request ``write_chunk`` writes to, from an HTTP scope's ``DIRECT_WRITE``
+    extension; None where the server offers none."""
+    extension = (scope.get("extensions") or {}).get(DIRECT_WRITE)
+    return None if extension is None else extension["request"]
+
+
+# --- Counters ---------------------------------------------------------------------------
+
+
+class Counters:
+    """How this process's frames left, since it started. Plain ints bumped in place: one
+    attribute increment per member per frame is all the hot path pays.
+
+    ``ws_prepared``  WebSocket frames written prepared (no per-member encode or framing).
+    ``ws_plain``     WebSocket frames that went through daphne's own ``serverSend``.
+    ``ws_cut``       WebSocket connections closed 4408 (the transport's bound, or the
+                     application's ``close(4408)`` when a catch-up backlog overflowed).
+    ``sse_direct``   SSE events written as one prebuilt chunk straight to the socket.
+    ``sse_buffered`` SSE events that waited in the subscriber's buffer for Django's response
+                     iteration (counted in chat/events/delivery/subscribers.py).
+    ``sse_cut``      SSE responses aborted past the bound (at most once each).
+    """
+
+    __slots__ = ("sse_buffered", "sse_cut", "sse_direct", "ws_cut", "ws_plain", "ws_prepared")
+
+    def __init__(self) -> None:
+        self.ws_prepared = 0
+        self.ws_plain = 0
+        self.ws_cut = 0
+        self.sse_direct = 0
+        self.sse_buffered = 0
+        self.sse_cut = 0
+
+
+COUNTERS: Final = Counters()
+
+
+def counters() -> dict[str, int]:
+    """A snapshot of ``COUNTERS``."""
+    return {name: getattr(COUNTERS, name) for name in Counters.__slots__}
+
+
+# A debugging switch, off by default: with PARLEY_FASTPATH_STATS=1 the process logs
+# ``counters()`` (one line, numbered) each time it receives SIGUSR1. The tests read the
+# counters of a daphne subprocess this way; nothing else is exposed.
+STATS_ENV = "PARLEY_FASTPATH_STATS"
+STATS_LOG_PREFIX = "fastpath counters #"
+
+
+def _log_counters_on_sigusr1() -> None:
+    from twisted.internet import reactor
+
+    dumps = itertools.count(1)
+
+    def log_now() -> None:
+        snapshot = json.dumps(counters(), sort_keys=True)
+        logger.info("%s%d: %s", STATS_LOG_PREFIX, next(dumps), snapshot)
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Not from inside the signal handler: it may have interrupted the loop mid-log.
+        reactor.callFromThread(log_now)
+
+    signal.signal(signal.SIGUSR1, on_signal)
+
+
+# --- The fast path ------------------------------------------------------------------------
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes written to a Twisted TCP transport that the kernel has not taken yet.
+
+    Read with no defaults: a field Twisted renamed raises AttributeError here rather than
+    reading as 0, which would lift the slow-reader bound without a word (and
+    ``check_private_names`` refuses such a Twisted at start-up). Parley's daphne listens
+    on plain TCP (nginx terminates TLS); a TLS transport has no such fields either.
+    """
+    return max(0, len(transport.dataBuffer) - transport.offset) + transport._tempDataLen
+
 
 # Set by ``install`` (imported there, so that merely importing this module never touches
 # Twisted's reactor): autobahn's PreparedMessage and Twisted's TCP server transport.
@@ -108,9 +205,6 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-REQUEST_KEY = "parley.request"
-
-
 def write_chunk(request: Any, chunk: bytes) -> int | None:
     """Write one prebuilt HTTP/1.1 chunk to a streaming response that has started its
     body, straight to its socket (``write_now``), with no ASGI message, no Django
@@ -128,6 +222,7 @@ def write_chunk(request: Any, chunk: bytes) -> int | None:
         return None
     transport = channel.transport
     write_now(transport, chunk)
+    COUNTERS.sse_direct += 1
     return unsent_bytes(transport)
 
 
@@ -136,7 +231,16 @@ def abort_response(request: Any) -> None:
     far behind; it resumes with Last-Event-ID), as the buffered path's bound does."""
     channel = request.channel
     if channel is not None and channel.transport is not None:
-        channel.transport.abortConnection()
+        _cut_response(request, channel.transport)
+
+
+def _cut_response(request: Any, transport: Any) -> None:
+    # Once per response: more body may arrive before Twisted reports the connection lost.
+    if getattr(request, "_parley_cut", False):
+        return
+    request._parley_cut = True
+    COUNTERS.sse_cut += 1
+    transport.abortConnection()
 
 
 def _is_event_stream(request: Any) -> bool:
@@ -166,11 +270,23 @@ def _skip_eager_debug_formatting() -> None:
 
 
 def install(limit: int) -> None:
-    """Patch daphne's WebSocket protocol (idempotent; a no-op outside daphne)."""
+    """Patch daphne's WebSocket and HTTP protocols (idempotent; a no-op outside daphne).
+
+    Raises ``FastPathUnsupported`` (and daphne does not start) when daphne, autobahn or
+    Twisted is not a supported version or lacks a name the patch uses. Refusing, rather
+    than falling back to daphne's own path, because the fallback would not be the same
+    server minus some speed: the slow-reader bound reads Twisted's private buffer fields
+    on both paths, so without them nothing would bound a stalled reader's memory. A
+    mismatch is an upgrade someone made; the message says what to pin or re-test.
+    """
     try:
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # not running under daphne
         return
+    from core.fastpath_check import check_private_names, check_versions
+
+    check_versions()
+    check_private_names()
     global _prepared_message, _tcp_server
     from autobahn.websocket.protocol import PreparedMessage
     from daphne.http_protocol import WebRequest
@@ -180,7 +296,10 @@ def install(limit: int) -> None:
     _prepared_message, _tcp_server = PreparedMessage, Server
     if getattr(WebSocketProtocol, "_parley_patched", False):
         return
+    if os.environ.get(STATS_ENV) == "1":
+        _log_counters_on_sigusr1()
 
+    counts = COUNTERS
     original = WebSocketProtocol.serverSend
     original_close = WebSocketProtocol.serverClose
     original_reply = WebSocketProtocol.handle_reply
@@ -195,6 +314,7 @@ def install(limit: int) -> None:
             self._parley_too_slow = True
             self.closeHandshakeTimeout = SLOW_CLOSE_GRACE
             logger.warning("closing a WebSocket that fell %d bytes behind (4408)", limit)
+            counts.ws_cut += 1
             self.sendClose(code=CLOSE_TOO_SLOW, reason=contract.TOO_SLOW.reason)
             return True
         return False
@@ -205,7 +325,7 @@ def install(limit: int) -> None:
             # Disconnected and crash the sender, which then never ran its cleanup).
             if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
                 return
-            prepared = message.get(FRAME_KEY)
+            prepared = message.get(PREPARED_FRAME)
             if prepared is not None and self.state == self.STATE_OPEN:
                 if too_slow(self):
                     return
@@ -213,6 +333,7 @@ def install(limit: int) -> None:
                     self.sendPreparedMessage(prepared)
                 else:
                     write_now(self.transport, prepared.payloadHybi)
+                counts.ws_prepared += 1
                 return
         original_reply(self, message)
 
@@ -236,7 +357,7 @@ def install(limit: int) -> None:
             transport = getattr(self.channel, "transport", None)
             if transport is not None and unsent_bytes(transport) > limit:
                 logger.warning("ending a streamed response that fell %d bytes behind", limit)
-                transport.abortConnection()
+                _cut_response(self, transport)
 
     original_send_data = WebSocketProtocol.sendData
 
@@ -250,6 +371,8 @@ def install(limit: int) -> None:
             write_now(self.transport, data)
 
     def server_close(self: Any, code: int | None = None) -> None:
+        if code == CLOSE_TOO_SLOW and self.state == self.STATE_OPEN:
+            counts.ws_cut += 1  # the application's bound (a catch-up backlog overflowed)
         if code in PROTOCOL_CLOSE_CODES:
             self.sendCloseFrame(code=code, reasonUtf8=None, isReply=False)
             return
@@ -258,12 +381,16 @@ def install(limit: int) -> None:
     def server_send(self: Any, content: Any, binary: bool = False) -> None:
         if self.state in (self.STATE_CLOSING, self.STATE_CLOSED) or too_slow(self):
             return
+        # The plain path: daphne encodes and frames this one for this member alone.
+        counts.ws_plain += 1
         original(self, content, binary)
 
     def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
-        # An HTTP request's own Twisted request, for ``write_chunk`` (chat/sse.py).
+        extensions = scope.setdefault("extensions", {})
         if isinstance(protocol, WebRequest):
-            scope[REQUEST_KEY] = protocol
+            extensions[DIRECT_WRITE] = {"request": protocol}
+        elif isinstance(protocol, WebSocketProtocol):
+            extensions[PREPARED_FRAME] = {}
         return original_create_application(self, protocol, scope)
 
     _skip_eager_debug_formatting()

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.contract import LIVE_AUDIO
-from core.fastpath import FRAME_KEY, prepare_frame
+from core.fastpath import PREPARED_FRAME, prepare_frame
 
 
 def encode(event: Mapping[str, Any]) -> str:
@@ -53,7 +53,7 @@ class Frame:
                 message = {"type": "websocket.send", "text": self.text}
                 prepared = prepare_frame(self.text.encode(), binary=False)
             if prepared is not None:
-                message[FRAME_KEY] = prepared
+                message[PREPARED_FRAME] = prepared
             self._ws = message
         return self._ws
 

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from chat.events.frames import Frame
 from core import contract
-from core.fastpath import abort_response, write_chunk
+from core.fastpath import COUNTERS, abort_response, write_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ class SseSubscriber(Subscriber):
             # generator drops when Django cancels it.
             self.direct = self._request = None
         data = frame.sse
+        COUNTERS.sse_buffered += 1  # not the fast path (core/fastpath.py counters)
         self.buffer.append(data)
         self.buffered += len(data)
         if self.buffered > settings.PARLEY_WS_MAX_BUFFER:

@@ -1,18 +1,16 @@
 """Speaking to a room from the page: push to talk, the transcript, playback reports.
 
-Chromium's fake microphone plays a WAV made here with the bundled Piper voice
-(``--use-file-for-fake-audio-capture``), so the page captures real speech through its
-AudioWorklet and the real server transcribes it. The playback reports (``played``) and the
-button's states are checked against a scripted WebSocket (Playwright's ``route_web_socket``),
-which records every frame the page sends and answers as the protocol says.
+Chromium's fake microphone plays the speech-to-text tests' recording of the bundled Piper
+voice (tests/voice/speech_samples.py; ``--use-file-for-fake-audio-capture``), so the page
+captures real speech through its AudioWorklet and the real server transcribes it. The
+playback reports (``played``) and the button's states are checked against a scripted
+WebSocket (Playwright's ``route_web_socket``), which records every frame the page sends and
+answers as the protocol says.
 Waiting is on what the page shows or counts (``expect``, ``wait_js``), never a sleep.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import json
 import re
 import struct
@@ -43,11 +41,10 @@ from tests.browser.test_room_page import (
 )
 from tests.conftest import IN_CI
 from tests.support.openai_server import Scenario
-from voice.engines.piper import PiperEngine
+from tests.voice.speech_samples import KEY_WORDS, spoken
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-SENTENCE = "Please tell me about the weather in Paris today."
 # Silence around the sentence in the WAV: the fake microphone starts playing the file when
 # the page opens it, and the silence after it is how the test knows it has all been heard.
 LEAD_SILENCE_S = 0.4
@@ -61,23 +58,10 @@ TRANSCRIPT_WAIT_MS = 60_000
 # --- fixtures and helpers ------------------------------------------------------------------
 
 
-def synthesize_wav(path: Path, text: str) -> Path:
-    """``text`` spoken by the bundled Piper voice, as a 16-bit mono WAV at the voice's rate."""
-
-    async def speak() -> tuple[bytes, int]:
-        engine = PiperEngine()
-        pieces: list[bytes] = []
-        rate = engine.sample_rate or 22050
-        async with contextlib.aclosing(engine.synthesize(text)) as chunks:
-            async for chunk in chunks:
-                pieces.append(chunk.pcm)
-                rate = chunk.sample_rate
-        return b"".join(pieces), rate
-
-    # In a thread of its own: Playwright's sync API keeps an event loop set in this one.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pcm, rate = pool.submit(asyncio.run, speak()).result(timeout=120)
-    assert len(pcm) > rate  # more than half a second of speech
+def padded_wav(path: Path) -> Path:
+    """The committed utterance (tests/voice/speech_samples.py) with silence around it, as a
+    16-bit mono WAV at the voice's rate."""
+    pcm, rate = spoken()
     lead = b"\0\0" * int(rate * LEAD_SILENCE_S)
     trail = b"\0\0" * int(rate * TRAIL_SILENCE_S)
     with wave.open(str(path), "wb") as out:
@@ -90,7 +74,7 @@ def synthesize_wav(path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="module")
 def sentence_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize_wav(tmp_path_factory.mktemp("speech") / "weather.wav", SENTENCE)
+    return padded_wav(tmp_path_factory.mktemp("speech") / "utterance.wav")
 
 
 @pytest.fixture
@@ -193,8 +177,8 @@ def test_a_spoken_message_is_transcribed_and_shown_as_speech(
     mine = ann.locator('article.msg--mine[data-input="speech"]')
     expect(mine).to_have_count(1, timeout=TRANSCRIPT_WAIT_MS)
     body = mine.locator(".msg__body")
-    expect(body).to_contain_text(re.compile("weather", re.IGNORECASE))
-    expect(body).to_contain_text(re.compile("paris", re.IGNORECASE))
+    for word in KEY_WORDS:
+        expect(body).to_contain_text(re.compile(rf"\b{word}\b", re.IGNORECASE))
     expect(mine.locator(".msg__spoken")).to_be_visible()
     expect(talk).to_have_attribute("data-state", "idle")
     expect(ann.locator("#speech")).to_be_hidden()
@@ -204,7 +188,10 @@ def test_a_spoken_message_is_transcribed_and_shown_as_speech(
     theirs = bob.locator('article.msg--user[data-input="speech"]')
     expect(theirs).to_have_count(1)
     expect(theirs.locator(".msg__author")).to_have_text("ann")
-    expect(theirs.locator(".msg__body")).to_contain_text(re.compile("paris", re.IGNORECASE))
+    for word in KEY_WORDS:
+        expect(theirs.locator(".msg__body")).to_contain_text(
+            re.compile(rf"\b{word}\b", re.IGNORECASE)
+        )
     expect(theirs.locator(".msg__spoken")).to_be_visible()
     assert bob.evaluate("[...window.parley.store.messages.values()].at(-1).input") == "speech"
 

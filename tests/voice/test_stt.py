@@ -1,5 +1,6 @@
-"""Speech to text, for real: the bundled Whisper tiny.en on speech made by the bundled
-Piper voice, in process and through every transport of a real daphne."""
+"""Speech to text, for real: the bundled Whisper tiny.en on a recording of the bundled Piper
+voice (tests/voice/speech_samples.py), in process and through every transport of a real
+daphne."""
 
 from __future__ import annotations
 

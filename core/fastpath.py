@@ -105,9 +105,19 @@ class Counters:
     ``sse_buffered`` SSE events that waited in the subscriber's buffer for Django's response
                      iteration (counted in chat/events/delivery/subscribers.py).
     ``sse_cut``      SSE responses aborted past the bound (at most once each).
+    ``unbounded``    connections whose transport is not plain TCP (daphne terminating TLS
+                     itself): served, but with no slow-reader bound (logged once).
     """
 
-    __slots__ = ("sse_buffered", "sse_cut", "sse_direct", "ws_cut", "ws_plain", "ws_prepared")
+    __slots__ = (
+        "sse_buffered",
+        "sse_cut",
+        "sse_direct",
+        "unbounded",
+        "ws_cut",
+        "ws_plain",
+        "ws_prepared",
+    )
 
     def __init__(self) -> None:
         self.ws_prepared = 0
@@ -116,6 +126,7 @@ class Counters:
         self.sse_direct = 0
         self.sse_buffered = 0
         self.sse_cut = 0
+        self.unbounded = 0
 
 
 COUNTERS: Final = Counters()
@@ -215,7 +226,12 @@ def write_chunk(request: Any, chunk: bytes) -> int | None:
     Twisted's ``Request.write`` would do the same framing (``toChunk``) per call, per
     member; the chunk here is built once per event (``Frame.sse_chunk``).
     """
-    if request.finished or request._disconnected or not request.startedWriting:
+    if (
+        request.finished
+        or request._disconnected
+        or not request.startedWriting
+        or request._parley_unbounded
+    ):
         return None
     channel = request.channel
     if channel is None or not request.chunked:
@@ -310,7 +326,11 @@ def install(limit: int) -> None:
         """Cut a connection whose unsent bytes passed the bound (once); True if cut."""
         if getattr(self, "_parley_too_slow", False):
             return True
-        if self.state == self.STATE_OPEN and unsent_bytes(self.transport) > limit:
+        if (
+            self.state == self.STATE_OPEN
+            and not self._parley_unbounded
+            and unsent_bytes(self.transport) > limit
+        ):
             self._parley_too_slow = True
             self.closeHandshakeTimeout = SLOW_CLOSE_GRACE
             logger.warning("closing a WebSocket that fell %d bytes behind (4408)", limit)
@@ -355,7 +375,11 @@ def install(limit: int) -> None:
             # Only an event stream: a large ordinary response (a long reply's JSON, sent in
             # 64 KiB chunks) is bounded by its own size and must not be cut.
             transport = getattr(self.channel, "transport", None)
-            if transport is not None and unsent_bytes(transport) > limit:
+            if (
+                transport is not None
+                and not self._parley_unbounded
+                and unsent_bytes(transport) > limit
+            ):
                 logger.warning("ending a streamed response that fell %d bytes behind", limit)
                 _cut_response(self, transport)
 
@@ -386,6 +410,20 @@ def install(limit: int) -> None:
         original(self, content, binary)
 
     def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        transport = getattr(protocol, "transport", None)
+        if transport is not None and not isinstance(transport, Server):
+            # Not plain TCP (daphne terminating TLS itself): its buffer is not Twisted's TCP
+            # one, so the bound cannot be read. Serve it as daphne would, without the bound,
+            # and say so once in the log and in the counters: Parley's topology puts TLS
+            # in nginx, in front of daphne on plain TCP (README "Production").
+            protocol._parley_unbounded = True
+            counts.unbounded += 1
+            if counts.unbounded == 1:
+                logger.error(
+                    "a connection on a %s transport: no slow-reader bound for it (and any "
+                    "like it); terminate TLS in a proxy and run daphne on plain TCP",
+                    type(transport).__name__,
+                )
         extensions = scope.setdefault("extensions", {})
         if isinstance(protocol, WebRequest):
             extensions[DIRECT_WRITE] = {"request": protocol}
@@ -400,4 +438,6 @@ def install(limit: int) -> None:
     WebSocketProtocol.serverClose = server_close
     WebSocketProtocol.handle_reply = handle_reply
     WebRequest.handle_reply = http_reply
+    WebSocketProtocol._parley_unbounded = False
+    WebRequest._parley_unbounded = False
     WebSocketProtocol._parley_patched = True

@@ -356,3 +356,83 @@ def test_unsent_bytes_never_reads_a_missing_buffer_field_as_empty():
 
     with pytest.raises(AttributeError, match="_tempDataLen"):
         fastpath.unsent_bytes(Renamed())
+
+
+def self_signed(directory: Any) -> tuple[Any, Any]:
+    """A key and a certificate for 127.0.0.1, made now (nothing is committed)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_daphne_terminating_tls_is_served_and_says_it_has_no_bound(
+    tmp_path, django_db_blocker, fake_llm_server, llm, two_members
+):
+    """Parley's topology terminates TLS in nginx; a daphne that terminates it itself has no
+    Twisted TCP buffer to bound. It still serves (prepared frames through the TLS
+    transport), and it says so: an error in the log, the connection counted unbounded."""
+    import ssl
+
+    import websockets
+
+    from tests.conftest import daphne_env
+
+    room, ann_token, _ = two_members
+    with django_db_blocker.unblock():
+        env = daphne_env(fake_llm_server, PARLEY_FASTPATH_STATS="1", VOICE_PRELOAD="0")
+    server = DaphneServer(env, tls=self_signed(tmp_path)).start()
+    try:
+        counters = Counters(server)
+        before = await counters.read()
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        headers = {"Authorization": f"Bearer {ann_token}"}
+        url = f"{server.ws_url}/ws/rooms/{room.slug}/"
+        async with websockets.connect(url, ssl=context, additional_headers=headers) as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert hello["type"] == "hello"
+            await ws.send(json.dumps({"action": "send", "text": "go", "ask_ai": True}))
+            async with asyncio.timeout(20):
+                while True:
+                    event = json.loads(await ws.recv())
+                    if event.get("type") == "generation" and event["state"] == "complete":
+                        break
+        delta = grew(before, await counters.read())
+        assert delta["unbounded"] == 1
+        assert delta["ws_prepared"] > 0
+        assert delta["ws_plain"] == 0
+        assert server.wait_log("no slow-reader bound for it")
+    finally:
+        server.stop()

@@ -44,8 +44,12 @@ def database_url() -> str:
 class DaphneServer:
     """``daphne config.asgi:application`` in a subprocess; its log is kept for failures."""
 
-    def __init__(self, env: Mapping[str, str], *, cwd: Path = ROOT) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, cwd: Path = ROOT, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.cwd = cwd  # another checkout of Parley, for the benchmark's before/after
+        # (key file, certificate file): daphne terminates TLS itself (https, wss).
+        self.tls = tls
         self.port = free_port()
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env}
         self.lines: list[str] = []
@@ -55,24 +59,20 @@ class DaphneServer:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> DaphneServer:
+        if self.tls is None:
+            listen = ["-b", "127.0.0.1", "-p", str(self.port)]
+        else:
+            key, cert = self.tls
+            listen = ["-e", f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "config.asgi:application",
-            ],
+            [sys.executable, "-m", "daphne", *listen, "config.asgi:application"],
             cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,

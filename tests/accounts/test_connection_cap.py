@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from chat.services import room_join
+from tests.support.rooms import connect
 from tests.support.sse import open_sse
 from tests.support.wsclient import RoomClient
 
@@ -28,12 +29,6 @@ def capped(daphne_factory, make_user, make_room):
     room_join(room=room, user=bob)
     server = daphne_factory(PARLEY_MAX_CONNECTIONS_PER_USER=str(CAP))
     return server, room, ann_token, bob_token
-
-
-async def connect_open(server, slug: str, token: str) -> RoomClient:
-    ws = await RoomClient.connect(server.ws_url, slug, token=token)
-    await ws.wait_type("hello")
-    return ws
 
 
 async def connect_when_free(server, slug: str, token: str, timeout: float = 10.0) -> RoomClient:
@@ -57,7 +52,7 @@ async def connect_when_free(server, slug: str, token: str, timeout: float = 10.0
 
 async def test_a_user_over_the_cap_is_refused_4429_and_429(capped):
     server, room, ann_token, bob_token = capped
-    held = [await connect_open(server, room.slug, ann_token) for _ in range(CAP)]
+    held = [await connect(server, room, ann_token) for _ in range(CAP)]
 
     extra = await RoomClient.connect(server.ws_url, room.slug, token=ann_token)
     assert await extra.wait_closed() == 4429
@@ -72,7 +67,7 @@ async def test_a_user_over_the_cap_is_refused_4429_and_429(capped):
         assert (await http.get(f"/api/rooms/{room.slug}")).status_code == 200
 
     # Another user is not affected, and the held connections still work.
-    bob = await connect_open(server, room.slug, bob_token)
+    bob = await connect(server, room, bob_token)
     await held[0].send(action="ping", id=1)
     assert (await held[0].wait_type("pong"))["id"] == 1
 
@@ -85,7 +80,7 @@ async def test_a_user_over_the_cap_is_refused_4429_and_429(capped):
 
 async def test_an_sse_stream_holds_a_slot_until_it_ends(capped):
     server, room, ann_token, _ = capped
-    held = [await connect_open(server, room.slug, ann_token) for _ in range(CAP - 1)]
+    held = [await connect(server, room, ann_token) for _ in range(CAP - 1)]
     async with httpx.AsyncClient(
         base_url=server.http_url, headers={"Authorization": f"Bearer {ann_token}"}, timeout=10
     ) as http:
@@ -104,7 +99,7 @@ async def test_anonymous_handshakes_are_not_counted(capped):
     for _ in range(CAP + 2):
         anon = await RoomClient.connect(server.ws_url, room.slug)
         assert await anon.wait_closed() == 4401
-    held = [await connect_open(server, room.slug, ann_token) for _ in range(CAP)]
+    held = [await connect(server, room, ann_token) for _ in range(CAP)]
     for ws in held:
         await ws.close()
 

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.models import Message, Status
+from chat.models import Status
 from tests.support.openai_server import Scenario
+from tests.support.rooms import ask, stored
 from tests.support.wsclient import RoomClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,11 +55,7 @@ async def test_the_stop_reply_action_stops_a_running_reply(daphne, llm, make_use
 
     ws = await RoomClient.connect(daphne.ws_url, room.slug, token=ann_token)
     await ws.wait_type("hello")
-    await ws.send(action="send", text="go on forever", client_id="c1")
-    placeholder = await ws.wait_for(
-        lambda e: e["type"] == "message" and e["message"]["role"] == "assistant"
-    )
-    reply_id = placeholder["message"]["id"]
+    reply_id = await ask(ws, "go on forever")
     await ws.wait_type("delta", message_id=reply_id)
 
     async with admin_session(daphne, "boss") as http:
@@ -80,9 +77,9 @@ async def test_the_stop_reply_action_stops_a_running_reply(daphne, llm, make_use
 
     end = await ws.wait_terminal(reply_id)
     assert (end["state"], end["by"]) == ("stopped", "boss")
-    stored = await sync_to_async(Message.objects.get)(pk=int(reply_id))
-    assert stored.status == Status.STOPPED
-    assert stored.text == ws.text_of(reply_id)
+    saved = await stored(reply_id)
+    assert saved.status == Status.STOPPED
+    assert saved.text == ws.text_of(reply_id)
     # No delta after the terminal event.
     index = ws.events.index(end)
     assert [e for e in ws.events[index:] if e.get("type") == "delta"] == []

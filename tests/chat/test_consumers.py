@@ -20,6 +20,7 @@ from chat.models import Generation, Message, Role, Status
 from chat.replies import get_manager
 from config.asgi import application
 from tests.support.openai_server import Scenario
+from tests.support.rooms import stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -250,8 +251,8 @@ async def test_pause_timeout_ends_as_stopped(setup, inproc_llm, settings):
     record = await inproc_llm.await_disconnect(start)
     assert record.closed_by == "client"
     delivered = "".join(e["text"] for e in c.events if e["type"] == "delta")
-    stored = await sync_to_async(Message.objects.get)(pk=int(reply_id))
-    assert (stored.status, stored.text) == ("stopped", delivered)
+    saved = await stored(reply_id)
+    assert (saved.status, saved.text) == ("stopped", delivered)
     await c.comm.disconnect()
 
 
@@ -313,6 +314,6 @@ async def test_replies_left_by_a_dead_process_become_interrupted(setup, make_use
     await get_manager().ensure_started()
     event = await c.until(lambda e: e["type"] == "generation")
     assert (event["message_id"], event["state"]) == (str(reply.pk), "interrupted")
-    stored = await sync_to_async(Message.objects.get)(pk=reply.pk)
-    assert (stored.status, stored.text) == ("interrupted", "half a rep")
+    saved = await stored(reply.pk)
+    assert (saved.status, saved.text) == ("interrupted", "half a rep")
     await c.comm.disconnect()

@@ -12,6 +12,7 @@ import pytest
 
 from chat.services import room_member_add
 from tests.support.openai_server import Scenario
+from tests.support.rooms import ask
 from tests.support.wsclient import RoomClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,11 +87,7 @@ async def test_a_non_staff_member_over_the_websocket_is_forbidden(daphne, llm, p
     bob = await RoomClient.connect(daphne.ws_url, room.slug, token=tokens["bob"])
     await ann.wait_type("hello")
     await bob.wait_type("hello")
-    await ann.send(action="send", text="go", client_id="c1")
-    placeholder = await ann.wait_for(
-        lambda e: e["type"] == "message" and e["message"]["role"] == "assistant"
-    )
-    reply_id = placeholder["message"]["id"]
+    reply_id = await ask(ann)
     await bob.send(action="stop", id="b", message_id=reply_id)
     assert (await bob.wait_type("error", id="b"))["code"] == "forbidden"
     await ann.send(action="stop", id="a", message_id=reply_id)

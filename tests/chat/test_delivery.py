@@ -12,16 +12,15 @@ import asyncio
 import contextlib
 import socket
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.models import Message
 from tests.support.openai_server import Scenario
 from tests.support.redis_server import RedisServer
+from tests.support.rooms import ask, connect, stored
 from tests.support.wsclient import RoomClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,25 +41,6 @@ def room_of(make_user, make_room):
     return make
 
 
-async def joined(server, room, token, **kw) -> RoomClient:
-    client = await RoomClient.connect(server.ws_url, room.slug, token=token, **kw)
-    await client.wait_type("hello")
-    return client
-
-
-async def ask(client: RoomClient) -> str:
-    """Send and return the id of the reply to this send (not an earlier one)."""
-    client_id = uuid.uuid4().hex
-    await client.send(action="send", text="go", ask_ai=True, client_id=client_id)
-    mine = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
-    )
-    reply = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["reply_to"] == mine["message"]["id"]
-    )
-    return reply["message"]["id"]
-
-
 def deltas(client: RoomClient, message_id: str) -> list[str]:
     return [
         e["text"] for e in client.events if e["type"] == "delta" and e["message_id"] == message_id
@@ -78,8 +58,8 @@ async def test_a_quiet_room_gets_every_token_as_its_own_frame(daphne, llm, room_
     pieces = [f"w{i} " for i in range(15)]
     llm.set_default(Scenario.slow(pieces, delay=0.05))
     room, people = await sync_to_async(room_of)(1)
-    c = await joined(daphne, room, people[0][1])
-    reply = await ask(c)
+    c = await connect(daphne, room, people[0][1])
+    reply = await ask(c, ask_ai=True)
     await c.wait_terminal(reply)
     assert deltas(c, reply) == pieces
     await c.close()
@@ -89,14 +69,14 @@ async def test_a_fast_model_is_merged_for_a_crowd_and_nothing_is_lost(daphne, ll
     pieces = [f"p{i} " for i in range(400)]
     llm.set_default(Scenario.normal(pieces))  # all at once: faster than any fan-out
     room, people = await sync_to_async(room_of)(30)
-    clients = [await joined(daphne, room, token) for _, token in people]
-    reply = await ask(clients[0])
+    clients = [await connect(daphne, room, token) for _, token in people]
+    reply = await ask(clients[0], ask_ai=True)
     for c in clients:
         await c.wait_terminal(reply)
-    stored = await sync_to_async(Message.objects.get)(pk=int(reply))
+    saved = await stored(reply)
     for c in clients:
         frames = deltas(c, reply)
-        assert "".join(frames) == "".join(pieces) == stored.text
+        assert "".join(frames) == "".join(pieces) == saved.text
         assert len(frames) < len(pieces)  # merged while earlier frames were being written
         seqs = [e["seq"] for e in c.durable()]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
@@ -119,9 +99,9 @@ async def test_slow_sse_readers_are_cut_off_and_do_not_grow_the_server(
     pieces = [piece] * 1200  # a 9.6 MB reply
     llm.set_default(Scenario.slow(pieces, delay=0.001))
     room, people = await sync_to_async(room_of)(11)
-    watcher = await joined(server, room, people[0][1])
+    watcher = await connect(server, room, people[0][1])
     # The same reply once with nobody stalled: what the reply itself costs the server.
-    reply = await ask(watcher)
+    reply = await ask(watcher, ask_ai=True)
     await watcher.wait_terminal(reply, timeout=60)
     readers = []
     for _, token in people[1:]:
@@ -138,7 +118,7 @@ async def test_slow_sse_readers_are_cut_off_and_do_not_grow_the_server(
         lambda e: e.get("type") == "presence" and len(e["online"]) == len(people), timeout=20
     )
     before = rss_kb(server.proc.pid)
-    reply = await ask(watcher)
+    reply = await ask(watcher, ask_ai=True)
     await watcher.wait_terminal(reply, timeout=60)
     grown_mb = (rss_kb(server.proc.pid) - before) / 1024
     # Unbounded, ten stalled readers would hold the whole reply each (96 MB).
@@ -173,7 +153,7 @@ async def test_an_idle_room_reads_the_store_once_per_interval_not_per_connection
         interval = 0.3
         server = daphne_factory(REDIS_URL=redis.url, PARLEY_RESYNC_INTERVAL=str(interval))
         room, people = await sync_to_async(room_of)(20)
-        clients = [await joined(server, room, token) for _, token in people]
+        clients = [await connect(server, room, token) for _, token in people]
         seq_key = f"parley:r:{room.pk}:seq".encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", redis.port)
         writer.write(b"MONITOR\r\n")
@@ -201,10 +181,10 @@ async def test_access_that_ends_closes_open_connections(daphne_factory, room_of,
     (_, owner_token), (revoked, revoked_token), (removed, removed_token), (gone, gone_token) = (
         people
     )
-    owner = await joined(server, room, owner_token)
-    a = await joined(server, room, revoked_token)
-    b = await joined(server, room, removed_token)
-    c = await joined(server, room, gone_token)
+    owner = await connect(server, room, owner_token)
+    a = await connect(server, room, revoked_token)
+    b = await connect(server, room, removed_token)
+    c = await connect(server, room, gone_token)
     async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
         async with http.stream(
             "GET",
@@ -238,9 +218,9 @@ async def test_access_that_ends_closes_open_connections(daphne_factory, room_of,
 async def test_members_leaving_mid_reply_break_nothing(daphne, llm, room_of):
     llm.set_default(Scenario.slow([f"s{i} " for i in range(200)], delay=0.01))
     room, people = await sync_to_async(room_of)(30)
-    stayer = await joined(daphne, room, people[0][1])
-    leavers = [await joined(daphne, room, token) for _, token in people[1:]]
-    reply = await ask(stayer)
+    stayer = await connect(daphne, room, people[0][1])
+    leavers = [await connect(daphne, room, token) for _, token in people[1:]]
+    reply = await ask(stayer, ask_ai=True)
     await stayer.wait_type("delta", message_id=reply)
     for c in leavers:
         c.conn.transport.abort()  # gone at once, mid-frame, as a dropped network would

@@ -7,8 +7,8 @@ from asgiref.sync import sync_to_async
 
 from chat.events import delta_body, generation_body, message_body
 from chat.events.schema import snapshot_event
-from chat.models import Message
 from tests.support.openai_server import Scenario
+from tests.support.rooms import ask, stored
 from tests.support.wsclient import RoomClient
 
 
@@ -48,14 +48,10 @@ async def test_no_delta_carries_more_than_the_cap(daphne_factory, llm, make_user
     llm.set_default(Scenario.normal(pieces))
     c = await RoomClient.connect(server.ws_url, room.slug, token=token)
     await c.wait_type("hello")
-    await c.send(action="send", text="go", ask_ai=True)
-    reply = await c.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
-    )
-    reply_id = reply["message"]["id"]
+    reply_id = await ask(c, ask_ai=True)
     await c.wait_terminal(reply_id)
     deltas = [e["text"] for e in c.events if e["type"] == "delta"]
     assert max(len(d) for d in deltas) <= 1000
-    stored = await sync_to_async(Message.objects.get)(pk=int(reply_id))
-    assert "".join(deltas) == "".join(pieces) == stored.text
+    saved = await stored(reply_id)
+    assert "".join(deltas) == "".join(pieces) == saved.text
     await c.close()

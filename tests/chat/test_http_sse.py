@@ -17,6 +17,7 @@ from asgiref.sync import sync_to_async
 
 from chat.models import Message
 from tests.support.openai_server import Scenario
+from tests.support.rooms import stored
 from tests.support.sse import open_sse
 from tests.support.wsclient import RoomClient
 
@@ -78,7 +79,7 @@ async def test_sse_and_websocket_listeners_see_identical_events(daphne, llm, roo
             assert sse.durable() == ws.durable()
             assert sse.ids == [str(e["seq"]) for e in sse.durable()]
             assert sse.text_of(reply_id) == "".join(pieces)
-            saved = await sync_to_async(Message.objects.get)(pk=int(reply_id))
+            saved = await stored(reply_id)
             assert saved.text == "".join(pieces)
         finally:
             await sse.close()

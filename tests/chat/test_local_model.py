@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.models import Generation, Message
+from chat.models import Generation
+from tests.support.rooms import ask, stored
 from tests.support.wsclient import RoomClient
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.model]
@@ -29,17 +30,13 @@ async def test_bundled_model_streams_a_reply_over_the_websocket(daphne_factory, 
     client = await RoomClient.connect(server.ws_url, room.slug, token=token)
     try:
         await client.wait_type("hello")
-        await client.send(action="send", text="What is the capital of France?")
-        reply = await client.wait_for(
-            lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
-        )
-        reply_id = reply["message"]["id"]
+        reply_id = await ask(client, "What is the capital of France?")
         end = await client.wait_terminal(reply_id, timeout=120)
         assert end["state"] == "complete", end
         text = client.text_of(reply_id)
         assert text.strip()
         assert len(client.of_type("delta")) >= 1
-        saved = await sync_to_async(Message.objects.get)(pk=int(reply_id))
+        saved = await stored(reply_id)
         assert saved.text == text
         gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
         assert (gen.backend, gen.model) == ("local", "gemma-3-270m")

@@ -17,12 +17,10 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
 
-from chat.models import Message
 from tests.support.openai_server import Scenario
 from tests.support.redis_server import RedisServer
-from tests.support.wsclient import RoomClient
+from tests.support.rooms import ask, connect, stored
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -52,29 +50,6 @@ def members(make_user, make_room):
     room = make_room(ann, "Shared")
     room_join(room=room, user=bob)
     return room, ann_token, bob_token
-
-
-async def connect(server, room, token, **kw) -> RoomClient:
-    client = await RoomClient.connect(server.ws_url, room.slug, token=token, **kw)
-    await client.wait_type("hello")
-    return client
-
-
-async def ask(client: RoomClient, text: str = "hi") -> str:
-    """Send ``text`` and return the id of the reply to it (not to anyone else's message)."""
-    client_id = f"c-{time.monotonic_ns()}"
-    await client.send(action="send", text=text, client_id=client_id)
-    mine = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
-    )
-    event = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["reply_to"] == mine["message"]["id"]
-    )
-    return event["message"]["id"]
-
-
-async def stored(message_id: str) -> Message:
-    return await sync_to_async(Message.objects.get)(pk=int(message_id))
 
 
 async def aget(url: str, token: str | None = None) -> httpx.Response:

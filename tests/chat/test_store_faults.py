@@ -19,6 +19,7 @@ from chat.models import TERMINAL_STATUSES, Message, Role, Room
 from tests.support.daphne import DaphneServer
 from tests.support.openai_server import Scenario
 from tests.support.redis_server import RedisServer
+from tests.support.rooms import ask, connect, stored
 from tests.support.wsclient import RoomClient
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
@@ -49,24 +50,6 @@ def members(make_user, make_room):
     return room, {"ann": ann_token, "bob": bob_token, "cat": cat_token}
 
 
-async def connect(server: DaphneServer, room: Room, token: str, **kw: Any) -> RoomClient:
-    client = await RoomClient.connect(server.ws_url, room.slug, token=token, **kw)
-    await client.wait_type("hello")
-    return client
-
-
-async def ask(client: RoomClient, text: str = "go") -> str:
-    client_id = f"c-{time.monotonic_ns()}"
-    await client.send(action="send", text=text, client_id=client_id)
-    mine = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
-    )
-    event = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["reply_to"] == mine["message"]["id"]
-    )
-    return str(event["message"]["id"])
-
-
 def view_of(client: RoomClient, message_id: str) -> tuple[str, str | None]:
     """What a member's screen shows for a reply: (text, status), built the way a client
     builds it from the events it got (a snapshot replaces, a delta appends)."""
@@ -92,10 +75,6 @@ def terminal_events(client: RoomClient, message_id: str) -> list[dict[str, Any]]
         for e in client.of_type("generation")
         if e["message_id"] == message_id and e["state"] in TERMINAL_STATUSES
     ]
-
-
-async def stored(message_id: str) -> Message:
-    return await sync_to_async(Message.objects.get)(pk=int(message_id))
 
 
 async def until_ended(client: RoomClient, message_id: str, timeout: float = 60) -> None:

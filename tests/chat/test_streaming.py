@@ -14,9 +14,9 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.models import Generation, Message
+from chat.models import Generation
 from tests.support.openai_server import Scenario
-from tests.support.wsclient import RoomClient
+from tests.support.rooms import ask, connect, stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,27 +37,6 @@ def room_with_two(make_user, make_room):
     return room, {"ann": ann_token, "bob": bob_token, "cat": cat_token}
 
 
-async def connect(daphne, room, token, **kw):
-    client = await RoomClient.connect(daphne.ws_url, room.slug, token=token, **kw)
-    await client.wait_type("hello")
-    return client
-
-
-async def send_and_get_reply(client: RoomClient, text: str = "hello @assistant") -> str:
-    start = len(client.events)
-    client_id = f"c-{time.monotonic_ns()}"
-    await client.send(action="send", text=text, client_id=client_id)
-    event = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant",
-        start=start,
-    )
-    return event["message"]["id"]
-
-
-async def stored(message_id: str) -> Message:
-    return await sync_to_async(Message.objects.get)(pk=int(message_id))
-
-
 def api_message(daphne, token: str, message_id: str) -> dict:
     r = httpx.get(
         f"{daphne.http_url}/api/messages/{message_id}", headers={"Authorization": f"Bearer {token}"}
@@ -72,7 +51,7 @@ async def test_two_members_see_identical_deltas_equal_to_stored_text(daphne, llm
     ann = await connect(daphne, room, tokens["ann"])
     bob = await connect(daphne, room, tokens["bob"])
     try:
-        reply_id = await send_and_get_reply(ann)
+        reply_id = await ask(ann, "hello @assistant")
         done_ann = await ann.wait_terminal(reply_id)
         done_bob = await bob.wait_terminal(reply_id)
         assert done_ann["state"] == done_bob["state"] == "complete"
@@ -119,10 +98,10 @@ async def test_pause_holds_and_resume_loses_nothing(daphne, llm, room_with_two):
     ann = await connect(daphne, room, tokens["ann"])
     bob = await connect(daphne, room, tokens["bob"])
     try:
-        ref_id = await send_and_get_reply(ann)
+        ref_id = await ask(ann)
         await ann.wait_terminal(ref_id)
         start = len(llm.requests)
-        reply_id = await send_and_get_reply(ann)
+        reply_id = await ask(ann)
         await bob.wait_type("delta", message_id=reply_id)
         await ann.send(action="pause", message_id=reply_id, id="p1")
         paused = await bob.wait_type("generation", message_id=reply_id, state="paused")
@@ -164,7 +143,7 @@ async def test_stop_closes_upstream_and_stores_what_was_delivered(daphne, llm, r
     bob = await connect(daphne, room, tokens["bob"])
     try:
         start = len(llm.requests)
-        reply_id = await send_and_get_reply(ann)
+        reply_id = await ask(ann)
         await bob.wait_for(lambda e: e.get("type") == "delta" and len(bob.text_of(reply_id)) > 20)
         # Pausing twice is idempotent.
         await ann.send(action="pause", message_id=reply_id)
@@ -203,7 +182,7 @@ async def test_bystander_cannot_stop_and_owner_can(daphne, llm, room_with_two, m
     cat = await connect(daphne, room, tokens["cat"])
     ann = await connect(daphne, room, tokens["ann"])
     try:
-        reply_id = await send_and_get_reply(bob)
+        reply_id = await ask(bob)
         await cat.wait_type("delta", message_id=reply_id)
         await cat.send(action="stop", message_id=reply_id, id="s")
         err = await cat.wait_type("error", id="s")
@@ -226,7 +205,7 @@ async def test_reply_outlives_the_askers_connection(daphne, llm, room_with_two):
     ann = await connect(daphne, room, tokens["ann"])
     bob = await connect(daphne, room, tokens["bob"])
     try:
-        reply_id = await send_and_get_reply(ann)
+        reply_id = await ask(ann)
         await bob.wait_type("delta", message_id=reply_id)
         await ann.close()
         done = await bob.wait_terminal(reply_id)
@@ -254,7 +233,7 @@ async def test_upstream_failures_end_as_failed(
     llm.set_default(scenario)
     ann = await connect(daphne, room, tokens["ann"])
     try:
-        reply_id = await send_and_get_reply(ann)
+        reply_id = await ask(ann)
         done = await ann.wait_terminal(reply_id, timeout=30)
         assert done["state"] == "failed"
         assert done["reason"]
@@ -272,7 +251,7 @@ async def test_upstream_refused_ends_as_failed(daphne_factory, room_with_two):
     server = daphne_factory(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
     ann = await connect(server, room, tokens["ann"])
     try:
-        reply_id = await send_and_get_reply(ann)
+        reply_id = await ask(ann)
         done = await ann.wait_terminal(reply_id)
         assert done["state"] == "failed"
         assert "connect" in done["reason"].lower()
@@ -287,10 +266,10 @@ async def test_replies_run_one_at_a_time_and_a_queued_one_can_be_stopped(
     llm.script(Scenario.endless(("first ",), interval=0.01), Scenario.normal(["third"]))
     ann = await connect(daphne, room, tokens["ann"])
     try:
-        first = await send_and_get_reply(ann, "one")
+        first = await ask(ann, "one")
         await ann.wait_type("delta", message_id=first)
-        second = await send_and_get_reply(ann, "two")
-        third = await send_and_get_reply(ann, "three")
+        second = await ask(ann, "two")
+        third = await ask(ann, "three")
         second_msg = [e for e in ann.of_type("message") if e["message"]["id"] == second][0]
         assert second_msg["message"]["status"] == "queued"
         await ann.send(action="stop", message_id=second)

@@ -15,8 +15,8 @@ from asgiref.sync import sync_to_async
 
 from chat.models import Generation
 from tests.support.openai_server import Scenario
+from tests.support.rooms import ask, connect
 from tests.support.sse import open_sse
-from tests.support.wsclient import RoomClient
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.model]
 
@@ -44,29 +44,15 @@ def voice_room(make_user, make_room):
     return room, ann_token, bob_token
 
 
-async def listen(daphne, room, token, audio: bool) -> RoomClient:
-    client = await RoomClient.connect(daphne.ws_url, room.slug, token=token)
-    await client.wait_type("hello")
-    if audio:
-        await client.send(action="audio", enabled=True)
-        await client.send(action="ping", id="opted-in")
-        await client.wait_type("pong", id="opted-in")
-    return client
-
-
 async def test_streaming_mode_speaks_before_the_text_is_complete(daphne, llm, voice_room):
     room, ann_token, bob_token = voice_room
     # Words trickle in: the first sentence completes long before the last.
     words = [w + " " for s in SENTENCES for w in s.split()]
     llm.set_default(Scenario.slow(words, delay=0.15))
-    ann = await listen(daphne, room, ann_token, audio=True)
-    bob = await listen(daphne, room, bob_token, audio=False)
+    ann = await connect(daphne, room, ann_token, audio=True)
+    bob = await connect(daphne, room, bob_token)
     try:
-        await ann.send(action="send", text="talk to me")
-        reply = await ann.wait_for(
-            lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
-        )
-        reply_id = reply["message"]["id"]
+        reply_id = await ask(ann, "talk to me")
         start = await ann.wait_type("audio", state="start", timeout=60)
         assert start["message_id"] == reply_id
         assert (start["format"], start["channels"], start["mode"]) == ("pcm_s16le", 1, "streaming")
@@ -101,13 +87,9 @@ async def test_streaming_mode_speaks_before_the_text_is_complete(daphne, llm, vo
 async def test_stop_cancels_audio_and_nothing_follows(daphne, llm, voice_room):
     room, ann_token, _ = voice_room
     llm.set_default(Scenario.endless(("More words keep coming. ",), interval=0.05))
-    ann = await listen(daphne, room, ann_token, audio=True)
+    ann = await connect(daphne, room, ann_token, audio=True)
     try:
-        await ann.send(action="send", text="go on", voice="realtime")
-        reply = await ann.wait_for(
-            lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
-        )
-        reply_id = reply["message"]["id"]
+        reply_id = await ask(ann, "go on", voice="realtime")
         start = await ann.wait_type("audio", state="start", timeout=60)
         assert start["mode"] == "realtime"
         await ann.send(action="stop", message_id=reply_id)
@@ -175,7 +157,7 @@ async def test_realtime_mode_feeds_volcano_text_as_it_arrives(daphne_factory, ll
             VOLCANO_ACCESS_KEY="test-access",
             VOLCANO_SAMPLE_RATE="24000",
         )
-        ann = await listen(server, room, ann_token, audio=True)
+        ann = await connect(server, room, ann_token, audio=True)
         try:
             await ann.send(action="send", text="talk", voice="realtime")
             start = await ann.wait_type("audio", state="start", timeout=30)
@@ -199,7 +181,7 @@ async def test_audio_goes_out_at_the_pace_it_plays(daphne, llm, voice_room):
     than VOICE_AUDIO_LEAD (1.5 s) ahead of real time, not in one burst."""
     room, ann_token, _ = voice_room
     llm.set_default(Scenario.normal(SENTENCES))
-    ann = await listen(daphne, room, ann_token, audio=True)
+    ann = await connect(daphne, room, ann_token, audio=True)
     try:
         await ann.send(action="send", text="read it all", voice="normal")
         start = await ann.wait_type("audio", state="start", timeout=60)

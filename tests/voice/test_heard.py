@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from chat.models import Generation, Message
 from tests.support.openai_server import Scenario
+from tests.support.rooms import ask, connect, stored
 from tests.support.wsclient import RoomClient
 from voice.speech import heard_text
 
@@ -62,23 +63,9 @@ def spoken_room(make_user, make_room):
     return room, ann_token, bob_token
 
 
-async def listening(daphne, room, token) -> RoomClient:
-    client = await RoomClient.connect(daphne.ws_url, room.slug, token=token)
-    await client.wait_type("hello")
-    await client.send(action="audio", enabled=True)
-    await client.send(action="ping", id="opted-in")
-    await client.wait_type("pong", id="opted-in")
-    return client
-
-
-async def ask(client: RoomClient, text: str) -> tuple[str, dict]:
-    mark = len(client.events)
-    await client.send(action="send", text=text)
-    reply = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant",
-        start=mark,
-    )
-    reply_id = reply["message"]["id"]
+async def ask_spoken(client: RoomClient, text: str) -> tuple[str, dict]:
+    """Ask, and return the reply's id and its audio ``start`` (the reply is being spoken)."""
+    reply_id = await ask(client, text)
     start = await client.wait_type("audio", state="start", message_id=reply_id, timeout=60)
     return reply_id, start
 
@@ -88,9 +75,9 @@ async def test_a_stop_keeps_what_the_stopper_heard_and_the_next_prompt_uses_it(
 ) -> None:
     room, ann_token, _ = spoken_room
     llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
-    ann = await listening(daphne, room, ann_token)
+    ann = await connect(daphne, room, ann_token, audio=True)
     try:
-        reply_id, start = await ask(ann, "talk")
+        reply_id, start = await ask_spoken(ann, "talk")
         # Ann's page has played 1.2 s of it when she presses stop.
         await ann.send(action="played", stream=start["stream"], ms=1200)
         await ann.send(action="stop", message_id=reply_id)
@@ -110,14 +97,7 @@ async def test_a_stop_keeps_what_the_stopper_heard_and_the_next_prompt_uses_it(
         # The model is told only what was heard.
         llm.set_default(Scenario.normal())
         asked = len(llm.requests)
-        await ann.send(action="send", text="what did you say?")
-        await ann.wait_for(
-            lambda e: (
-                e.get("type") == "message"
-                and e["message"]["role"] == "assistant"
-                and e["message"]["id"] != reply_id
-            )
-        )
+        await ask(ann, "what did you say?")
         prompt = (await llm.await_request(asked)).body["messages"]
         said = [m["content"] for m in prompt if m["role"] == "assistant"]
         assert said == [gen.heard_text]
@@ -128,9 +108,9 @@ async def test_a_stop_keeps_what_the_stopper_heard_and_the_next_prompt_uses_it(
 async def test_a_stop_without_playback_reports_keeps_no_heard_text(daphne, llm, spoken_room):
     room, ann_token, _ = spoken_room
     llm.set_default(Scenario.endless(("Words. ",), interval=0.05))
-    ann = await listening(daphne, room, ann_token)
+    ann = await connect(daphne, room, ann_token, audio=True)
     try:
-        reply_id, _start = await ask(ann, "talk")
+        reply_id, _start = await ask_spoken(ann, "talk")
         await ann.send(action="stop", message_id=reply_id)
         await ann.wait_terminal(reply_id)
         gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
@@ -145,10 +125,10 @@ async def test_speaking_over_a_spoken_reply_stops_it_for_every_listener(
 ) -> None:
     room, ann_token, bob_token = spoken_room
     llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
-    ann = await listening(daphne, room, ann_token)
-    bob = await listening(daphne, room, bob_token)
+    ann = await connect(daphne, room, ann_token, audio=True)
+    bob = await connect(daphne, room, bob_token, audio=True)
     try:
-        reply_id, start = await ask(ann, "talk")
+        reply_id, start = await ask_spoken(ann, "talk")
         # Bob is a member but neither asker nor owner: his speaking does not stop it.
         await bob.send(action="played", stream=start["stream"], ms=300)
         await bob.send(action="speech", state="start", sample_rate=16000, id="b")
@@ -181,10 +161,10 @@ async def test_speaking_over_a_finished_reply_still_playing_cancels_its_audio(
 ) -> None:
     room, ann_token, bob_token = spoken_room
     llm.set_default(Scenario.normal(["One short sentence. ", "And another one after it."]))
-    ann = await listening(daphne, room, ann_token)
-    bob = await listening(daphne, room, bob_token)
+    ann = await connect(daphne, room, ann_token, audio=True)
+    bob = await connect(daphne, room, bob_token, audio=True)
     try:
-        reply_id, start = await ask(ann, "talk")
+        reply_id, start = await ask_spoken(ann, "talk")
         assert (await ann.wait_terminal(reply_id))["state"] == "complete"
         # All of it has been sent (up to VOICE_AUDIO_LEAD ahead): listeners still play it.
         await ann.wait_type("audio", state="end", stream=start["stream"], timeout=60)
@@ -196,7 +176,7 @@ async def test_speaking_over_a_finished_reply_still_playing_cancels_its_audio(
         await ann.send(action="speech", state="cancel")
         await ann.wait_type("speech", state="cancelled")
         gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
-        message = await sync_to_async(Message.objects.get)(pk=int(reply_id))
+        message = await stored(reply_id)
         assert message.status == "complete"  # the text had ended; only the audio is cut
         assert gen.heard_ms == 900
         assert gen.heard_text is not None
@@ -240,9 +220,9 @@ async def test_a_stop_over_http_can_say_what_was_heard(daphne, llm, spoken_room)
 
     room, ann_token, _ = spoken_room
     llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
-    ann = await listening(daphne, room, ann_token)
+    ann = await connect(daphne, room, ann_token, audio=True)
     try:
-        reply_id, start = await ask(ann, "talk")
+        reply_id, start = await ask_spoken(ann, "talk")
         url = f"{daphne.http_url}/api/messages/{reply_id}/stop"
         headers = {"Authorization": f"Bearer {ann_token}"}
         async with httpx.AsyncClient(timeout=30) as http:
@@ -274,12 +254,12 @@ async def test_a_member_on_another_process_cuts_off_the_reply_where_it_runs(
     room, ann_token, bob_token = spoken_room
     a = daphne_factory(REDIS_URL=redis_url)
     b = daphne_factory(REDIS_URL=redis_url)
-    asker = await listening(a, room, ann_token)
-    ann = await listening(b, room, ann_token)
-    bob = await listening(b, room, bob_token)
+    asker = await connect(a, room, ann_token, audio=True)
+    ann = await connect(b, room, ann_token, audio=True)
+    bob = await connect(b, room, bob_token, audio=True)
     try:
         llm.set_default(Scenario.endless(("More words keep coming along. ",), interval=0.05))
-        reply_id, start = await ask(asker, "talk")
+        reply_id, start = await ask_spoken(asker, "talk")
         await bob.wait_type("audio", state="start", stream=start["stream"], timeout=60)
         await ann.send(action="played", stream=start["stream"], ms=900)
         await ann.send(action="speech", state="start", sample_rate=16000, id="a")
@@ -293,7 +273,7 @@ async def test_a_member_on_another_process_cuts_off_the_reply_where_it_runs(
 
         # Complete, with seconds of audio still to go out from A at the pace it plays.
         llm.set_default(Scenario.normal(["A first sentence here. "] * 6))
-        reply_id, start = await ask(asker, "again")
+        reply_id, start = await ask_spoken(asker, "again")
         assert (await bob.wait_terminal(reply_id, timeout=60))["state"] == "complete"
         await bob.wait_for(lambda e: e.get("type") == "audio" and e["stream"] == start["stream"])
         await ann.send(action="played", stream=start["stream"], ms=1200)

@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from chat.models import InputKind, Message
+from tests.support.rooms import stored
 from tests.support.wsclient import RoomClient
 from tests.voice.speech_samples import KEY_WORDS, resample_16k, spoken, words
 from voice.stt.base import to_wav
@@ -74,9 +75,9 @@ async def test_spoken_words_reach_the_room_as_a_message(daphne, speech_room) -> 
             done["text"],
         )
         assert message["client_id"] == "spoken-1"
-        stored = await sync_to_async(Message.objects.get)(pk=int(done["message_id"]))
-        assert stored.input == InputKind.SPEECH
-        assert stored.text == done["text"]
+        saved = await stored(done["message_id"])
+        assert saved.input == InputKind.SPEECH
+        assert saved.text == done["text"]
         # Typed messages say so.
         await ann.send(action="send", text="typed")
         typed = await bob.wait_for(

@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import socket
-import uuid
 from typing import Any
 
 import httpx
@@ -31,6 +30,7 @@ from core import fastpath, fastpath_check
 from core.fastpath_check import SUPPORTED_VERSIONS, FastPathUnsupported
 from tests.support.daphne import ROOT, DaphneServer
 from tests.support.openai_server import Scenario
+from tests.support.rooms import ask
 from tests.support.sse import open_sse
 from tests.support.wsclient import RoomClient
 
@@ -78,19 +78,6 @@ def two_members(make_user, make_room):
     return room, ann_token, bob_token
 
 
-async def ask(client: RoomClient) -> str:
-    """Send and return the id of the reply to this send."""
-    client_id = uuid.uuid4().hex
-    await client.send(action="send", text="go", ask_ai=True, client_id=client_id)
-    mine = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
-    )
-    reply = await client.wait_for(
-        lambda e: e.get("type") == "message" and e["message"]["reply_to"] == mine["message"]["id"]
-    )
-    return reply["message"]["id"]
-
-
 def both_online(event: dict[str, Any]) -> bool:
     return event.get("type") in ("hello", "presence") and len(event.get("online", ())) == 2
 
@@ -119,7 +106,7 @@ async def test_a_reply_reaches_websocket_and_sse_members_by_the_fast_path_only(
             await ws.wait_for(both_online)
             await sse.wait_for(both_online)
             before = await counters.read()
-            reply = await ask(ws)
+            reply = await ask(ws, ask_ai=True)
             await ws.wait_for(finished(reply))
             await sse.wait_for(finished(reply))
             delta = grew(before, await counters.read())
@@ -197,7 +184,7 @@ async def test_a_websocket_that_stops_reading_is_closed_4408_and_counted(served,
         await ann.wait_for(both_online)
         before = await counters.read()
         llm.set_default(Scenario.endless(("y" * 2000,), interval=0.002))
-        reply = await ask(ann)
+        reply = await ask(ann, ask_ai=True)
         await asyncio.to_thread(server.wait_log, f"WebSocket that fell {LIMIT} bytes behind", 60)
         await ann.send(action="stop", message_id=reply)
         await ann.wait_for(lambda e: e.get("type") == "generation" and e["state"] == "stopped")
@@ -234,7 +221,7 @@ async def test_an_event_stream_that_stops_reading_is_aborted_and_counted(served,
         await ann.wait_for(both_online)  # the stream is subscribed
         before = await counters.read()
         llm.set_default(Scenario.endless(("y" * 2000,), interval=0.002))
-        reply = await ask(ann)
+        reply = await ask(ann, ask_ai=True)
         await asyncio.to_thread(server.wait_log, "streamed response that fell", 60)
         await ann.send(action="stop", message_id=reply)
         await ann.wait_for(lambda e: e.get("type") == "generation" and e["state"] == "stopped")

@@ -16,6 +16,8 @@ class SSEClient:
         self.ids: list[str] = []
         self.comments: list[str] = []
         self.retry: int | None = None
+        # Waits search from here: one past the event the last wait matched (as RoomClient).
+        self.cursor = 0
         self._changed = asyncio.Condition()
         self._done = False
         self._reader = asyncio.create_task(self._read())
@@ -54,13 +56,24 @@ class SSEClient:
                 self._done = True
                 self._changed.notify_all()
 
-    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Any, timeout: float = 10.0, *, start: int | None = None
+    ) -> dict[str, Any]:
+        """The first event after the last one a wait matched that matches ``predicate``;
+        ``start`` searches from that index of ``events`` instead (tests/support/wsclient.py
+        RoomClient.wait_for says why)."""
+        seen = self.cursor if start is None else start
+
         async def wait() -> dict[str, Any]:
+            nonlocal seen
             async with self._changed:
                 while True:
-                    for event in self.events:
+                    for index in range(seen, len(self.events)):
+                        event = self.events[index]
                         if predicate(event):
+                            self.cursor = max(self.cursor, index + 1)
                             return event
+                    seen = len(self.events)
                     if self._done:
                         raise ConnectionError("the stream ended before the event came")
                     await self._changed.wait()

@@ -2,6 +2,12 @@
 
 It reads every frame into ``events`` in a background task, so a test can wait for the
 event it expects (with a timeout) while everything else is kept for later assertions.
+
+Waits move forward: each matches only events after the one the previous wait matched, so
+waiting for "the next pong" or "the reply's end" never finds an earlier one. Events whose
+order is not guaranteed (an audio ``cancel`` and the reply's ``generation``, say) are
+waited for from a mark: ``mark = len(client.events)`` before the action, then
+``wait_for(..., start=mark)`` for the second one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class RoomClient:
         self.event_times: list[float] = []
         self.binary_times: list[float] = []
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        # Waits search from here: one past the event the last wait matched.
+        self.cursor = 0
         self._changed = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
 
@@ -84,15 +92,23 @@ class RoomClient:
         await self.conn.send(data)
 
     async def wait_for(
-        self, predicate: Predicate, timeout: float = 10.0, *, start: int = 0
+        self, predicate: Predicate, timeout: float = 10.0, *, start: int | None = None
     ) -> dict[str, Any]:
-        """The first event from index ``start`` (arrival order) matching ``predicate``."""
-        seen = start
+        """The first event after the last one a wait matched (``cursor``) that matches
+        ``predicate``, as it arrives; the cursor then moves past it.
+
+        ``start``: search from this index of ``events`` instead (0: all of them), for an
+        event whose order against the previous match is not guaranteed. The cursor never
+        moves back.
+        """
+        seen = self.cursor if start is None else start
 
         def find() -> dict[str, Any] | None:
             nonlocal seen
-            for event in self.events[seen:]:
+            for index in range(seen, len(self.events)):
+                event = self.events[index]
                 if predicate(event):
+                    self.cursor = max(self.cursor, index + 1)
                     return event
             seen = len(self.events)
             return None
@@ -111,13 +127,20 @@ class RoomClient:
 
         return await asyncio.wait_for(wait(), timeout)
 
-    async def wait_type(self, type_: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+    async def wait_type(
+        self, type_: str, timeout: float = 10.0, *, start: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """The next event of ``type_`` whose ``fields`` have these values (see wait_for)."""
         return await self.wait_for(
             lambda e: e.get("type") == type_ and all(e.get(k) == v for k, v in fields.items()),
             timeout,
+            start=start,
         )
 
-    async def wait_terminal(self, message_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_terminal(
+        self, message_id: str, timeout: float = 20.0, *, start: int | None = None
+    ) -> dict[str, Any]:
+        """The reply's terminal ``generation`` event (see wait_for)."""
         from chat.models import TERMINAL_STATUSES
 
         return await self.wait_for(
@@ -127,6 +150,7 @@ class RoomClient:
                 and e.get("state") in TERMINAL_STATUSES
             ),
             timeout,
+            start=start,
         )
 
     async def wait_closed(self, timeout: float = 10.0) -> int | None:

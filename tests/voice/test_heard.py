@@ -80,9 +80,10 @@ async def test_a_stop_keeps_what_the_stopper_heard_and_the_next_prompt_uses_it(
         reply_id, start = await ask_spoken(ann, "talk")
         # Ann's page has played 1.2 s of it when she presses stop.
         await ann.send(action="played", stream=start["stream"], ms=1200)
+        stop = len(ann.events)
         await ann.send(action="stop", message_id=reply_id)
         assert (await ann.wait_terminal(reply_id))["state"] == "stopped"
-        await ann.wait_type("audio", state="cancel", stream=start["stream"])
+        await ann.wait_type("audio", state="cancel", stream=start["stream"], start=stop)
         gen = await sync_to_async(Generation.objects.select_related("message").get)(
             message_id=int(reply_id)
         )
@@ -142,10 +143,11 @@ async def test_speaking_over_a_spoken_reply_stops_it_for_every_listener(
         )
         # Ann, the asker, starts talking: the reply stops, audio cancels at every listener.
         await ann.send(action="played", stream=start["stream"], ms=800)
+        barge_in = len(bob.events)
         await ann.send(action="speech", state="start", sample_rate=16000, id="a")
         stopped = await bob.wait_terminal(reply_id)
         assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
-        await bob.wait_type("audio", state="cancel", stream=start["stream"])
+        await bob.wait_type("audio", state="cancel", stream=start["stream"], start=barge_in)
         await ann.wait_type("audio", state="cancel", stream=start["stream"])
         await ann.send(action="speech", state="cancel")
         gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
@@ -164,10 +166,12 @@ async def test_speaking_over_a_finished_reply_still_playing_cancels_its_audio(
     ann = await connect(daphne, room, ann_token, audio=True)
     bob = await connect(daphne, room, bob_token, audio=True)
     try:
+        asked = len(ann.events)
         reply_id, start = await ask_spoken(ann, "talk")
-        assert (await ann.wait_terminal(reply_id))["state"] == "complete"
+        # The text ends at once, before its audio starts or after: looked for since the ask.
+        assert (await ann.wait_terminal(reply_id, start=asked))["state"] == "complete"
         # All of it has been sent (up to VOICE_AUDIO_LEAD ahead): listeners still play it.
-        await ann.wait_type("audio", state="end", stream=start["stream"], timeout=60)
+        await ann.wait_type("audio", state="end", stream=start["stream"], timeout=60, start=asked)
         await bob.wait_type("audio", state="end", stream=start["stream"], timeout=60)
 
         await ann.send(action="played", stream=start["stream"], ms=900)
@@ -262,10 +266,11 @@ async def test_a_member_on_another_process_cuts_off_the_reply_where_it_runs(
         reply_id, start = await ask_spoken(asker, "talk")
         await bob.wait_type("audio", state="start", stream=start["stream"], timeout=60)
         await ann.send(action="played", stream=start["stream"], ms=900)
+        barge_in = len(bob.events)
         await ann.send(action="speech", state="start", sample_rate=16000, id="a")
         stopped = await bob.wait_terminal(reply_id)
         assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
-        await bob.wait_type("audio", state="cancel", stream=start["stream"])
+        await bob.wait_type("audio", state="cancel", stream=start["stream"], start=barge_in)
         await ann.send(action="speech", state="cancel")
         gen = await sync_to_async(Generation.objects.get)(message_id=int(reply_id))
         assert gen.heard_ms == 900
@@ -273,9 +278,13 @@ async def test_a_member_on_another_process_cuts_off_the_reply_where_it_runs(
 
         # Complete, with seconds of audio still to go out from A at the pace it plays.
         llm.set_default(Scenario.normal(["A first sentence here. "] * 6))
+        asked = len(bob.events)
         reply_id, start = await ask_spoken(asker, "again")
         assert (await bob.wait_terminal(reply_id, timeout=60))["state"] == "complete"
-        await bob.wait_for(lambda e: e.get("type") == "audio" and e["stream"] == start["stream"])
+        # Its audio has reached bob too (before the text's end or after it).
+        await bob.wait_for(
+            lambda e: e.get("type") == "audio" and e["stream"] == start["stream"], start=asked
+        )
         await ann.send(action="played", stream=start["stream"], ms=1200)
         await ann.send(action="speech", state="start", sample_rate=16000, id="b")
         await bob.wait_type("audio", state="cancel", stream=start["stream"], timeout=30)

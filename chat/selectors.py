@@ -146,3 +146,9 @@ def messages_page(
 def latest_messages(*, room_id: int, limit: int) -> list[Message]:
     qs = Message.objects.filter(room_id=room_id).select_related("author", "reply_to", "room")
     return list(reversed(qs.order_by("-id")[:limit]))
+
+
+def latest_message_ids(*, room_id: int, limit: int) -> list[str]:
+    """The ids (as on the wire) of the room's latest ``limit`` messages, oldest first."""
+    ids = Message.objects.filter(room_id=room_id).order_by("-id").values_list("pk", flat=True)
+    return [str(pk) for pk in reversed(ids[:limit])]

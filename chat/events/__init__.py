@@ -73,6 +73,11 @@ def group_name(room_id: int) -> str:
     return f"room.{room_id}"
 
 
+# How many times a snapshot reads the live copies again when messages were sent while it
+# read them (each pass costs a store call and a query; a room busier than this between
+# two reads a millisecond apart is already resynchronising its members with deltas).
+SNAPSHOT_READS = 3
+
 # Backoff between retries of an emit while the store is unreachable: quick at first (a
 # dropped connection reconnects at once), then once a second while Redis restarts.
 _RETRY_BACKOFF = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -172,14 +177,33 @@ class EventHub:
 
         The live replies' text and status and the seq are read in one atomic step; the
         rest comes from the database (final replies are saved before their end event).
+        The database is read *after* that step, so nothing emitted at or below the seq is
+        missing from it (a row is committed before its event is emitted) and a reply that
+        ended meanwhile is shown as it stood at the seq (its live copy), not as its last
+        periodic save. The live copies are read for the messages the database listed a
+        moment before; if the second read lists one that was not asked about (sent in
+        between), the step is taken again with it, a few times at most.
         """
-        messages = await database_sync_to_async(_latest)(room_id)
-        head, live = await self.store.live_view(room_id, [m["id"] for m in messages])
+        ids = await database_sync_to_async(_latest_ids)(room_id)
+        for _attempt in range(SNAPSHOT_READS):
+            head, live = await self.store.live_view(room_id, ids)
+            messages = await database_sync_to_async(_latest)(room_id)
+            asked = set(ids)
+            new = [m["id"] for m in messages if m["id"] not in asked]
+            if not new:
+                break
+            ids = [*ids, *new]
         for message in messages:
             state = live.get(message["id"])
             if state is not None:
                 message["text"], message["status"] = state
         return snapshot_event(seq=head, messages=messages)
+
+
+def _latest_ids(room_id: int) -> list[str]:
+    from chat.selectors import latest_message_ids
+
+    return latest_message_ids(room_id=room_id, limit=settings.PARLEY_SNAPSHOT_MESSAGES)
 
 
 def _latest(room_id: int) -> list[MessageDict]:

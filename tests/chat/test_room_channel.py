@@ -488,11 +488,6 @@ async def test_a_reader_whose_transport_is_full_is_cut_and_the_others_go_on(
     assert steady.seqs() == seqs_of(events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Subscriber.catch_up/_replay write the replay after the subscriber was closed "
-    "(chat/events/delivery/subscribers.py): nothing checks `ended` between frames",
-)
 async def test_a_reader_cut_during_its_replay_is_written_nothing_more(
     people: Any, open_channel: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -514,12 +509,6 @@ async def test_a_reader_cut_during_its_replay_is_written_nothing_more(
     assert sub.after_close == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Subscriber.catch_up/_replay write the replay after the subscriber was closed "
-    "(chat/events/delivery/subscribers.py): a removed member's SSE stream goes on after "
-    "its `forbidden` error",
-)
 async def test_a_member_removed_during_their_replay_reads_nothing_after_the_error(
     people: Any, open_channel: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

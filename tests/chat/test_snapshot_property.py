@@ -332,12 +332,6 @@ def during_snapshot(hub: EventHub, monkeypatch: pytest.MonkeyPatch, action: Call
     monkeypatch.setattr(hub.store, "live_view", interleaved)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventHub.snapshot reads the database before the store's head: a message "
-    "stored and emitted between the two reads is in neither the snapshot nor the events "
-    "after its seq (chat/events/__init__.py)",
-)
 async def test_a_message_sent_while_a_snapshot_is_read_reaches_the_resuming_member(
     people: tuple[Any, Any], hub: EventHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,13 +344,6 @@ async def test_a_message_sent_while_a_snapshot_is_read_reaches_the_resuming_memb
     await assert_resumes_match(hub, room.room.pk, [snapshot])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventHub.snapshot reads the database before the store's head: a reply that "
-    "ends between the two reads is shown with its last periodic save and still "
-    "`streaming`, and its terminal event is below the snapshot's seq "
-    "(chat/events/__init__.py)",
-)
 async def test_a_reply_that_ends_while_a_snapshot_is_read_is_shown_ended(
     people: tuple[Any, Any], hub: EventHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,6 +105,8 @@ class Subscriber:
 
     async def _replay(self, frames_since: FramesSince) -> bool:
         for frame in await frames_since(self.last_seq):
+            if self.ended:
+                return True  # closed while the log was read: nothing more goes to it
             assert frame.seq is not None
             # A snapshot restarts the stream at its seq, even below a bogus ``after``.
             if frame.seq > self.last_seq or frame.type == "snapshot":

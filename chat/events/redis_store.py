@@ -109,6 +109,8 @@ def _status_key(message_id: str) -> str:
 
 
 class RedisEventStore(EventStore):
+    answers_can_be_lost = True
+
     def __init__(self) -> None:
         # The highest seq_reserved this process knows the database holds, per room.
         self._floors: dict[int, int] = {}

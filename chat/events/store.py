@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from chat.errors import Busy
 from chat.models import TERMINAL_STATUSES, Room
@@ -53,14 +53,20 @@ class EventStore(ABC):
     Implementations: in process memory (one process), or Redis (any number).
     """
 
+    # True when an append can be recorded and its answer lost (a network between): the
+    # hub then retries with the same key, and the store must not record it twice.
+    answers_can_be_lost: ClassVar[bool] = False
+
     @abstractmethod
     async def append(
         self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
     ) -> dict[str, Any]:
         """Give ``body`` the room's next seq and record it; return the event.
 
-        ``key`` is the emit's idempotency key: appending again with the same key (a retry
-        after a lost answer) returns the first append's event instead of a second one.
+        ``key`` is the emit's idempotency key: a store whose answer can be lost after it
+        recorded the event (``answers_can_be_lost``: Redis over a network) must return the
+        first append's event when the same key is appended again (the hub's retry), not
+        record a second one. An in-process store cannot lose its answer and may ignore it.
         ``live`` gives the reply's whole visible state, for a store that lost its copy.
         """
 

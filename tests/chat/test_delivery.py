@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import statistics
 import time
 from pathlib import Path
 
@@ -54,14 +55,27 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_a_quiet_room_gets_every_token_as_its_own_frame(daphne, llm, room_of):
+async def test_a_quiet_room_gets_every_token_as_its_own_frame(daphne, llm, room_of, settings):
+    # The model writes its next token only once the member has the last one (the test
+    # steps it, no clock), so however loaded the machine, every token reaches an idle
+    # room's outbound alone: each must leave as its own frame, and promptly, not held
+    # back for company (a hold would show as a median latency past the merge window).
     pieces = [f"w{i} " for i in range(15)]
-    llm.set_default(Scenario.slow(pieces, delay=0.05))
+    llm.set_default(Scenario.stepped(pieces))
     room, people = await sync_to_async(room_of)(1)
     c = await connect(daphne, room, people[0][1])
     reply = await ask(c, ask_ai=True)
+    received = []
+    for piece in pieces:
+        llm.step()
+        event = await c.wait_for(lambda e: e["type"] == "delta" and e["message_id"] == reply)
+        received.append(time.monotonic())
+        assert event["text"] == piece
     await c.wait_terminal(reply)
     assert deltas(c, reply) == pieces
+    written = llm.requests[-1].piece_times
+    latency = statistics.median(r - w for r, w in zip(received, written, strict=True))
+    assert latency < settings.PARLEY_DELTA_MAX_WAIT
     await c.close()
 
 

@@ -83,8 +83,20 @@ from typing import Any, Literal
 from tests.support.loopback import Connection, LoopbackHTTPServer
 
 Mode = Literal[
-    "normal", "slow", "error_status", "malformed", "error_event", "disconnect", "hang", "endless"
+    "normal",
+    "slow",
+    "error_status",
+    "malformed",
+    "error_event",
+    "disconnect",
+    "hang",
+    "endless",
+    "stepped",
 ]
+
+# How long a stepped stream waits for its next step before it gives up (a test that
+# failed stops stepping; the stream must not outlive it).
+STEP_TIMEOUT = 30.0
 
 DEFAULT_PIECES: tuple[str, ...] = ("Hello", ", ", "world", "!")
 # A request head larger than this is not from an HTTP client we care about.
@@ -172,6 +184,12 @@ class Scenario:
     ) -> Scenario:
         return cls(mode="endless", pieces=tuple(pieces), delay=interval, **kw)
 
+    @classmethod
+    def stepped(cls, pieces: Sequence[str] = DEFAULT_PIECES, **kw: Any) -> Scenario:
+        """Each piece is written only when the test calls ``server.step()``: the test, not
+        a clock, decides when the model speaks."""
+        return cls(mode="stepped", pieces=tuple(pieces), **kw)
+
 
 @dataclass(slots=True)
 class RecordedRequest:
@@ -242,6 +260,7 @@ class FakeOpenAIServer(LoopbackHTTPServer):
         self._queue: deque[Scenario] = deque()
         self._requests: list[RecordedRequest] = []
         self._cond = threading.Condition()
+        self._steps = threading.Semaphore(0)
 
     # -- what tests use ------------------------------------------------------------------
 
@@ -259,6 +278,10 @@ class FakeOpenAIServer(LoopbackHTTPServer):
     def set_default(self, scenario: Scenario) -> None:
         with self._cond:
             self._default = scenario
+
+    def step(self) -> None:
+        """Let a stepped stream write its next piece."""
+        self._steps.release()
 
     def script(self, *scenarios: Scenario) -> None:
         """Queue scenarios for the next chat completions requests, in order."""
@@ -540,6 +563,14 @@ class _Stream:
             for text in itertools.cycle(s.pieces):
                 if not await self.piece(text) or await self.conn.gone_within(s.delay):
                     return
+            return
+        elif s.mode == "stepped":
+            for text in s.pieces:
+                if not await asyncio.to_thread(self.server._steps.acquire, True, STEP_TIMEOUT):
+                    return
+                if not await self.piece(text):
+                    return
+            await self.finish()
             return
         else:
             rest = s.pieces

@@ -220,10 +220,13 @@ class Bench:
         return [DaphneServer(env, cwd=cwd).start() for _ in range(count)]
 
     def before(self, checkout: Path, run: dict[str, Any]) -> None:
-        """The same one-process scenarios against an earlier Parley (``--before REV``)."""
+        """The same one-process scenarios against an earlier Parley (``--before REV``), in
+        the same order as this revision's: a quiet room first on a fresh process (so the
+        fan-outs after it are measured warm on both sides), then the crowds."""
         args = self.args
         server = self.parley(cwd=checkout)[0]
         try:
+            run["before_quiet"] = self.fanout("parley", [server.http_url], 1)
             run["before_1p"] = self.fanout("parley", [server.http_url], args.members)
             run["before_large"] = self.fanout("parley", [server.http_url], args.members_large)
         finally:
@@ -456,7 +459,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[peer]["p99_ms"] / r[parley]["p99_ms"] for r in runs if r[parley]["p99_ms"]]
         ratios[f"{peer}_p99_over_{parley}"] = _stat(values)
     if "before_1p" in runs[0]:
-        for before, after in (("before_1p", "parley_1p"), ("before_large", "parley_large")):
+        for before, after in (
+            ("before_quiet", "parley_quiet"),
+            ("before_1p", "parley_1p"),
+            ("before_large", "parley_large"),
+        ):
             ratios[f"{before}_p99_over_{after}"] = _stat(
                 [r[before]["p99_ms"] / r[after]["p99_ms"] for r in runs]
             )

@@ -356,6 +356,19 @@ def test_a_dropped_connection_resumes_without_loss_or_duplicates(daphne, llm, co
     assert int(match.group(1)) > 0
 
 
+def test_a_frame_over_the_limit_ends_the_session_with_a_message_not_a_reconnect_loop(
+    daphne, contexts, trio
+):
+    # The server closes a connection that sent a frame over 64 KiB with 1009, a code after
+    # which trying again cannot help (core/contract.py): the page says so and stays closed.
+    room, _ = trio
+    ann = user_in(daphne, contexts, "ann", room.slug)
+    ann.evaluate("window.parley.connection.socket.send('x'.repeat(70 * 1024))")
+    expect(ann.locator("#conn")).to_have_attribute("data-state", "closed")
+    expect(ann.locator(".alert")).to_contain_text("A message was too large for the server")
+    assert ann.evaluate("window.parley.debugState().connects") == 1
+
+
 def test_a_snapshot_replaces_the_conversation_and_streaming_goes_on(daphne, llm, contexts, trio):
     room, tokens = trio
     pieces = [f"s{i} " for i in range(70)]

@@ -355,13 +355,9 @@ async def test_what_arrives_during_a_catch_up_follows_the_replay_once_and_in_ord
 # --- live -----------------------------------------------------------------------------
 
 
-async def test_an_event_whose_fan_out_was_lost_arrives_before_the_next_one(
-    people: Any, open_channel: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    room, ann, bob = people
-    channel = await open_channel()
-    a = await subscribe(channel, Recorder(ann), after=None)
-    b = await subscribe(channel, Recorder(bob), after=None)
+def lose_the_next_fan_out(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The channel layer drops the next durable event's publish (a pub/sub connection
+    that dropped); returns the list its seq is put in."""
     layer = get_channel_layer()
     assert layer is not None
     group_send = layer.group_send
@@ -374,6 +370,17 @@ async def test_an_event_whose_fan_out_was_lost_arrives_before_the_next_one(
         await group_send(group, message)
 
     monkeypatch.setattr(layer, "group_send", lossy)
+    return lost
+
+
+async def test_an_event_whose_fan_out_was_lost_arrives_before_the_next_one(
+    people: Any, open_channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room, ann, bob = people
+    channel = await open_channel()
+    a = await subscribe(channel, Recorder(ann), after=None)
+    b = await subscribe(channel, Recorder(bob), after=None)
+    lost = lose_the_next_fan_out(monkeypatch)
     reads = count_store_reads(channel, monkeypatch)
 
     events = await emit_words(room.pk, 2)  # the first one's fan-out is lost
@@ -392,21 +399,11 @@ async def test_a_gap_the_log_no_longer_holds_is_bridged_by_one_snapshot(
     room, ann, _ = people
     channel = await open_channel()
     sub = await subscribe(channel, Recorder(ann), after=None)
-    layer = get_channel_layer()
-    assert layer is not None
-    group_send = layer.group_send
-    lost: list[int] = []
-
-    async def lossy(group: str, message: dict[str, Any]) -> None:
-        if message.get("type") == contract.LAYER_ROOM_EVENT and not lost:
-            lost.append(message["event"]["seq"])
-            raise ConnectionError("the pub/sub connection dropped")
-        await group_send(group, message)
+    lost = lose_the_next_fan_out(monkeypatch)
 
     async def forgotten(room_id: int, after: int) -> None:
         return None
 
-    monkeypatch.setattr(layer, "group_send", lossy)
     said = await say(room, ann, "lost in the gap")  # its fan-out is lost ...
     monkeypatch.setattr(channel.hub.store, "since", forgotten)  # ... and so is the log
     later = await emit_words(room.pk, 1)

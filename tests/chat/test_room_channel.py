@@ -399,7 +399,7 @@ async def test_a_gap_the_log_no_longer_holds_is_bridged_by_one_snapshot(
     room, ann, _ = people
     channel = await open_channel()
     sub = await subscribe(channel, Recorder(ann), after=None)
-    lost = lose_the_next_fan_out(monkeypatch)
+    lose_the_next_fan_out(monkeypatch)
 
     async def forgotten(room_id: int, after: int) -> None:
         return None

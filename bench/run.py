@@ -219,10 +219,10 @@ class Bench:
         env = self.parley_env(**extra)
         return [DaphneServer(env, cwd=cwd).start() for _ in range(count)]
 
-    def before(self, checkout: Path, run: dict[str, Any]) -> None:
-        """The same one-process scenarios against an earlier Parley (``--before REV``), in
+    def before_fanout(self, checkout: Path, run: dict[str, Any]) -> None:
+        """The same one-process fan-outs against an earlier Parley (``--before REV``), in
         the same order as this revision's: a quiet room first on a fresh process (so the
-        fan-outs after it are measured warm on both sides), then the crowds."""
+        crowds after it are measured warm on both sides), then the crowds."""
         args = self.args
         server = self.parley(cwd=checkout)[0]
         try:
@@ -231,6 +231,10 @@ class Bench:
             run["before_large"] = self.fanout("parley", [server.http_url], args.members_large)
         finally:
             server.stop()
+
+    def before_rest(self, checkout: Path, run: dict[str, Any]) -> None:
+        """The earlier Parley's send -> model and idle members."""
+        args = self.args
         server = self.parley(cwd=checkout)[0]
         try:
             first = self.send_to_model(server.http_url, 1)["gaps"][0]
@@ -348,7 +352,11 @@ class Bench:
             try:
                 for rep in range(args.repeat):
                     run: dict[str, Any] = {}
-                    # -- one process, side by side --
+                    # -- one process, side by side -- The earlier revision's crowds run
+                    # right beside this one's, first on every other repeat, so neither
+                    # side always meets the machine as the other leaves it.
+                    if self.checkout is not None and rep % 2:
+                        self.before_fanout(self.checkout, run)
                     server = self.parley()[0]
                     try:
                         run["parley_quiet"] = self.fanout("parley", [server.http_url], 1)
@@ -364,6 +372,8 @@ class Bench:
                         )
                     finally:
                         server.stop()
+                    if self.checkout is not None and not rep % 2:
+                        self.before_fanout(self.checkout, run)
                     peer = Peer(model_url, None)
                     try:
                         run["socketio_1p"] = self.fanout("socketio", [peer.url], args.members)
@@ -408,7 +418,7 @@ class Bench:
                     finally:
                         server.stop()
                     if self.checkout is not None:
-                        self.before(self.checkout, run)
+                        self.before_rest(self.checkout, run)
                     report["runs"].append(run)
                     print(json.dumps({"run": rep, **_summary_line(run)}), flush=True)
             finally:

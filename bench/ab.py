@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--before", required=True, metavar="REV")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--members", type=int, default=200)
+    parser.add_argument(
+        "--room-members", type=int, default=0, help="the room's size (default: --members)"
+    )
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "ab.json")
@@ -39,7 +42,7 @@ def main() -> None:
         argparse.Namespace(before=args.before, tokens=args.tokens, rate=args.rate, quick=False)
     )
     _setup_django(bench.db)
-    bench.slug, bench.tokens = _users(args.members)
+    bench.slug, bench.tokens = _users(max(args.members, args.room_members))
     from tests.support.openai_server import FakeOpenAIServer
 
     assert bench.checkout is not None

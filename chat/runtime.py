@@ -95,12 +95,3 @@ def get_runtime() -> Runtime:
     if runtime is None or runtime.closed:
         runtime = _runtimes[loop] = Runtime()
     return runtime
-
-
-def current_runtime() -> Runtime | None:
-    """The running loop's runtime if one was made, without making one."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    return _runtimes.get(loop)

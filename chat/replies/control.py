@@ -119,13 +119,18 @@ class ControlChannel:
             if kind == LAYER_REPLY_CONTROL:
                 task = asyncio.create_task(self._answer(message))
                 self._answers.add(task)
-                task.add_done_callback(self._answers.discard)
+                task.add_done_callback(self._answered)
             elif kind == LAYER_REPLY_CONTROL_ANSWER:
                 future = self._pending.get(message["id"])
                 if future is not None and not future.done():
                     future.set_result(message)
             elif kind == LAYER_QUEUE_ADVANCE:
                 self._on_advance(int(message["room"]))
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("answering a control failed", exc_info=task.exception())
 
     async def _answer(self, request: dict[str, Any]) -> None:
         answer: dict[str, Any] = {

@@ -37,6 +37,7 @@ from chat.events import (
 from chat.llm import Usage
 from chat.models import LIVE_STATUSES, Status
 from chat.replies import db
+from chat.replies.manager import get_manager
 from chat.replies.steering import reply_metrics
 from chat.runtime import get_runtime
 from chat.serializers import message_to_dict
@@ -64,7 +65,9 @@ class Reply:
         return self.text, self.status
 
 
-def _create(room: Any, user: Any, text: str, reply_wanted: bool) -> tuple[dict, dict | None]:
+def _create(
+    room: Any, user: Any, text: str, reply_wanted: bool, worker: str
+) -> tuple[dict, dict | None]:
     sent = db.create_messages(
         user=user,
         room=room,
@@ -73,7 +76,10 @@ def _create(room: Any, user: Any, text: str, reply_wanted: bool) -> tuple[dict, 
         reply_wanted=reply_wanted,
         backend="fake",
         model="fake-model",
-        worker="test",
+        # A worker whose lease is alive, as message_send's is: the orphan sweep of any
+        # other process sharing this database (the session's daphne) ends a live reply
+        # whose worker has no lease, which is not what this property is about.
+        worker=worker,
     )
     message = dict(message_to_dict(sent.message, room_slug=room.slug))
     reply = dict(message_to_dict(sent.reply, room_slug=room.slug)) if sent.reply else None
@@ -103,8 +109,10 @@ class Room:
 
     async def send(self, author: int, wants_reply: bool) -> None:
         self.sent += 1
+        manager = get_manager()
+        await manager.ensure_started()
         message, reply = await database_sync_to_async(_create)(
-            self.room, self.people[author], f"message {self.sent}", wants_reply
+            self.room, self.people[author], f"message {self.sent}", wants_reply, manager.worker_id
         )
         await self.emit(message_body(message))
         if reply is not None:

@@ -8,11 +8,14 @@ scan of its member ids per interval, not for a Python loop or an ``IN`` list per
 
 ``Admission`` is the process's cache for handshakes: the Room row by slug, so that a
 burst of handshakes into one room is admitted against the room channel's member list
-instead of two queries and a thread hop each.
+instead of two queries and a thread hop each. When the row or the list is stale (the
+timer does not check a room while it is empty), the first handshake of a burst re-reads
+them, once, for every handshake waiting behind it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -41,6 +44,8 @@ class RoomAccess:
         # burst of handshakes against it instead of one query each.
         self.members: set[int] = set()
         self.members_at = 0.0
+        # One re-read at a time for admissions: the rest of a burst waits for it.
+        self.reading = asyncio.Lock()
 
     def add(self, sub: Subscriber) -> None:
         self.by_user.setdefault(sub.user_id, {})[sub.id] = sub
@@ -71,10 +76,13 @@ class RoomAccess:
             )
         return cut
 
+    def members_fresh(self) -> bool:
+        """The member list was read a moment ago."""
+        return time.monotonic() - self.members_at < settings.PARLEY_RESYNC_INTERVAL * 2
+
     def knows_member(self, user_id: int) -> bool:
         """True when ``user_id`` was a member at the last check, a moment ago."""
-        fresh = time.monotonic() - self.members_at < settings.PARLEY_RESYNC_INTERVAL * 2
-        return fresh and user_id in self.members
+        return self.members_fresh() and user_id in self.members
 
 
 def _each(subs: Iterable[Subscriber], code: int, reason: str) -> list[Cut]:
@@ -92,7 +100,7 @@ def _access(room_id: int) -> tuple[set[int], set[int], set[int]]:
     from chat.models import Membership
 
     in_room = Membership.objects.filter(room_id=room_id)
-    members = set(in_room.filter(user__is_active=True).values_list("user_id", flat=True))
+    members = _members(room_id)
     inactive = set(in_room.filter(user__is_active=False).values_list("user_id", flat=True))
     revoked = set(
         ApiToken.objects.filter(
@@ -100,6 +108,24 @@ def _access(room_id: int) -> tuple[set[int], set[int], set[int]]:
         ).values_list("pk", flat=True)
     )
     return members, inactive, revoked
+
+
+def _members(room_id: int) -> set[int]:
+    """The room's members with an active account (the first of ``_access``'s reads)."""
+    from chat.models import Membership
+
+    return set(
+        Membership.objects.filter(room_id=room_id, user__is_active=True).values_list(
+            "user_id", flat=True
+        )
+    )
+
+
+def _room(room_id: int) -> Any | None:
+    """The Room row as ``selectors.room_get`` reads it (its owner with it)."""
+    from chat.models import Room
+
+    return Room.objects.select_related("owner").filter(pk=room_id).first()
 
 
 def _unindex(index: dict[int, dict[str, Subscriber]], key: int, sub_id: str) -> None:
@@ -125,6 +151,29 @@ class Admission:
         if time.monotonic() - at >= settings.PARLEY_RESYNC_INTERVAL * 2:
             return None
         return room
+
+    async def refreshed(self, slug: str, access: RoomAccess) -> Any | None:
+        """The room ``slug``, whose channel's ``access`` is open here, with its row and
+        member list fresh: what is stale is read again, once for a whole burst (the
+        handshakes behind the first wait for its read). None when the room is gone or
+        its slug changed: the caller asks the database."""
+        async with access.reading:
+            room = self.cached(slug)
+            if room is None:
+                room = await database_sync_to_async(_room)(access.room_id)
+                if room is None or room.slug != slug:
+                    self.rooms.pop(slug, None)
+                    return None
+                self.remember(slug, room)
+            if not access.members_fresh():
+                access.members = await database_sync_to_async(_members)(access.room_id)
+                access.members_at = time.monotonic()
+            return room
+
+    def known(self, slug: str) -> Any | None:
+        """The room ``slug`` as last read, however long ago (a hint, never an answer)."""
+        entry = self.rooms.get(slug)
+        return None if entry is None else entry[0]
 
     def remember(self, slug: str, room: Any) -> None:
         now = time.monotonic()

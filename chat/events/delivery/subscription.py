@@ -69,18 +69,19 @@ def get_fanout() -> Fanout:
 async def admit(*, slug: str, user: Any) -> Any:
     """The room ``slug`` for a member about to subscribe; NotFound / Forbidden otherwise.
 
-    A burst of handshakes into one room shares the room channel's member list (refreshed
-    every resync interval) and its Room row, instead of two queries and a thread hop each;
-    anyone not in the list is checked against the database, so a new member is never
-    refused.
+    A burst of handshakes into a room open here shares the room channel's member list
+    (refreshed every resync interval, and by the first handshake after a quiet spell) and
+    its Room row, instead of two queries and a thread hop each; anyone not in the list is
+    checked against the database, so a new member is never refused.
     """
     from chat import selectors
 
     fanout = get_fanout()
-    room = fanout.admission.cached(slug)
-    if room is not None:
-        channel = fanout.get(room.pk)
-        if channel is not None and channel.access.knows_member(user.pk):
+    known = fanout.admission.known(slug)
+    channel = fanout.get(known.pk) if known is not None else None
+    if channel is not None:
+        room = await fanout.admission.refreshed(slug, channel.access)
+        if room is not None and channel.access.knows_member(user.pk):
             return room
     room = await database_sync_to_async(selectors.room_get_for_member)(slug=slug, user=user)
     fanout.admission.remember(slug, room)

@@ -7,6 +7,8 @@ reply control live in ``chat/replies.py``; both are called by every transport.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
+from enum import StrEnum
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -108,18 +110,36 @@ def room_member_add(*, room: Room, by: User, username: object) -> Membership:
     return membership
 
 
-def bootstrap_ensure(*, admin_password: str | None) -> tuple[str | None, Room]:
+class AdminPassword(StrEnum):
+    """What ``bootstrap_ensure`` did with the admin's password (the command says so)."""
+
+    GENERATED = "generated"  # a new admin, with a new random password: print it, once
+    FROM_ENV = "from_env"  # set (on a new or an existing admin) from the given password
+    UNCHANGED = "unchanged"  # the admin existed and no password was given
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    lobby: Room
+    password: AdminPassword
+    generated: str | None = None  # the generated password, only when GENERATED
+
+
+def bootstrap_ensure(*, admin_password: str | None) -> Bootstrap:
     """Make sure the superuser ``admin`` and the public room "Lobby" exist.
 
-    Returns the password when one was generated (to be printed once), and the Lobby.
+    Says what became of the admin's password: a generated one is returned (to be printed
+    once); an existing admin keeps theirs unless ``admin_password`` is given.
     Every user joins the Lobby on sign-up, so a newcomer has somewhere to talk.
     """
     User = get_user_model()
     generated = None
+    outcome = AdminPassword.FROM_ENV if admin_password else AdminPassword.UNCHANGED
     admin = User.objects.filter(username="admin").first()
     if admin is None:
         password = admin_password or secrets.token_urlsafe(12)
-        generated = None if admin_password else password
+        if not admin_password:
+            generated, outcome = password, AdminPassword.GENERATED
         admin = User.objects.create_superuser("admin", "", password)
     elif admin_password:
         admin.set_password(admin_password)
@@ -129,4 +149,4 @@ def bootstrap_ensure(*, admin_password: str | None) -> tuple[str | None, Room]:
         lobby = room_create(
             owner=admin, name="Lobby", visibility=Visibility.PUBLIC, assistant=AssistantMode.ALWAYS
         )
-    return generated, lobby
+    return Bootstrap(lobby=lobby, password=outcome, generated=generated)

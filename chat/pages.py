@@ -13,13 +13,28 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
+from django.views.decorators.http import require_GET
 
 from chat import events, selectors
 from chat.errors import NotFound
 from chat.http import request_user
 from chat.serializers import room_to_dict
+
+# How long a browser may keep /favicon.ico's answer: a day, as the icon's hashed name
+# changes only with a release that changes it.
+FAVICON_MAX_AGE = 24 * 3600
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on their own (the admin's pages, feed readers):
+    the site's icon under its hashed static name. Pages link it themselves (base.html)."""
+    response = HttpResponseRedirect(static("chat/favicon.svg"))
+    response["Cache-Control"] = f"public, max-age={FAVICON_MAX_AGE}"
+    return response
 
 
 @login_required

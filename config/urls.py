@@ -8,6 +8,7 @@ from voice import views as voice_views
 urlpatterns = [
     path("", pages.home, name="home"),
     path("rooms/<str:slug>/", pages.room, name="room"),
+    path("favicon.ico", pages.favicon),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),

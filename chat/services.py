@@ -110,6 +110,36 @@ def room_member_add(*, room: Room, by: User, username: object) -> Membership:
     return membership
 
 
+def room_leave(*, room: Room, user: User) -> None:
+    """``user`` leaves ``room``; leaving a room one is not in is a no-op.
+
+    The owner cannot leave: a room keeps its owner (who can remove everyone else).
+    The member's live connections lose the room at the next access check
+    (chat/events/delivery/access.py: closed with 4403 within PARLEY_RESYNC_INTERVAL).
+    """
+    if room.owner_id == user.pk:
+        raise Forbidden("the owner cannot leave their own room")
+    Membership.objects.filter(room=room, user=user).delete()
+
+
+def room_member_remove(*, room: Room, by: User, username: object) -> None:
+    """The owner (or staff) removes ``username`` from ``room``.
+
+    Their live connections are closed with 4403 at the next access check, as for leaving.
+    """
+    if room.owner_id != by.pk and not getattr(by, "is_staff", False):
+        raise Forbidden("only the room's owner can remove members")
+    username = clean_text(username, field="username", max_chars=USERNAME_MAX, single_line=True)
+    membership = (
+        Membership.objects.filter(room=room, user__username=username).select_related("user").first()
+    )
+    if membership is None:
+        raise NotFound(f"{username!r} is not a member of this room")
+    if membership.user_id == room.owner_id:
+        raise Forbidden("the room's owner cannot be removed")
+    membership.delete()
+
+
 class AdminPassword(StrEnum):
     """What ``bootstrap_ensure`` did with the admin's password (the command says so)."""
 

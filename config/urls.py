@@ -18,6 +18,8 @@ urlpatterns = [
     path("api/rooms/<str:slug>", views.room_detail),
     path("api/rooms/<str:slug>/join", views.room_join),
     path("api/rooms/<str:slug>/members", views.room_members),
+    path("api/rooms/<str:slug>/members/<str:username>", views.room_member),
+    path("api/rooms/<str:slug>/leave", views.room_leave),
     path("api/rooms/<str:slug>/messages", views.room_messages_route),
     path("api/rooms/<str:slug>/events", sse.room_events),
     path("api/rooms/<str:slug>/speech", voice_views.room_speech),

@@ -23,6 +23,9 @@ from chat.errors import NotFound
 from chat.http import request_user
 from chat.serializers import room_to_dict
 
+# The room page lists this many members (the owner first); a crowd's page says how many
+# more there are instead of growing with them.
+MEMBERS_SHOWN = 100
 # How long a browser may keep /favicon.ico's answer: a day, as the icon's hashed name
 # changes only with a release that changes it.
 FAVICON_MAX_AGE = 24 * 3600
@@ -66,8 +69,18 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "is_staff": user.is_staff,
         "max_chars": settings.PARLEY_MAX_MESSAGE_CHARS,
     }
+    members, member_count = selectors.room_members(room=found, limit=MEMBERS_SHOWN)
     return render(
         request,
         "chat/room.html",
-        {"room": found, "config": config, "is_staff": user.is_staff},
+        {
+            "room": found,
+            "config": config,
+            "is_staff": user.is_staff,
+            "members": members,
+            "members_more": member_count - len(members),
+            # The owner and staff may remove members (services.room_member_remove).
+            "can_remove": user.is_staff or found.owner_id == user.pk,
+            "is_owner": found.owner_id == user.pk,
+        },
     )

@@ -10,7 +10,9 @@
 import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
 import { AudioPlayer } from "./audio.js";
 import { Connection } from "./connection.js";
+import { wireDrawer } from "./drawer.js";
 import { renderMarkdown } from "./markdown.js";
+import { wireMembers } from "./members.js";
 import { PushToTalk } from "./speech.js";
 import { LIVE, RoomStore } from "./store.js";
 
@@ -793,9 +795,11 @@ function wire() {
     url.searchParams.delete("transport");
     location.assign(url);
   });
-  els.sideToggle.addEventListener("click", () => {
-    const open = els.side.classList.toggle("side--open");
-    els.sideToggle.setAttribute("aria-expanded", String(open));
+  wireDrawer({
+    toggle: els.sideToggle,
+    side: els.side,
+    close: $("#side-close"),
+    backdrop: $("#side-backdrop"),
   });
   // Autoplay policy: the audio context may only start after the user's first gesture.
   const unlock = () => {
@@ -804,6 +808,7 @@ function wire() {
   document.addEventListener("pointerdown", unlock, { once: true });
   document.addEventListener("keydown", unlock, { once: true });
   talk.wire();
+  wireMembers({ slug, onError: (detail) => showError(detail) });
   onInput();
 }
 

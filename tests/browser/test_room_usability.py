@@ -1,0 +1,135 @@
+"""The room page's smaller parts as a user meets them, in Chromium on a real daphne.
+
+The phone drawer, the error pages, leaving a room and removing a member, the composer's
+small rules, and the voice room's speaker offer. Fixtures and helpers are
+test_room_page.py's; waiting is Playwright's ``expect`` (or ``wait_js``), never a sleep.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.test_room_page import (  # noqa: F401 (fixtures)
+    browser,
+    contexts,
+    login,
+    open_room,
+    send,
+    shot,
+    trio,
+    user_in,
+    wait_js,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+
+
+def on_phone(daphne: Any, contexts: Any, username: str, slug: str) -> Page:  # noqa: F811
+    page = login(contexts(**PHONE), daphne, username)
+    open_room(page, daphne, slug)
+    return page
+
+
+# --- the room details drawer on a phone ----------------------------------------------------
+
+
+def test_the_phone_drawer_closes_by_button_backdrop_and_escape(daphne, contexts, trio):  # noqa: F811
+    room, _ = trio
+    bob = on_phone(daphne, contexts, "bob", room.slug)
+    side = bob.locator("#side")
+    toggle = bob.get_by_role("button", name=re.compile("room details"))
+
+    def open_drawer() -> None:
+        toggle.click()
+        expect(side).to_be_in_viewport(ratio=1)
+        expect(toggle).to_have_attribute("aria-expanded", "true")
+        expect(bob.locator("#presence")).to_contain_text("bob (you)")
+
+    def closed() -> None:
+        expect(side).not_to_be_in_viewport()
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+        expect(bob.get_by_label("Message", exact=True)).to_be_in_viewport()
+
+    # The close button, at the drawer's top right, where the open button was.
+    open_drawer()
+    close = bob.get_by_role("button", name="Close details")
+    expect(close).to_be_in_viewport()
+    box = close.bounding_box()
+    assert box is not None
+    assert box["x"] + box["width"] > 390 - 80
+    assert box["y"] < 80
+    shot(bob, "room-phone-drawer")
+    close.click()
+    closed()
+    expect(toggle).to_be_focused()  # focus returns to where it came from
+
+    # A tap on the dimmed conversation beside the drawer.
+    open_drawer()
+    bob.mouse.click(20, 400)
+    closed()
+
+    # Escape.
+    open_drawer()
+    bob.keyboard.press("Escape")
+    closed()
+
+
+# --- error pages ----------------------------------------------------------------------------
+
+
+def test_the_404_page_is_styled_with_the_header_and_a_way_back(daphne, contexts, trio):  # noqa: F811
+    room, _ = trio
+    bob = login(contexts(), daphne, "bob")
+    response = bob.goto(f"{daphne.http_url}/rooms/no-such-room/")
+    assert response is not None
+    assert response.status == 404
+    expect(bob.get_by_role("heading", name="There is nothing here")).to_be_visible()
+    expect(bob.locator("header.site")).to_contain_text("bob")  # the site header, signed in
+    # Styled: the stylesheet applied (the card has the page's surface and radius).
+    card = bob.locator(".oops")
+    assert card.evaluate("(el) => getComputedStyle(el).borderTopLeftRadius") == "12px"
+    shot(bob, "page-404")
+    bob.get_by_role("link", name="Back to your rooms").click()
+    expect(bob).to_have_url(f"{daphne.http_url}/")
+    expect(bob.get_by_role("link", name="Design review")).to_be_visible()
+
+
+# --- leaving a room, removing a member ------------------------------------------------------
+
+
+def test_a_member_leaves_and_the_owner_removes_a_member_from_the_page(daphne, contexts, trio):  # noqa: F811
+    room, _ = trio
+    ann = user_in(daphne, contexts, "ann", room.slug)  # the owner
+    bob = user_in(daphne, contexts, "bob", room.slug)
+    cat = user_in(daphne, contexts, "cat", room.slug)
+    members = ann.locator("#members")
+    expect(members.locator("li")).to_have_count(3)
+    expect(members.locator("li").first).to_contain_text("owner")
+    # Only the owner has Remove buttons; the owner has no Leave.
+    expect(bob.get_by_role("button", name=re.compile("^Remove"))).to_have_count(0)
+    expect(ann.get_by_role("button", name="Leave room")).to_have_count(0)
+
+    # The owner removes cat: asked first, then cat's open page loses the room.
+    ann.once("dialog", lambda d: d.accept())
+    ann.get_by_role("button", name="Remove cat from the room").click()
+    expect(members.locator("li")).to_have_count(2)
+    expect(cat.locator("#conn")).to_have_attribute("data-state", "closed")
+    expect(cat.locator(".alert")).to_contain_text("not a member of this room")
+
+    # bob leaves; declining the question first changes nothing.
+    bob.once("dialog", lambda d: d.dismiss())
+    bob.get_by_role("button", name="Leave room").click()
+    expect(bob.locator("#conn")).to_have_attribute("data-state", "open")
+    bob.once("dialog", lambda d: d.accept())
+    bob.get_by_role("button", name="Leave room").click()
+    expect(bob).to_have_url(f"{daphne.http_url}/")
+    expect(bob.locator("#public-rooms")).to_contain_text("Design review")  # to join again
+    expect(bob.locator("#my-rooms")).not_to_contain_text("Design review")
+    ann.reload()
+    expect(ann.locator("#members li")).to_have_count(1)

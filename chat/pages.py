@@ -26,6 +26,13 @@ from chat.serializers import room_to_dict
 # The room page lists this many members (the owner first); a crowd's page says how many
 # more there are instead of growing with them.
 MEMBERS_SHOWN = 100
+# The room's voice mode in words, as the room list's form and the composer name them.
+VOICE_LABELS = {
+    "off": "Off",
+    "normal": "After the reply",
+    "streaming": "Sentence by sentence",
+    "realtime": "Real time",
+}
 # How long a browser may keep /favicon.ico's answer: a day, as the icon's hashed name
 # changes only with a release that changes it.
 FAVICON_MAX_AGE = 24 * 3600
@@ -82,5 +89,6 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             # The owner and staff may remove members (services.room_member_remove).
             "can_remove": user.is_staff or found.owner_id == user.pk,
             "is_owner": found.owner_id == user.pk,
+            "voice_label": VOICE_LABELS.get(found.voice, found.voice),
         },
     )

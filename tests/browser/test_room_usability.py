@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from chat.services import room_join
 from tests.browser.test_room_page import (  # noqa: F401 (fixtures)
     browser,
     contexts,
@@ -133,3 +134,52 @@ def test_a_member_leaves_and_the_owner_removes_a_member_from_the_page(daphne, co
     expect(bob.locator("#my-rooms")).not_to_contain_text("Design review")
     ann.reload()
     expect(ann.locator("#members li")).to_have_count(1)
+
+
+# --- a voice room offers the speaker ----------------------------------------------------------
+
+
+def test_a_voice_room_offers_the_speaker_and_remembers_the_choice(
+    daphne,
+    contexts,  # noqa: F811
+    trio,  # noqa: F811
+    make_room,
+):
+    plain, _ = trio
+    ann = plain.owner
+    radio = make_room(ann, "Radio", voice="streaming")
+    bob_user = type(ann).objects.get(username="bob")
+    room_join(room=radio, user=bob_user)
+
+    bob = user_in(daphne, contexts, "bob", radio.slug)
+    expect(bob.locator("#room-voice")).to_have_text("Spoken: sentence by sentence")
+    offer = bob.get_by_role("region", name="Speaker")
+    expect(offer).to_be_visible()
+    expect(offer).to_contain_text("Replies in this room are spoken (sentence by sentence)")
+    expect(bob.get_by_role("button", name="Speaker off")).to_be_visible()
+    shot(bob, "room-voice-offer")
+    offer.get_by_role("button", name="Turn on speaker").click()
+    expect(offer).to_be_hidden()
+    expect(bob.get_by_role("button", name="Speaker on")).to_have_attribute("aria-pressed", "true")
+    wait_js(bob, "window.parley.player.debugState().context === 'running'")
+
+    # The choice survives a reload, and the offer is not made again.
+    bob.reload()
+    expect(bob.locator("#conn")).to_have_attribute("data-state", "open")
+    expect(bob.get_by_role("button", name="Speaker on")).to_have_attribute("aria-pressed", "true")
+    expect(offer).to_be_hidden()
+
+    # Per room: a room without voice makes no offer and says its voice is off.
+    open_room(bob, daphne, plain.slug)
+    expect(bob.locator("#room-voice")).to_have_text("Voice off")
+    expect(bob.get_by_role("region", name="Speaker")).to_have_count(0)
+    expect(bob.get_by_role("button", name="Speaker off")).to_be_visible()
+
+    # "Not now" is a choice too: kept, and not asked again.
+    owner = user_in(daphne, contexts, "ann", radio.slug)
+    owner.get_by_role("region", name="Speaker").get_by_role("button", name="Not now").click()
+    expect(owner.get_by_role("region", name="Speaker")).to_be_hidden()
+    owner.reload()
+    expect(owner.locator("#conn")).to_have_attribute("data-state", "open")
+    expect(owner.get_by_role("region", name="Speaker")).to_be_hidden()
+    expect(owner.get_by_role("button", name="Speaker off")).to_be_visible()

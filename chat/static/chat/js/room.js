@@ -748,6 +748,23 @@ function setSpeaker(on) {
   else connection.refreshSse();
 }
 
+// A voice room offers the speaker once, with one click (browsers start audio only after a
+// user gesture, so it cannot simply be on). The answer is kept per room, as the speaker
+// button's own choice is, and the offer is not made again once there is one.
+function offerSpeaker() {
+  const offer = $("#voice-offer");
+  if (!offer || stored(`speaker:${slug}`, null) !== null) return;
+  offer.hidden = false;
+  const answer = (on) => {
+    offer.hidden = true;
+    setSpeaker(on);
+  };
+  $("#voice-offer-on").addEventListener("click", () => answer(true));
+  $("#voice-offer-off").addEventListener("click", () => answer(false));
+  // Choosing with the speaker button itself answers the offer too.
+  els.speaker.addEventListener("click", () => (offer.hidden = true));
+}
+
 function wire() {
   els.form.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -785,6 +802,7 @@ function wire() {
   els.voice.value = stored(`voice:${slug}`, room.voice);
   els.voice.addEventListener("change", () => remember(`voice:${slug}`, els.voice.value));
   els.speaker.addEventListener("click", () => setSpeaker(!speakerOn));
+  offerSpeaker();
   els.speaker.setAttribute("aria-pressed", String(speakerOn));
   els.speaker.querySelector(".speaker__label").textContent = speakerOn ? "Speaker on" : "Speaker off";
 

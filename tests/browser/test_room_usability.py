@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixtures imported from test_room_page are arguments here)
 """The room page's smaller parts as a user meets them, in Chromium on a real daphne.
 
 The phone drawer, the error pages, leaving a room and removing a member, the composer's
@@ -25,13 +26,14 @@ from tests.browser.test_room_page import (  # noqa: F401 (fixtures)
     user_in,
     wait_js,
 )
+from tests.support.openai_server import Scenario
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
 
 
-def on_phone(daphne: Any, contexts: Any, username: str, slug: str) -> Page:  # noqa: F811
+def on_phone(daphne: Any, contexts: Any, username: str, slug: str) -> Page:
     page = login(contexts(**PHONE), daphne, username)
     open_room(page, daphne, slug)
     return page
@@ -40,7 +42,7 @@ def on_phone(daphne: Any, contexts: Any, username: str, slug: str) -> Page:  # n
 # --- the room details drawer on a phone ----------------------------------------------------
 
 
-def test_the_phone_drawer_closes_by_button_backdrop_and_escape(daphne, contexts, trio):  # noqa: F811
+def test_the_phone_drawer_closes_by_button_backdrop_and_escape(daphne, contexts, trio):
     room, _ = trio
     bob = on_phone(daphne, contexts, "bob", room.slug)
     side = bob.locator("#side")
@@ -84,7 +86,7 @@ def test_the_phone_drawer_closes_by_button_backdrop_and_escape(daphne, contexts,
 # --- error pages ----------------------------------------------------------------------------
 
 
-def test_the_404_page_is_styled_with_the_header_and_a_way_back(daphne, contexts, trio):  # noqa: F811
+def test_the_404_page_is_styled_with_the_header_and_a_way_back(daphne, contexts, trio):
     room, _ = trio
     bob = login(contexts(), daphne, "bob")
     response = bob.goto(f"{daphne.http_url}/rooms/no-such-room/")
@@ -104,7 +106,7 @@ def test_the_404_page_is_styled_with_the_header_and_a_way_back(daphne, contexts,
 # --- leaving a room, removing a member ------------------------------------------------------
 
 
-def test_a_member_leaves_and_the_owner_removes_a_member_from_the_page(daphne, contexts, trio):  # noqa: F811
+def test_a_member_leaves_and_the_owner_removes_a_member_from_the_page(daphne, contexts, trio):
     room, _ = trio
     ann = user_in(daphne, contexts, "ann", room.slug)  # the owner
     bob = user_in(daphne, contexts, "bob", room.slug)
@@ -141,8 +143,8 @@ def test_a_member_leaves_and_the_owner_removes_a_member_from_the_page(daphne, co
 
 def test_a_voice_room_offers_the_speaker_and_remembers_the_choice(
     daphne,
-    contexts,  # noqa: F811
-    trio,  # noqa: F811
+    contexts,
+    trio,
     make_room,
 ):
     plain, _ = trio
@@ -183,3 +185,114 @@ def test_a_voice_room_offers_the_speaker_and_remembers_the_choice(
     expect(owner.locator("#conn")).to_have_attribute("data-state", "open")
     expect(owner.get_by_role("region", name="Speaker")).to_be_hidden()
     expect(owner.get_by_role("button", name="Speaker off")).to_be_visible()
+
+
+# --- the composer's small rules -----------------------------------------------------------
+
+
+def test_send_is_disabled_over_the_limit_with_the_reason_shown(daphne, contexts, trio):
+    room, _ = trio
+    ann = user_in(daphne, contexts, "ann", room.slug)
+    limit = ann.evaluate("JSON.parse(document.getElementById('parley-config').textContent)")[
+        "max_chars"
+    ]
+    box = ann.get_by_label("Message", exact=True)
+    send_button = ann.get_by_role("button", name="Send", exact=True)
+    box.fill("a" * (limit + 2))
+    expect(send_button).to_be_disabled()
+    expect(ann.locator("#counter")).to_have_text(f"2 characters over the limit of {limit}")
+    expect(send_button).to_have_accessible_description(f"2 characters over the limit of {limit}")
+    box.press("Enter")  # Enter does not send it either
+    expect(ann.locator(".alert")).to_contain_text(f"at most {limit} characters")
+    expect(ann.locator("article.msg")).to_have_count(0)
+    box.press("Backspace")
+    expect(ann.locator("#counter")).to_have_text(f"1 character over the limit of {limit}")
+    box.press("Backspace")
+    expect(send_button).to_be_enabled()
+    expect(ann.locator("#counter")).to_have_text("0")
+
+
+def test_ask_the_assistant_resets_after_a_send(daphne, llm, contexts, make_user, make_room):
+    llm.set_default(Scenario.normal(["Sure."]))
+    ann, _ = make_user("ann")
+    room = make_room(ann, "Quiet", assistant="mention")
+    page = user_in(daphne, contexts, "ann", room.slug)
+    ask = page.get_by_label("Ask the assistant")
+    ask.check()
+    send(page, "first, asked")
+    expect(ask).not_to_be_checked()
+    replies = page.locator("article.msg--assistant[data-id]")
+    expect(replies).to_have_count(1)
+    expect(replies.first).to_have_attribute("data-status", "complete")
+    send(page, "second, not asked")
+    expect(page.locator("article.msg--mine[data-id]")).to_have_count(2)
+    # A third message that does ask: once its reply is in, the second one's would be too.
+    send(page, "third @assistant")
+    expect(page.locator("article.msg--mine[data-id]")).to_have_count(3)
+    expect(replies).to_have_count(2)
+    expect(replies.last).to_have_attribute("data-status", "complete")
+    texts = page.locator("article.msg[data-id] .msg__body").all_inner_texts()
+    assert texts == ["first, asked", "Sure.", "second, not asked", "third @assistant", "Sure."]
+
+
+def test_a_failed_message_can_be_dismissed(daphne_factory, llm, contexts, trio):
+    room, _ = trio
+    llm.set_default(Scenario.normal(["ok"]))
+    # One send, and then none for a long while: the second send really fails (rate_limited).
+    server = daphne_factory(PARLEY_SEND_BURST="1", PARLEY_SEND_PER_SECOND="0.001")
+    ann = user_in(server, contexts, "ann", room.slug)
+    send(ann, "this one goes")
+    expect(ann.locator("article.msg--mine[data-id]")).to_have_count(1)
+    send(ann, "this one cannot")
+    failed = ann.locator("article.msg--pending")
+    expect(failed).to_have_attribute("data-status", "failed")
+    expect(failed.locator(".msg__note")).to_contain_text("Not sent:")
+    expect(failed.get_by_role("button", name="Retry")).to_be_visible()
+    shot(ann, "room-failed-pending")
+    failed.get_by_role("button", name="Dismiss").click()
+    expect(ann.locator("article.msg--pending")).to_have_count(0)
+    expect(ann.locator("article.msg--mine")).to_have_count(1)
+    assert ann.evaluate("window.parley.store.pending.size") == 0
+
+
+def test_selects_are_whole_and_labelled_at_both_widths(daphne, contexts, trio):
+    room, _ = trio
+    fits = """(el) => {
+      const style = getComputedStyle(el);
+      const probe = document.createElement("span");
+      probe.style.font = style.font;
+      probe.style.position = "absolute";
+      probe.style.whiteSpace = "nowrap";
+      document.body.append(probe);
+      const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      const widest = Math.max(...[...el.options].map((o) => {
+        probe.textContent = o.text;
+        return probe.getBoundingClientRect().width;
+      }));
+      probe.remove();
+      return room + 0.5 >= widest;
+    }"""
+    wide = user_in(daphne, contexts, "ann", room.slug)
+    voice = wide.get_by_label("Voice mode for your messages")
+    voice.select_option("streaming")
+    assert voice.evaluate(fits), "the voice select cuts its options at 1280 px"
+    phone = on_phone(daphne, contexts, "bob", room.slug)
+    label = phone.locator("label[for=voice-mode] .tool__label")
+    expect(label).to_be_visible()
+    expect(label).to_have_text("Voice")
+    assert phone.get_by_label("Voice mode for your messages").evaluate(fits)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    phone.get_by_role("button", name=re.compile("online, room details")).click()
+    expect(phone.locator("label[for=transport] .tool__label")).to_be_visible()
+
+
+def test_rooms_with_the_same_name_can_be_told_apart(daphne, contexts, trio, make_room):
+    room, _ = trio
+    bob_user = type(room.owner).objects.get(username="bob")
+    twin = make_room(bob_user, room.name)
+    assert twin.slug != room.slug
+    bob = login(contexts(), daphne, "bob")
+    cards = bob.locator("#my-rooms .room-card").filter(has_text=room.name)
+    expect(cards).to_have_count(2)
+    expect(cards.filter(has_text=f"/rooms/{room.slug}/")).to_contain_text("by ann")
+    expect(cards.filter(has_text=f"/rooms/{twin.slug}/")).to_contain_text("you own it")

@@ -215,7 +215,16 @@ function buildArticle(m, pending) {
     retry.textContent = "Retry";
     retry.hidden = true;
     retry.addEventListener("click", () => deliver(store.pending.get(m.client_id)));
-    main.append(retry);
+    const dismiss = document.createElement("button");
+    dismiss.type = "button";
+    dismiss.className = "btn btn--ghost btn--small msg__dismiss";
+    dismiss.textContent = "Dismiss";
+    dismiss.hidden = true;
+    dismiss.addEventListener("click", () => dismissPending(m.client_id));
+    const actions = document.createElement("div");
+    actions.className = "msg__actions";
+    actions.append(retry, dismiss);
+    main.append(actions);
   }
   article.append(avatar, main);
   return article;
@@ -338,6 +347,18 @@ function renderPending(article, p) {
   note.textContent = p.error ? `Not sent: ${p.error}` : "";
   note.hidden = !p.error;
   article.querySelector(".msg__retry").hidden = p.status !== "failed";
+  article.querySelector(".msg__dismiss").hidden = p.status !== "failed";
+}
+
+// A failed message the writer gives up on: gone from the page (it was never stored).
+function dismissPending(clientId) {
+  const p = store.pending.get(clientId);
+  if (!p || p.status !== "failed") return;
+  store.pending.delete(clientId);
+  elements.get(clientId)?.remove();
+  elements.delete(clientId);
+  els.empty.hidden = store.messages.size + store.pending.size > 0;
+  els.input.focus();
 }
 
 function firstPendingArticle() {
@@ -616,6 +637,8 @@ function submit() {
   }
   const p = store.addPending(text);
   p.askAi = Boolean(els.askAi && els.askAi.checked);
+  // "Ask the assistant" is for this message: the next one asks again only if ticked again.
+  if (els.askAi) els.askAi.checked = false;
   keepPinned(() => addPendingArticle(p));
   scrollToEnd();
   els.input.value = "";
@@ -630,9 +653,15 @@ function onInput() {
   input.style.height = "auto";
   input.style.height = `${Math.min(input.scrollHeight, 220)}px`;
   const left = config.max_chars - input.value.length;
-  els.counter.textContent = left < 500 ? `${left}` : "";
-  els.counter.classList.toggle("counter--over", left < 0);
-  els.send.disabled = !input.value.trim();
+  const over = left < 0;
+  els.counter.textContent = over
+    ? `${-left} ${left === -1 ? "character" : "characters"} over the limit of ${config.max_chars}`
+    : left < 500
+      ? `${left}`
+      : "";
+  els.counter.classList.toggle("counter--over", over);
+  els.send.disabled = !input.value.trim() || over;
+  els.send.title = over ? "Too long to send: shorten the message" : "";
 }
 
 function maybeSendTyping() {
@@ -728,9 +757,11 @@ const talk = new PushToTalk({
     // Barge-in: the last `played` of whatever plays goes out before `speech start`, and
     // the audio stops here at once (the server stops our own reply's audio for the room).
     beforeStart: () => player.bargeIn(),
+    // Called once, as an utterance is sent: "Ask the assistant" resets as for a typed send.
     fields: () => {
       const fields = { voice: els.voice.value };
       if (els.askAi && els.askAi.checked) fields.ask_ai = true;
+      if (els.askAi) els.askAi.checked = false;
       return fields;
     },
     announce,

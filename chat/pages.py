@@ -16,7 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.templatetags.static import static
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from chat import events, selectors
 from chat.errors import NotFound
@@ -38,7 +38,7 @@ VOICE_LABELS = {
 FAVICON_MAX_AGE = 24 * 3600
 
 
-@require_GET
+@require_safe
 def favicon(request: HttpRequest) -> HttpResponse:
     """/favicon.ico, which browsers ask for on their own (the admin's pages, feed readers):
     the site's icon under its hashed static name. Pages link it themselves (base.html)."""

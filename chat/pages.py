@@ -13,13 +13,38 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
+from django.views.decorators.http import require_safe
 
 from chat import events, selectors
 from chat.errors import NotFound
 from chat.http import request_user
 from chat.serializers import room_to_dict
+
+# The room page lists this many members (the owner first); a crowd's page says how many
+# more there are instead of growing with them.
+MEMBERS_SHOWN = 100
+# The room's voice mode in words, as the room list's form and the composer name them.
+VOICE_LABELS = {
+    "off": "Off",
+    "normal": "After the reply",
+    "streaming": "Sentence by sentence",
+    "realtime": "Real time",
+}
+# How long a browser may keep /favicon.ico's answer: a day, as the icon's hashed name
+# changes only with a release that changes it.
+FAVICON_MAX_AGE = 24 * 3600
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on their own (the admin's pages, feed readers):
+    the site's icon under its hashed static name. Pages link it themselves (base.html)."""
+    response = HttpResponseRedirect(static("chat/favicon.svg"))
+    response["Cache-Control"] = f"public, max-age={FAVICON_MAX_AGE}"
+    return response
 
 
 @login_required
@@ -51,8 +76,19 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "is_staff": user.is_staff,
         "max_chars": settings.PARLEY_MAX_MESSAGE_CHARS,
     }
+    members, member_count = selectors.room_members(room=found, limit=MEMBERS_SHOWN)
     return render(
         request,
         "chat/room.html",
-        {"room": found, "config": config, "is_staff": user.is_staff},
+        {
+            "room": found,
+            "config": config,
+            "is_staff": user.is_staff,
+            "members": members,
+            "members_more": member_count - len(members),
+            # The owner and staff may remove members (services.room_member_remove).
+            "can_remove": user.is_staff or found.owner_id == user.pk,
+            "is_owner": found.owner_id == user.pk,
+            "voice_label": VOICE_LABELS.get(found.voice, found.voice),
+        },
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Q, QuerySet
+from django.db.models import Case, Q, QuerySet, Value, When
 
 from chat.errors import BadRequest, Forbidden, NotFound
 from chat.models import Membership, Message, Role, Room, Visibility
@@ -31,6 +31,16 @@ def rooms_visible_to(*, user: AnyUser) -> QuerySet[Room]:
 def rooms_of(*, user: AnyUser) -> QuerySet[Room]:
     """The rooms ``user`` is a member of."""
     return Room.objects.filter(memberships__user=user.pk).select_related("owner").order_by("name")
+
+
+def room_members(*, room: Room, limit: int) -> tuple[list[User], int]:
+    """Up to ``limit`` of the room's members, the owner first, then by name; and how many
+    members it has in all."""
+    members = User.objects.filter(memberships__room=room)
+    first = members.order_by(
+        Case(When(pk=room.owner_id, then=Value(0)), default=Value(1)), "username"
+    )[:limit]
+    return list(first), members.count()
 
 
 def is_member(*, room: Room, user: AnyUser) -> bool:

@@ -7,6 +7,8 @@ reply control live in ``chat/replies.py``; both are called by every transport.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
+from enum import StrEnum
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -108,18 +110,66 @@ def room_member_add(*, room: Room, by: User, username: object) -> Membership:
     return membership
 
 
-def bootstrap_ensure(*, admin_password: str | None) -> tuple[str | None, Room]:
+def room_leave(*, room: Room, user: User) -> None:
+    """``user`` leaves ``room``; leaving a room one is not in is a no-op.
+
+    The owner cannot leave: a room keeps its owner (who can remove everyone else).
+    The member's live connections lose the room at the next access check
+    (chat/events/delivery/access.py: closed with 4403 within PARLEY_RESYNC_INTERVAL).
+    """
+    if room.owner_id == user.pk:
+        raise Forbidden("the owner cannot leave their own room")
+    Membership.objects.filter(room=room, user=user).delete()
+
+
+def room_member_remove(*, room: Room, by: User, username: object) -> None:
+    """The owner (or staff) removes ``username`` from ``room``.
+
+    Their live connections are closed with 4403 at the next access check, as for leaving.
+    """
+    if room.owner_id != by.pk and not getattr(by, "is_staff", False):
+        raise Forbidden("only the room's owner can remove members")
+    username = clean_text(username, field="username", max_chars=USERNAME_MAX, single_line=True)
+    membership = (
+        Membership.objects.filter(room=room, user__username=username).select_related("user").first()
+    )
+    if membership is None:
+        raise NotFound(f"{username!r} is not a member of this room")
+    if membership.user_id == room.owner_id:
+        raise Forbidden("the room's owner cannot be removed")
+    membership.delete()
+
+
+class AdminPassword(StrEnum):
+    """What ``bootstrap_ensure`` did with the admin's password (the command says so)."""
+
+    GENERATED = "generated"  # a new admin, with a new random password: print it, once
+    FROM_ENV = "from_env"  # set (on a new or an existing admin) from the given password
+    UNCHANGED = "unchanged"  # the admin existed and no password was given
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    lobby: Room
+    password: AdminPassword
+    generated: str | None = None  # the generated password, only when GENERATED
+
+
+def bootstrap_ensure(*, admin_password: str | None) -> Bootstrap:
     """Make sure the superuser ``admin`` and the public room "Lobby" exist.
 
-    Returns the password when one was generated (to be printed once), and the Lobby.
+    Says what became of the admin's password: a generated one is returned (to be printed
+    once); an existing admin keeps theirs unless ``admin_password`` is given.
     Every user joins the Lobby on sign-up, so a newcomer has somewhere to talk.
     """
     User = get_user_model()
     generated = None
+    outcome = AdminPassword.FROM_ENV if admin_password else AdminPassword.UNCHANGED
     admin = User.objects.filter(username="admin").first()
     if admin is None:
         password = admin_password or secrets.token_urlsafe(12)
-        generated = None if admin_password else password
+        if not admin_password:
+            generated, outcome = password, AdminPassword.GENERATED
         admin = User.objects.create_superuser("admin", "", password)
     elif admin_password:
         admin.set_password(admin_password)
@@ -129,4 +179,4 @@ def bootstrap_ensure(*, admin_password: str | None) -> tuple[str | None, Room]:
         lobby = room_create(
             owner=admin, name="Lobby", visibility=Visibility.PUBLIC, assistant=AssistantMode.ALWAYS
         )
-    return generated, lobby
+    return Bootstrap(lobby=lobby, password=outcome, generated=generated)

@@ -62,6 +62,26 @@ def room_members(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse(room_to_dict(room, head=events.room_head_sync(room)))
 
 
+@require_POST
+@api
+def room_leave(request: HttpRequest, slug: str) -> HttpResponse:
+    """Extension: the caller leaves the room (docs/protocol.md "Leaving a room")."""
+    user = request_user(request)
+    room = selectors.room_get(slug=slug, user=user)
+    services.room_leave(room=room, user=user)
+    return HttpResponse(status=204)
+
+
+@require_http_methods(["DELETE"])
+@api
+def room_member(request: HttpRequest, slug: str, username: str) -> HttpResponse:
+    """Extension: the owner removes a member (docs/protocol.md "Leaving a room")."""
+    user = request_user(request)
+    room = selectors.room_get(slug=slug, user=user)
+    services.room_member_remove(room=room, by=user, username=username)
+    return HttpResponse(status=204)
+
+
 @require_http_methods(["GET", "POST"])
 async def room_messages_route(request: HttpRequest, slug: str) -> HttpResponseBase:
     """GET lists the room's messages (sync ORM view), POST sends one (async)."""

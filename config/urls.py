@@ -8,6 +8,7 @@ from voice import views as voice_views
 urlpatterns = [
     path("", pages.home, name="home"),
     path("rooms/<str:slug>/", pages.room, name="room"),
+    path("favicon.ico", pages.favicon),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
@@ -17,6 +18,8 @@ urlpatterns = [
     path("api/rooms/<str:slug>", views.room_detail),
     path("api/rooms/<str:slug>/join", views.room_join),
     path("api/rooms/<str:slug>/members", views.room_members),
+    path("api/rooms/<str:slug>/members/<str:username>", views.room_member),
+    path("api/rooms/<str:slug>/leave", views.room_leave),
     path("api/rooms/<str:slug>/messages", views.room_messages_route),
     path("api/rooms/<str:slug>/events", sse.room_events),
     path("api/rooms/<str:slug>/speech", voice_views.room_speech),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,6 +72,10 @@ VOICE_MODES = ("normal", "streaming", "realtime", "off")
 # Stop reasons the server sends as codes, in words ("" hides the obvious one).
 REASONS = {"user": "", "pause_timeout": "paused for too long"}
 
+# After the author of a spoken message (its text is the transcript), as the page's
+# microphone mark.
+SPOKEN_MARK = " (spoken)"
+
 STYLE = Style.from_dict(
     {
         "time": "#888888",
@@ -78,6 +83,7 @@ STYLE = Style.from_dict(
         "me": "bold ansigreen",
         "assistant": "bold ansicyan",
         "state": "italic #888888",
+        "spoken": "italic #888888",
         "note": "#888888",
         "error": "ansired",
         "prompt": "bold",
@@ -451,6 +457,8 @@ class ChatApp:
         print_formatted_text(FormattedText(list(fragments)), style=STYLE)
 
     def print_message(self, message: Message, *, text: str | None = None) -> None:
+        """Print ``message`` wrapped at word boundaries to the terminal's width, its later
+        lines indented under the first (the terminal's own wrap would cut words)."""
         self.printed.add(message.id)
         you = self.room.you if self.room else ""
         author = message.author or "?"
@@ -459,11 +467,23 @@ class ChatApp:
             if message.role == "assistant"
             else ("class:me" if author == you else "class:author")
         )
-        self.say(
-            ("class:time", f"[{clock(message)}] "),
-            (style, author),
-            ("", ": " + (message.text if text is None else text)),
+        stamp = f"[{clock(message)}] "
+        mark = SPOKEN_MARK if message.spoken else ""
+        head = f"{stamp}{author}{mark}: "
+        width = max(20, self.prompt.app.output.get_size().columns)
+        lines = _wrap(
+            message.text if text is None else text,
+            width,
+            first=len(head),
+            indent=len(stamp),
         )
+        fragments = [("class:time", stamp), (style, author)]
+        if mark:
+            fragments.append(("class:spoken", mark))
+        fragments.append(("", ": " + lines[0]))
+        for line in lines[1:]:
+            fragments.append(("", "\n" + " " * len(stamp) + line))
+        self.say(*fragments)
 
     def set_note(self, text: str, *, sticky: bool = False) -> None:
         """Show ``text`` in the status line for a while (``sticky``: until replaced)."""
@@ -516,21 +536,27 @@ def _expand(path: str) -> Path:
     return Path(path).expanduser()
 
 
-def _wrap(text: str, width: int) -> list[str]:
-    """Lines of ``text`` at most ``width`` cells wide (breaking at spaces where it can)."""
+def _wrap(text: str, width: int, *, first: int = 0, indent: int = 0) -> list[str]:
+    """Lines of ``text`` that fit ``width`` columns, broken at spaces (a word longer than a
+    line is cut). The first line has ``first`` columns taken before it, the others
+    ``indent``; paragraphs and blank lines are kept. textwrap does the breaking; its
+    indents are only used as placeholders for what the caller prints there. It counts
+    characters, not cells: a line of wide (CJK) characters may still reach the edge."""
+    if first > width // 2:  # a very long name: the text starts on the next line
+        return ["", *_wrap(text, width, first=indent, indent=indent)]
     out: list[str] = []
-    for paragraph in text.split("\n"):
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if len(candidate) <= width:
-                line = candidate
-                continue
-            if line:
-                out.append(line)
-            while len(word) > width:
-                out.append(word[:width])
-                word = word[width:]
-            line = word
-        out.append(line)
+    for number, paragraph in enumerate(text.split("\n")):
+        lines = textwrap.wrap(
+            paragraph,
+            width=width,
+            initial_indent=" " * (first if number == 0 else indent),
+            subsequent_indent=" " * indent,
+            break_on_hyphens=False,
+        )
+        # Strip only the placeholders, not the paragraph's own leading spaces.
+        out += [
+            line[(first if number == 0 and i == 0 else indent) :] for i, line in enumerate(lines)
+        ]
+        if not lines:
+            out.append("")
     return out

@@ -127,6 +127,8 @@ class Message:
     reply_to: str | None
     client_id: str | None
     created: str
+    # Extension: "speech" for the transcript of a spoken message, else "text".
+    input: str = "text"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Message:
@@ -145,7 +147,13 @@ class Message:
             reply_to=_opt_str(d, "reply_to"),
             client_id=_opt_str(d, "client_id"),
             created=_str(d, "created", ""),
+            input=_str(d, "input", "text"),
         )
+
+    @property
+    def spoken(self) -> bool:
+        """True for the transcript of a spoken message (``input`` "speech")."""
+        return self.input == "speech"
 
     @property
     def created_at(self) -> datetime | None:

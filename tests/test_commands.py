@@ -48,6 +48,21 @@ def test_bootstrap_creates_admin_and_lobby_once(monkeypatch):
     call_command("bootstrap", stdout=out)
     assert "password:" not in out.getvalue()  # printed once, on creation only
     assert Room.objects.filter(name="Lobby").count() == 1
+    # ...and the second run says how to set a new one, since it cannot show the old one.
+    assert "DJANGO_SUPERUSER_PASSWORD=<new password> make run" in out.getvalue()
+    admin.refresh_from_db()
+    assert admin.check_password(password)  # unchanged by the second run
+
+
+def test_bootstrap_reset_hint_works(monkeypatch):
+    # Following the second run's advice sets the password, and says it did.
+    monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
+    call_command("bootstrap", stdout=io.StringIO())
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "a-new-one-456")
+    out = io.StringIO()
+    call_command("bootstrap", stdout=out)
+    assert "password from DJANGO_SUPERUSER_PASSWORD" in out.getvalue()
+    assert get_user_model().objects.get(username="admin").check_password("a-new-one-456")
 
 
 def test_bootstrap_takes_password_from_environment(monkeypatch):

@@ -157,6 +157,8 @@ def test_http_bodies_and_urls_never_give_500(target):
             name = quote(slug.encode("utf-8", "surrogatepass"), safe="")
             for path in (f"/api/rooms/{name}", f"/api/rooms/{name}/messages"):
                 _check_response(http.get(path))
+            _check_response(http.post(f"/api/rooms/{name}/leave"))
+            _check_response(http.delete(f"/api/rooms/{room.slug}/members/{name}"))
             _check_response(http.get(f"/api/rooms/{room.slug}/messages?limit={name}"))
 
         check()

@@ -3,7 +3,8 @@
 Each user logs in through the login form in a browser context of their own. The model is
 the fake OpenAI-compatible server, scripted per test. Waiting is always Playwright's
 auto-waiting ``expect`` (or ``wait_js``) with a timeout, never a sleep.
-Screenshots of the main states go to test-artifacts/; the README's screenshot to docs/.
+Screenshots of the main states go to test-artifacts/; the README's two (1280x800 and a
+phone's 390x844) to docs/.
 """
 
 from __future__ import annotations
@@ -843,7 +844,8 @@ def test_readme_screenshot_of_a_room_mid_reply_and_the_phone_layout(daphne, llm,
     expect(bob.get_by_label("Message", exact=True)).to_be_in_viewport()
     expect(bob.locator("#side")).not_to_be_in_viewport()
     assert bob.evaluate("document.documentElement.scrollWidth") <= 390
-    shot(bob, "room-phone")
+    bob.screenshot(path=str(DOCS / "screenshot-room-phone.png"))  # the README's, beside it
+    expect(phone_reply).to_have_attribute("data-status", "streaming")
     bob.get_by_role("button", name=re.compile("room details")).click()
     expect(bob.locator("#side")).to_be_in_viewport(ratio=1)  # slid all the way in
     expect(bob.locator("#presence")).to_contain_text("bob (you)")

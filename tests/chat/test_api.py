@@ -222,3 +222,92 @@ def test_session_login_needs_csrf_for_writes(daphne, make_user):
         assert r.status_code == 201, r.text
     assert Room.objects.filter(name="With csrf").exists()
     assert not Room.objects.filter(name="No csrf").exists()
+
+
+# --- leaving a room, and removing a member (extension) -----------------------------------
+
+
+def test_a_member_leaves_and_loses_the_room(daphne, make_user, make_room):
+    owner, owner_token = make_user("kim")
+    _, token = make_user("lou")
+    public = make_room(owner, "Open house")
+    private = make_room(owner, "Back office", visibility="private")
+    with client(daphne, token) as lou, client(daphne, owner_token) as kim:
+        assert lou.post(f"/api/rooms/{public.slug}/join").status_code == 200
+        kim.post(f"/api/rooms/{private.slug}/members", json={"username": "lou"})
+        for room in (public, private):
+            assert lou.get(f"/api/rooms/{room.slug}/messages").status_code == 200
+            r = lou.post(f"/api/rooms/{room.slug}/leave")
+            assert r.status_code == 204
+        # Out of both: the public room asks to join again, the private one is gone.
+        r = lou.get(f"/api/rooms/{public.slug}/messages")
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+        assert lou.get(f"/api/rooms/{private.slug}").status_code == 404
+        assert "Back office" not in [x["name"] for x in lou.get("/api/rooms").json()["rooms"]]
+        # Leaving again is harmless; leaving a private room one is not in is not found.
+        assert lou.post(f"/api/rooms/{public.slug}/leave").status_code == 204
+        assert lou.post(f"/api/rooms/{private.slug}/leave").status_code == 404
+        # The owner stays: a room keeps its owner.
+        r = kim.post(f"/api/rooms/{public.slug}/leave")
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+        assert "owner cannot leave" in r.json()["detail"]
+        assert kim.get(f"/api/rooms/{public.slug}/messages").status_code == 200
+        assert lou.get(f"/api/rooms/{public.slug}/leave").status_code == 405
+
+
+def test_the_owner_removes_a_member_and_no_one_else_can(daphne, make_user, make_room):
+    owner, owner_token = make_user("max")
+    _, ned_token = make_user("ned")
+    _, oli_token = make_user("oli")
+    room = make_room(owner, "Crew", visibility="private")
+    with (
+        client(daphne, owner_token) as own,
+        client(daphne, ned_token) as ned,
+        client(daphne, oli_token) as oli,
+    ):
+        for name in ("ned", "oli"):
+            assert own.post(f"/api/rooms/{room.slug}/members", json={"username": name}).is_success
+        # A member who is not the owner cannot remove anyone.
+        r = ned.delete(f"/api/rooms/{room.slug}/members/oli")
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+        assert oli.get(f"/api/rooms/{room.slug}/messages").status_code == 200
+        # The owner can; the removed member loses the room at once.
+        assert own.delete(f"/api/rooms/{room.slug}/members/oli").status_code == 204
+        assert oli.get(f"/api/rooms/{room.slug}/messages").status_code == 404
+        assert ned.get(f"/api/rooms/{room.slug}/messages").status_code == 200
+        # Removing someone who is not in the room, or the owner, is refused clearly.
+        r = own.delete(f"/api/rooms/{room.slug}/members/oli")
+        assert (r.status_code, r.json()["code"]) == (404, "not_found")
+        r = own.delete(f"/api/rooms/{room.slug}/members/max")
+        assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+        r = own.delete(f"/api/rooms/{room.slug}/members/{'x' * 300}")
+        assert r.status_code in (400, 413)
+        assert r.json()["code"] in ("bad_request", "too_long")
+        assert own.post(f"/api/rooms/{room.slug}/members/ned").status_code == 405
+
+
+async def test_a_removed_member_s_websocket_is_closed_with_4403(daphne, make_user, make_room):
+    from asgiref.sync import sync_to_async
+
+    from tests.support.rooms import connect
+
+    owner, owner_token = await sync_to_async(make_user)("pat")
+    _, token = await sync_to_async(make_user)("quin")
+    room = await sync_to_async(make_room)(owner, "Watch")
+    async with httpx.AsyncClient(base_url=daphne.http_url, timeout=10) as http:
+        r = await http.post(
+            f"/api/rooms/{room.slug}/join", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200
+        quin = await connect(daphne, room, token)
+        pat = await connect(daphne, room, owner_token)
+        r = await http.delete(
+            f"/api/rooms/{room.slug}/members/quin",
+            headers={"Authorization": f"Bearer {owner_token}"},
+        )
+        assert r.status_code == 204
+        # Within the access re-check period (PARLEY_RESYNC_INTERVAL, 2 s here).
+        assert await quin.wait_closed(5) == 4403
+        await pat.send(action="ping", id="still-here")
+        assert (await pat.wait_type("pong", id="still-here"))["type"] == "pong"
+        await pat.close()

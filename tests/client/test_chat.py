@@ -119,6 +119,63 @@ async def test_a_drop_mid_reply_goes_on_without_a_gap(daphne, llm, members, prox
         term.close()
 
 
+# Words of many lengths, each one once: a word cut by a line break shows as a fragment.
+LONG_WORDS = [f"{'ab' * (i % 5)}w{i}" for i in range(60)]
+
+
+async def test_long_lines_wrap_at_word_boundaries_and_spoken_messages_are_marked(
+    daphne, llm, members
+):
+    from chat.models import InputKind, Message, Role
+
+    room, tokens = members
+    llm.set_default(Scenario.normal(["ok"]))
+
+    def history() -> None:
+        users = {m.user.username: m.user for m in room.memberships.select_related("user")}
+        Message.objects.create(
+            room=room,
+            role=Role.USER,
+            author=users["cat"],
+            text="this one was spoken aloud",
+            input=InputKind.SPEECH,
+        )
+        Message.objects.create(room=room, role=Role.USER, author=users["bob"], text="typed")
+
+    await asyncio.to_thread(history)
+    term = Terminal(
+        ["-m", "parley_client", "--url", daphne.http_url, room.slug],
+        env={"PARLEY_TOKEN": tokens["ann"]},
+        cwd=ROOT,
+        cols=50,
+    )
+    try:
+        await wait(term, "joined Client tests")
+        screen = await wait(term, "cat (spoken): this one was spoken aloud")
+        assert "bob: typed" in screen  # a typed message has no mark
+        assert "bob (spoken)" not in screen
+        async with (
+            Client(daphne.http_url, token=tokens["bob"]) as bob_client,
+            bob_client.room(room.slug) as bob,
+        ):
+            await bob.send(" ".join(LONG_WORDS), ask_ai=False)
+            screen = await wait(term, LONG_WORDS[-1])
+        lines = screen.splitlines()
+        start = next(i for i, line in enumerate(lines) if "bob: " in line and "w0" in line)
+        end = next(i for i in range(start, len(lines)) if LONG_WORDS[-1] in lines[i])
+        block = [lines[start].split("bob: ", 1)[1], *lines[start + 1 : end + 1]]
+        assert len(block) > 5  # it did wrap, at 50 columns
+        shown = [word for line in block for word in line.split()]
+        # Every word whole, in order, each line within the width, later lines indented.
+        assert shown == LONG_WORDS
+        assert all(len(line) <= 50 for line in lines[start : end + 1])
+        assert all(line.startswith(" " * 8) and line[8] != " " for line in block[1:])
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
+    finally:
+        term.close()
+
+
 def one_line_failure(term: Terminal) -> tuple[int, str]:
     status = term.wait_exit()
     lines = [line for line in term.plain().splitlines() if line.strip()]

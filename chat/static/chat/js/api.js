@@ -50,6 +50,9 @@ export const rooms = {
   join: (slug) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/join`),
   messages: (slug) => api("GET", `/api/rooms/${encodeURIComponent(slug)}/messages`),
   send: (slug, fields) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/messages`, fields),
+  leave: (slug) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/leave`),
+  removeMember: (slug, username) =>
+    api("DELETE", `/api/rooms/${encodeURIComponent(slug)}/members/${encodeURIComponent(username)}`),
 };
 
 export const messages = {

@@ -10,7 +10,9 @@
 import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
 import { AudioPlayer } from "./audio.js";
 import { Connection } from "./connection.js";
+import { wireDrawer } from "./drawer.js";
 import { renderMarkdown } from "./markdown.js";
+import { wireMembers } from "./members.js";
 import { PushToTalk } from "./speech.js";
 import { LIVE, RoomStore } from "./store.js";
 
@@ -213,7 +215,16 @@ function buildArticle(m, pending) {
     retry.textContent = "Retry";
     retry.hidden = true;
     retry.addEventListener("click", () => deliver(store.pending.get(m.client_id)));
-    main.append(retry);
+    const dismiss = document.createElement("button");
+    dismiss.type = "button";
+    dismiss.className = "btn btn--ghost btn--small msg__dismiss";
+    dismiss.textContent = "Dismiss";
+    dismiss.hidden = true;
+    dismiss.addEventListener("click", () => dismissPending(m.client_id));
+    const actions = document.createElement("div");
+    actions.className = "msg__actions";
+    actions.append(retry, dismiss);
+    main.append(actions);
   }
   article.append(avatar, main);
   return article;
@@ -336,6 +347,18 @@ function renderPending(article, p) {
   note.textContent = p.error ? `Not sent: ${p.error}` : "";
   note.hidden = !p.error;
   article.querySelector(".msg__retry").hidden = p.status !== "failed";
+  article.querySelector(".msg__dismiss").hidden = p.status !== "failed";
+}
+
+// A failed message the writer gives up on: gone from the page (it was never stored).
+function dismissPending(clientId) {
+  const p = store.pending.get(clientId);
+  if (!p || p.status !== "failed") return;
+  store.pending.delete(clientId);
+  elements.get(clientId)?.remove();
+  elements.delete(clientId);
+  els.empty.hidden = store.messages.size + store.pending.size > 0;
+  els.input.focus();
 }
 
 function firstPendingArticle() {
@@ -614,6 +637,8 @@ function submit() {
   }
   const p = store.addPending(text);
   p.askAi = Boolean(els.askAi && els.askAi.checked);
+  // "Ask the assistant" is for this message: the next one asks again only if ticked again.
+  if (els.askAi) els.askAi.checked = false;
   keepPinned(() => addPendingArticle(p));
   scrollToEnd();
   els.input.value = "";
@@ -628,9 +653,15 @@ function onInput() {
   input.style.height = "auto";
   input.style.height = `${Math.min(input.scrollHeight, 220)}px`;
   const left = config.max_chars - input.value.length;
-  els.counter.textContent = left < 500 ? `${left}` : "";
-  els.counter.classList.toggle("counter--over", left < 0);
-  els.send.disabled = !input.value.trim();
+  const over = left < 0;
+  els.counter.textContent = over
+    ? `${-left} ${left === -1 ? "character" : "characters"} over the limit of ${config.max_chars}`
+    : left < 500
+      ? `${left}`
+      : "";
+  els.counter.classList.toggle("counter--over", over);
+  els.send.disabled = !input.value.trim() || over;
+  els.send.title = over ? "Too long to send: shorten the message" : "";
 }
 
 function maybeSendTyping() {
@@ -726,9 +757,11 @@ const talk = new PushToTalk({
     // Barge-in: the last `played` of whatever plays goes out before `speech start`, and
     // the audio stops here at once (the server stops our own reply's audio for the room).
     beforeStart: () => player.bargeIn(),
+    // Called once, as an utterance is sent: "Ask the assistant" resets as for a typed send.
     fields: () => {
       const fields = { voice: els.voice.value };
       if (els.askAi && els.askAi.checked) fields.ask_ai = true;
+      if (els.askAi) els.askAi.checked = false;
       return fields;
     },
     announce,
@@ -744,6 +777,23 @@ function setSpeaker(on) {
   else player.cancelAll();
   if (connection.transport === "ws") connection.send({ action: "audio", enabled: on });
   else connection.refreshSse();
+}
+
+// A voice room offers the speaker once, with one click (browsers start audio only after a
+// user gesture, so it cannot simply be on). The answer is kept per room, as the speaker
+// button's own choice is, and the offer is not made again once there is one.
+function offerSpeaker() {
+  const offer = $("#voice-offer");
+  if (!offer || stored(`speaker:${slug}`, null) !== null) return;
+  offer.hidden = false;
+  const answer = (on) => {
+    offer.hidden = true;
+    setSpeaker(on);
+  };
+  $("#voice-offer-on").addEventListener("click", () => answer(true));
+  $("#voice-offer-off").addEventListener("click", () => answer(false));
+  // Choosing with the speaker button itself answers the offer too.
+  els.speaker.addEventListener("click", () => (offer.hidden = true));
 }
 
 function wire() {
@@ -783,6 +833,7 @@ function wire() {
   els.voice.value = stored(`voice:${slug}`, room.voice);
   els.voice.addEventListener("change", () => remember(`voice:${slug}`, els.voice.value));
   els.speaker.addEventListener("click", () => setSpeaker(!speakerOn));
+  offerSpeaker();
   els.speaker.setAttribute("aria-pressed", String(speakerOn));
   els.speaker.querySelector(".speaker__label").textContent = speakerOn ? "Speaker on" : "Speaker off";
 
@@ -793,9 +844,11 @@ function wire() {
     url.searchParams.delete("transport");
     location.assign(url);
   });
-  els.sideToggle.addEventListener("click", () => {
-    const open = els.side.classList.toggle("side--open");
-    els.sideToggle.setAttribute("aria-expanded", String(open));
+  wireDrawer({
+    toggle: els.sideToggle,
+    side: els.side,
+    close: $("#side-close"),
+    backdrop: $("#side-backdrop"),
   });
   // Autoplay policy: the audio context may only start after the user's first gesture.
   const unlock = () => {
@@ -804,6 +857,7 @@ function wire() {
   document.addEventListener("pointerdown", unlock, { once: true });
   document.addEventListener("keydown", unlock, { once: true });
   talk.wire();
+  wireMembers({ slug, onError: (detail) => showError(detail) });
   onInput();
 }
 

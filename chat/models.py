@@ -175,6 +175,13 @@ class Generation(models.Model):
         related_name="stopped_generations",
     )
     error = models.TextField(blank=True, default="")
+    # How members were told the reply ended, as its terminal ``generation`` event said it:
+    # the reason they read ("user", "pause_timeout", or a failure's words) and the metrics
+    # (docs/protocol.md). Kept as sent, so a message reads the same after a reload as it
+    # did live (``stop_reason`` and ``error`` are the reviewers' codes and details; the
+    # tokens may be the pieces the model sent, which nothing else records).
+    reason = models.TextField(blank=True, default="")
+    metrics = models.JSONField(null=True, blank=True)
     # The process running this reply ("host:pid:start"), for crash recovery.
     worker = models.CharField(max_length=120, blank=True, default="")
     # Voice: the mode it was spoken in, when its first audio went out, how much audio, and

@@ -23,6 +23,7 @@ from tests.browser.test_room_page import (
     login,
     open_room,
     page_text,
+    reply_id,
     send,
     shot,
     user_in,
@@ -208,3 +209,51 @@ def test_a_room_shorter_than_a_page_says_it_starts_there(daphne, contexts, menti
     expect(ann.locator("article.msg")).to_have_count(1)
     expect(ann.get_by_text("This is the start of the conversation")).to_be_visible()
     expect(ann.get_by_role("button", name="Load earlier messages")).to_be_hidden()
+
+
+# --- item: a reply's footnote is the same after a reload --------------------------------
+
+
+def test_a_reply_footnote_reads_the_same_after_a_reload(daphne, llm, contexts, mention_room):
+    room, _ = mention_room
+    bob = user_in(daphne, contexts, "bob", room.slug)
+    ann = user_in(daphne, contexts, "ann", room.slug)
+
+    def note(page: Page, rid: str) -> str:
+        reply = page.locator(f'article[data-id="{rid}"]')
+        expect(reply).not_to_have_attribute("data-status", re.compile("queued|streaming|paused"))
+        text = reply.locator(".msg__note").text_content() or ""
+        return text.strip()
+
+    # Completed: its metrics.
+    llm.set_default(Scenario.normal(["Four", " it", " is", "."]))
+    send(bob, "@assistant what is 2+2?")
+    done = reply_id(bob)
+    expect(bob.locator(f'article[data-id="{done}"] .msg__note')).to_have_text(
+        re.compile(r"^4 tokens( · \d+\.\d s)?$")
+    )
+    # Stopped by the owner, not the asker: who stopped it.
+    llm.set_default(Scenario.endless(("tick ",), interval=0.03))
+    send(bob, "@assistant count for me")
+    expect(bob.locator("article.msg--assistant[data-id]")).to_have_count(2)
+    stopped = reply_id(bob)
+    reply = ann.locator(f'article[data-id="{stopped}"]')
+    expect(reply).to_have_attribute("data-status", "streaming")
+    reply.get_by_role("button", name="Stop").click()
+    expect(bob.locator(f'article[data-id="{stopped}"] .msg__note')).to_have_text("Stopped by ann")
+    # Failed: the reason members read.
+    llm.set_default(Scenario.error_status(500, message="model exploded"))
+    send(bob, "@assistant fail please")
+    expect(bob.locator("article.msg--assistant[data-id]")).to_have_count(3)
+    failed = reply_id(bob)
+    expect(bob.locator(f'article[data-id="{failed}"] .msg__note')).to_contain_text("model exploded")
+
+    live = {rid: (note(bob, rid), note(ann, rid)) for rid in (done, stopped, failed)}
+    for rid, (seen_by_bob, seen_by_ann) in live.items():
+        assert seen_by_bob == seen_by_ann, rid
+    for page in (bob, ann):
+        page.reload()
+        expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        for rid, (seen, _) in live.items():
+            assert note(page, rid) == seen, rid
+    shot(bob, "room-footnotes-after-reload")

@@ -205,3 +205,18 @@ class Generation(models.Model):
 
     def __str__(self) -> str:
         return f"generation of message #{self.message_id}"
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Time to first token: from the model request's start to its first text."""
+        if self.started_at is None or self.first_token_at is None:
+            return None
+        return round((self.first_token_at - self.started_at).total_seconds() * 1000, 1)
+
+    @property
+    def duration_ms(self) -> float | None:
+        """How long the reply streamed, pauses left out (the metrics' ``duration_ms``)."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        streamed = (self.ended_at - self.started_at).total_seconds() - self.paused_seconds
+        return round(streamed * 1000, 1)

@@ -59,8 +59,11 @@ async def test_a_reply_reads_the_same_from_the_api_as_its_end_event_said(daphne,
         r = await bob.post(url, json={"text": "count", "ask_ai": True})
         stopped_id = r.json()["reply"]["id"]
         await watcher.wait_for(lambda e: e["type"] == "delta" and e["message_id"] == stopped_id)
-        assert (await ann.post(f"/api/messages/{stopped_id}/stop")).status_code == 200
+        answer = await ann.post(f"/api/messages/{stopped_id}/stop")
+        assert answer.status_code == 200
         stopped_end = await watcher.wait_terminal(stopped_id)
+        # The stop's own answer already says how the reply ended.
+        assert ending(answer.json()["message"]) == {k: stopped_end[k] for k in ENDING}
         # Failed: the reason members read.
         llm.set_default(Scenario.error_status(500, message="model exploded"))
         r = await bob.post(url, json={"text": "fail", "ask_ai": True})

@@ -65,6 +65,19 @@ def mention_room(make_user, make_room):
     return room, {"ann": ann_token, "bob": bob_token}
 
 
+def scroll_to_start(page: Page) -> None:
+    """Scroll to the top until the page says the conversation starts there."""
+    history = page.locator("#history")
+    for _ in range(10):
+        if history.get_attribute("data-state") == "start":
+            return
+        count = page.locator("article.msg").count()
+        page.evaluate("document.getElementById('messages').scrollTop = 0")
+        expect(history).not_to_have_attribute("data-state", "loading")
+        expect(page.locator("article.msg")).not_to_have_count(count)
+    raise AssertionError("never reached the start")
+
+
 # --- item: a room opened while a reply streams is in order ------------------------------
 
 
@@ -129,6 +142,9 @@ def test_a_busy_room_opened_during_a_live_reply_is_in_order_and_the_reply_goes_o
     expect(reply.locator(".msg__body")).to_have_text(stored["text"].strip())
     assert shown_ids(ann) == ids  # nothing moved
     shot(ann, "room-opened-mid-reply")
+    # And above them, as ann scrolls up, the rest of the room: every message, in order.
+    scroll_to_start(ann)
+    assert shown_ids(ann) == sorted(Message.objects.filter(room=room).values_list("pk", flat=True))
 
 
 # --- item: scrolling up reaches the first message ---------------------------------------

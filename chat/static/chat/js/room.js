@@ -730,8 +730,9 @@ function setHistory(state) {
 }
 
 // Runs `change` (older messages added above the reader) without moving what they are
-// looking at: the message that was at the top keeps its place on screen. (The browser's own scroll
-// anchoring may already have done it; measuring the same message makes this a no-op then.)
+// looking at: the message that was at the top keeps its place on screen. (The browser's
+// own scroll anchoring may have done it already; measured on the same message, this then
+// moves nothing.)
 function keepingPlace(change) {
   const anchor = els.list.querySelector(".msg[data-id]");
   const before = anchor ? anchor.getBoundingClientRect().top : 0;

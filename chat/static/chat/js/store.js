@@ -40,10 +40,11 @@ export class RoomStore {
     const known = this.messages.has(message.id);
     const newest = this.newestId();
     this.messages.set(message.id, message);
-    if (!known && newest !== undefined && compareIds(message.id, newest) < 0) {
-      const sorted = [...this.messages.entries()].sort(([a], [b]) => compareIds(a, b));
-      this.messages = new Map(sorted);
-    }
+    if (!known && newest !== undefined && compareIds(message.id, newest) < 0) this.sort();
+  }
+
+  sort() {
+    this.messages = new Map([...this.messages.entries()].sort(([a], [b]) => compareIds(a, b)));
   }
 
   get(id) {
@@ -73,9 +74,10 @@ export class RoomStore {
     const added = [];
     for (const m of messages) {
       if (this.messages.has(m.id)) continue;
-      this.put({ ...m });
+      this.messages.set(m.id, { ...m });
       added.push(m.id);
     }
+    if (added.length) this.sort(); // once for the page, not once per message
     return added;
   }
 

@@ -19,9 +19,15 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from chat.errors import ParleyError
-from chat.models import LIVE_STATUSES, Generation, Membership, Message, Role, Room
+from chat.models import LIVE_STATUSES, Generation, InputKind, Membership, Message, Role, Room
 from chat.replies import reply_control
-from chat.transcripts import room_transcript, transcript_json, transcript_markdown
+from chat.transcripts import (
+    generation_of,
+    reply_facts,
+    room_transcript,
+    transcript_json,
+    transcript_markdown,
+)
 
 # URL names of the review views of a room.
 TRANSCRIPT = "chat_room_transcript"
@@ -79,12 +85,25 @@ class RoomAdmin(admin.ModelAdmin):
     def transcript_view(self, request: HttpRequest, room_id: int) -> HttpResponse:
         room = self._reviewed_room(request, room_id)
         transcript = room_transcript(room_id=room.pk)
+        entries = []
+        for message in transcript.messages:
+            gen = generation_of(message)
+            entries.append(
+                {
+                    "m": message,
+                    "spoken": message.input == InputKind.SPEECH,
+                    "facts": reply_facts(gen) if gen is not None else [],
+                    "heard_text": gen.heard_text if gen is not None else None,
+                    "heard_ms": gen.heard_ms if gen is not None else None,
+                }
+            )
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "original": room,
             "title": f"Transcript of {room.name}",
             "transcript": transcript,
+            "entries": entries,
             "assistant_role": Role.ASSISTANT,
             "review": self.review(room),
         }
@@ -171,7 +190,12 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(Generation)
 class GenerationAdmin(admin.ModelAdmin):
-    """Replies under review: how each was made, how fast, and how it ended."""
+    """Replies under review: how each was made, how fast, and how it ended.
+
+    Read-only: a generation record is what happened, written by the reply's runner. Its
+    page shows the facts (no form, no date pickers, no Save); none is added by hand. It
+    is deleted with its message.
+    """
 
     list_display = [
         "message",
@@ -180,6 +204,7 @@ class GenerationAdmin(admin.ModelAdmin):
         "status",
         "queued_at",
         "time_to_first_token",
+        "duration",
         "completion_tokens",
         "paused_seconds",
         "stop_reason",
@@ -192,9 +217,16 @@ class GenerationAdmin(admin.ModelAdmin):
     search_fields = ["message__text", "error", "model"]
     raw_id_fields = ["message", "stopped_by"]
     date_hierarchy = "queued_at"
+    readonly_fields = ["time_to_first_token", "duration", "heard"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Generation]:
         return super().get_queryset(request).select_related("message", "stopped_by")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Generation | None = None) -> bool:
+        return False
 
     @admin.display(description="status", ordering="message__status")
     def status(self, obj: Generation) -> str:
@@ -202,9 +234,12 @@ class GenerationAdmin(admin.ModelAdmin):
 
     @admin.display(description="first token")
     def time_to_first_token(self, obj: Generation) -> str:
-        if obj.started_at is None or obj.first_token_at is None:
-            return "-"
-        return f"{(obj.first_token_at - obj.started_at).total_seconds() * 1000:.0f} ms"
+        return "-" if obj.ttft_ms is None else f"{obj.ttft_ms:.0f} ms"
+
+    @admin.display(description="duration")
+    def duration(self, obj: Generation) -> str:
+        """Streaming time, pauses left out."""
+        return "-" if obj.duration_ms is None else f"{obj.duration_ms / 1000:.1f} s"
 
     @admin.display(description="heard (cut off)")
     def heard(self, obj: Generation) -> str:

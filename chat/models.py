@@ -175,6 +175,13 @@ class Generation(models.Model):
         related_name="stopped_generations",
     )
     error = models.TextField(blank=True, default="")
+    # How members were told the reply ended, as its terminal ``generation`` event said it:
+    # the reason they read ("user", "pause_timeout", or a failure's words) and the metrics
+    # (docs/protocol.md). Kept as sent, so a message reads the same after a reload as it
+    # did live (``stop_reason`` and ``error`` are the reviewers' codes and details; the
+    # tokens may be the pieces the model sent, which nothing else records).
+    reason = models.TextField(blank=True, default="")
+    metrics = models.JSONField(null=True, blank=True)
     # The process running this reply ("host:pid:start"), for crash recovery.
     worker = models.CharField(max_length=120, blank=True, default="")
     # Voice: the mode it was spoken in, when its first audio went out, how much audio, and
@@ -198,3 +205,18 @@ class Generation(models.Model):
 
     def __str__(self) -> str:
         return f"generation of message #{self.message_id}"
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Time to first token: from the model request's start to its first text."""
+        if self.started_at is None or self.first_token_at is None:
+            return None
+        return round((self.first_token_at - self.started_at).total_seconds() * 1000, 1)
+
+    @property
+    def duration_ms(self) -> float | None:
+        """How long the reply streamed, pauses left out (the metrics' ``duration_ms``)."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        streamed = (self.ended_at - self.started_at).total_seconds() - self.paused_seconds
+        return round(streamed * 1000, 1)

@@ -72,7 +72,7 @@ def message_get(*, message_id: str | int, user: AnyUser) -> Message:
     pk = parse_message_id(message_id)
     message = (
         Message.objects.select_related(
-            "room", "author", "reply_to", "reply_to__author", "generation"
+            "room", "author", "reply_to", "reply_to__author", "generation", "generation__stopped_by"
         )
         .filter(pk=pk, room__memberships__user=user.pk)
         .first()
@@ -137,6 +137,11 @@ def parse_message_id(value: object) -> int:
     return pk
 
 
+# What ``message_to_dict`` reads besides the message, joined in the same query: a page of
+# messages costs one query however many ended replies it holds.
+_WIRE_RELATED = ("author", "reply_to", "generation", "generation__stopped_by")
+
+
 def messages_page(
     *, room: Room, before: int | None, after: int | None, limit: int
 ) -> list[Message]:
@@ -145,7 +150,7 @@ def messages_page(
     With ``after``: the oldest messages after it (paging forward); otherwise the newest
     messages (before ``before`` when given).
     """
-    qs = Message.objects.filter(room=room).select_related("author", "reply_to")
+    qs = Message.objects.filter(room=room).select_related(*_WIRE_RELATED)
     if before is not None:
         qs = qs.filter(pk__lt=before)
     if after is not None:
@@ -154,7 +159,7 @@ def messages_page(
 
 
 def latest_messages(*, room_id: int, limit: int) -> list[Message]:
-    qs = Message.objects.filter(room_id=room_id).select_related("author", "reply_to", "room")
+    qs = Message.objects.filter(room_id=room_id).select_related("room", *_WIRE_RELATED)
     return list(reversed(qs.order_by("-id")[:limit]))
 
 

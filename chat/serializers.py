@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
-from chat.models import Message, Role, Room
+from chat.models import TERMINAL_STATUSES, Generation, Message, Role, Room
 
 ASSISTANT_NAME = "assistant"
 
@@ -31,6 +31,16 @@ class MessageDict(TypedDict):
     client_id: str | None
     input: str
     created: str
+    # Extension, on an assistant reply that has ended: how it ended, as its terminal
+    # `generation` event said (who stopped it, the reason, the metrics), so the message
+    # reads the same however it arrived (docs/protocol.md "Objects").
+    by: NotRequired[str | None]
+    reason: NotRequired[str | None]
+    metrics: NotRequired[dict[str, float | int | None] | None]
+
+
+# The fields above that only an ended reply carries.
+ENDING_FIELDS = ("by", "reason", "metrics")
 
 
 def room_to_dict(room: Room, *, head: int) -> RoomDict:
@@ -47,11 +57,14 @@ def room_to_dict(room: Room, *, head: int) -> RoomDict:
 
 
 def message_to_dict(message: Message, *, room_slug: str | None = None) -> MessageDict:
+    """The wire Message. An ended reply also reads its generation record: select it with
+    the message (``select_related("generation", "generation__stopped_by")``), or this is a
+    query per reply."""
     if message.role == Role.ASSISTANT:
         author: str | None = ASSISTANT_NAME
     else:
         author = message.author.get_username() if message.author is not None else None
-    return {
+    body: MessageDict = {
         "id": str(message.pk),
         "room": room_slug if room_slug is not None else message.room.slug,
         "role": message.role,
@@ -63,3 +76,13 @@ def message_to_dict(message: Message, *, room_slug: str | None = None) -> Messag
         "input": message.input,
         "created": message.created.isoformat().replace("+00:00", "Z"),
     }
+    if message.role == Role.ASSISTANT and message.status in TERMINAL_STATUSES:
+        try:
+            gen = message.generation
+        except Generation.DoesNotExist:
+            gen = None
+        by = gen.stopped_by if gen is not None and gen.stopped_by_id else None
+        body["by"] = by.get_username() if by is not None else None
+        body["reason"] = (gen.reason or None) if gen is not None else None
+        body["metrics"] = gen.metrics if gen is not None else None
+    return body

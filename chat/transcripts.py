@@ -12,7 +12,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from chat.models import Generation, Message, Role, Room, Status
+from chat.models import Generation, InputKind, Message, Role, Room, Status
 from chat.serializers import ASSISTANT_NAME, message_to_dict
 
 
@@ -37,23 +37,37 @@ def room_transcript(*, room_id: int) -> Transcript:
     return Transcript(room=room, members=members, messages=messages)
 
 
-def _generation(message: Message) -> Generation | None:
+def generation_of(message: Message) -> Generation | None:
+    """The reply's generation record (selected with it by ``room_transcript``), if any."""
     try:
         return message.generation
     except Generation.DoesNotExist:
         return None
 
 
+def reply_facts(gen: Generation) -> list[str]:
+    """How a reply was made and ended, in a reviewer's words: who stopped it, time to
+    first token, streaming time, tokens."""
+    facts = []
+    if gen.stopped_by is not None:
+        facts.append(f"stopped by {gen.stopped_by.get_username()}")
+    if gen.ttft_ms is not None:
+        facts.append(f"first token {gen.ttft_ms:.0f} ms")
+    if gen.duration_ms is not None:
+        facts.append(f"took {gen.duration_ms / 1000:.1f} s")
+    if gen.completion_tokens is not None:
+        facts.append(f"{gen.completion_tokens} tokens")
+    return facts
+
+
 def _generation_dict(gen: Generation) -> dict[str, Any]:
-    ttft = None
-    if gen.started_at is not None and gen.first_token_at is not None:
-        ttft = round((gen.first_token_at - gen.started_at).total_seconds() * 1000, 1)
     return {
         "backend": gen.backend,
         "model": gen.model,
         "queued_at": gen.queued_at.isoformat(),
         "ended_at": gen.ended_at.isoformat() if gen.ended_at else None,
-        "ttft_ms": ttft,
+        "ttft_ms": gen.ttft_ms,
+        "duration_ms": gen.duration_ms,
         "prompt_tokens": gen.prompt_tokens,
         "completion_tokens": gen.completion_tokens,
         "paused_seconds": gen.paused_seconds,
@@ -61,6 +75,8 @@ def _generation_dict(gen: Generation) -> dict[str, Any]:
         "stopped_by": gen.stopped_by.get_username() if gen.stopped_by else None,
         "error": gen.error or None,
         "voice": gen.voice or None,
+        "heard_text": gen.heard_text,
+        "heard_ms": gen.heard_ms,
     }
 
 
@@ -69,7 +85,7 @@ def transcript_json(transcript: Transcript) -> dict[str, Any]:
     messages = []
     for message in transcript.messages:
         item: dict[str, Any] = dict(message_to_dict(message, room_slug=room.slug))
-        gen = _generation(message)
+        gen = generation_of(message)
         if gen is not None:
             item["generation"] = _generation_dict(gen)
         messages.append(item)
@@ -115,11 +131,24 @@ def transcript_markdown(transcript: Transcript) -> str:
             who = message.author.get_username() if message.author else "(deleted user)"
         when = message.created.isoformat(timespec="seconds")
         heading = f"### {who} · {when} · #{message.pk}"
+        if message.input == InputKind.SPEECH:
+            heading += " · spoken"
+        gen = generation_of(message) if message.role == Role.ASSISTANT else None
         if message.role == Role.ASSISTANT and message.status != Status.COMPLETE:
             heading += f" · {message.status}"
-            gen = _generation(message)
             if gen is not None and gen.stop_reason:
                 by = f" by {gen.stopped_by.get_username()}" if gen.stopped_by else ""
                 heading += f" ({gen.stop_reason}{by})"
         lines += [heading, "", _quote_block(message.text), ""]
+        if gen is not None:
+            facts = reply_facts(gen)
+            if facts:
+                lines += [f"_{' · '.join(facts)}_", ""]
+            if gen.heard_text is not None:
+                lines += [
+                    f"Heard by the member who cut it off (the first {gen.heard_ms} ms):",
+                    "",
+                    _quote_block(gen.heard_text),
+                    "",
+                ]
     return "\n".join(lines)

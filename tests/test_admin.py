@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -244,3 +245,65 @@ def test_a_transcript_reads_in_a_constant_number_of_queries(admin_client, conver
     with CaptureQueriesContext(connection) as many:
         assert len(admin_client.get(url).json()["messages"]) == 32
     assert len(few) == len(many)
+
+
+def test_the_transcript_shows_speech_what_was_heard_who_stopped_and_timings(
+    admin_client, conversation
+):
+    room, ask, reply = conversation
+    spoken = Message.objects.create(
+        room=room, role=Role.USER, author=ask.author, text="what time is it", input="speech"
+    )
+    gen = reply.generation
+    gen.started_at = timezone.now()
+    gen.first_token_at = gen.started_at + timedelta(milliseconds=250)
+    gen.ended_at = gen.started_at + timedelta(seconds=2)
+    gen.paused_seconds = 0.5
+    gen.completion_tokens = 9
+    gen.heard_text = "Half an"
+    gen.heard_ms = 1200
+    gen.save()
+
+    html = admin_client.get(f"/admin/chat/room/{room.pk}/transcript/").content.decode()
+    said = html[html.index(f'id="m{spoken.pk}"') :]
+    said = said[: said.index("</article>")]
+    assert ">spoken</span>" in said
+    typed = html[html.index(f'id="m{ask.pk}"') :]
+    assert ">spoken</span>" not in typed[: typed.index("</article>")]
+    answer = html[html.index(f'id="m{reply.pk}"') :]
+    answer = answer[: answer.index("</article>")]
+    assert (
+        "Heard by the member who cut it off (the first 1200 ms of audio):</span> Half an" in answer
+    )
+    assert "stopped by rita · first token 250 ms · took 1.5 s · 9 tokens" in answer
+
+    md = admin_client.get(f"/admin/chat/room/{room.pk}/export.md").content.decode()
+    assert f"· #{spoken.pk} · spoken\n" in md
+    assert "_stopped by rita · first token 250 ms · took 1.5 s · 9 tokens_" in md
+    assert "Heard by the member who cut it off (the first 1200 ms):\n\n> Half an" in md
+    exported = admin_client.get(f"/admin/chat/room/{room.pk}/export.json").json()
+    made = exported["messages"][1]["generation"]
+    assert (made["ttft_ms"], made["duration_ms"]) == (250.0, 1500.0)
+    assert (made["heard_text"], made["heard_ms"]) == ("Half an", 1200)
+
+
+def test_a_generation_is_shown_as_facts_not_a_form(admin_client, reviewed):
+    gen = reviewed.generation
+    url = f"/admin/chat/generation/{gen.pk}/change/"
+    page = admin_client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "250 ms" in html  # time to first token
+    assert 'name="_save"' not in html  # no Save
+    assert "datetimeshortcuts" not in html  # no date pickers
+    form = html.split('id="generation_form"', 1)[-1].split("</form>", 1)[0]
+    assert not re.findall(r'<(?:textarea|select)\b|<input\b(?![^>]*type="hidden")', form)
+    # Nor can it be changed or made by a request that skips the page.
+    before = gen.queued_at
+    assert admin_client.post(url, {"backend": "x", "queued_at_0": "2020-01-01"}).status_code == 403
+    gen.refresh_from_db()
+    assert (gen.backend, gen.queued_at) == ("openai", before)
+    assert admin_client.get("/admin/chat/generation/add/").status_code == 403
+    # The reply's own page still shows it (read-only), and the list still renders.
+    assert admin_client.get(f"/admin/chat/message/{reviewed.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/chat/generation/").status_code == 200

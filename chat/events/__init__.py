@@ -40,9 +40,9 @@ from chat.events.schema import (
     snapshot_event,
 )
 from chat.events.store import EventStore, LiveState, StoreUnavailable
-from chat.models import Room
+from chat.models import LIVE_STATUSES, Room
 from chat.runtime import get_runtime
-from chat.serializers import MessageDict, message_to_dict
+from chat.serializers import ENDING_FIELDS, MessageDict, message_to_dict
 from core.contract import LAYER_ROOM_AUDIO, LAYER_ROOM_EVENT, LAYER_ROOM_LIVE
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ __all__ = [
     "room_audio_emit",
     "room_event_emit",
     "room_head_sync",
+    "room_latest",
     "room_live_emit",
 ]
 
@@ -172,7 +173,7 @@ class EventHub:
     async def replay(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
         return await self.store.since(room_id, after)
 
-    async def snapshot(self, room_id: int) -> SnapshotEvent:
+    async def snapshot(self, room_id: int, *, limit: int | None = None) -> SnapshotEvent:
         """The room's latest messages as they stood at one seq, with live replies' text.
 
         The live replies' text and status and the seq are read in one atomic step; the
@@ -183,11 +184,14 @@ class EventHub:
         periodic save. The live copies are read for the messages the database listed a
         moment before; if the second read lists one that was not asked about (sent in
         between), the step is taken again with it, a few times at most.
+
+        ``limit``: how many messages (default ``PARLEY_SNAPSHOT_MESSAGES``).
         """
-        ids = await database_sync_to_async(_latest_ids)(room_id)
+        count = limit or settings.PARLEY_SNAPSHOT_MESSAGES
+        ids = await database_sync_to_async(_latest_ids)(room_id, count)
         for _attempt in range(SNAPSHOT_READS):
             head, live = await self.store.live_view(room_id, ids)
-            messages = await database_sync_to_async(_latest)(room_id)
+            messages = await database_sync_to_async(_latest)(room_id, count)
             asked = set(ids)
             new = [m["id"] for m in messages if m["id"] not in asked]
             if not new:
@@ -197,19 +201,23 @@ class EventHub:
             state = live.get(message["id"])
             if state is not None:
                 message["text"], message["status"] = state
+                if state[1] in LIVE_STATUSES:
+                    # Ended in the database since the seq, not at it: how it ended (the
+                    # terminal event's by, reason, metrics) is still to come after the seq.
+                    for ending in ENDING_FIELDS:
+                        message.pop(ending, None)
         return snapshot_event(seq=head, messages=messages)
 
 
-def _latest_ids(room_id: int) -> list[str]:
+def _latest_ids(room_id: int, limit: int) -> list[str]:
     from chat.selectors import latest_message_ids
 
-    return latest_message_ids(room_id=room_id, limit=settings.PARLEY_SNAPSHOT_MESSAGES)
+    return latest_message_ids(room_id=room_id, limit=limit)
 
 
-def _latest(room_id: int) -> list[MessageDict]:
+def _latest(room_id: int, limit: int) -> list[MessageDict]:
     from chat.selectors import latest_messages
 
-    limit = settings.PARLEY_SNAPSHOT_MESSAGES
     return [message_to_dict(m) for m in latest_messages(room_id=room_id, limit=limit)]
 
 
@@ -269,6 +277,14 @@ async def room_audio_emit(
 
 
 _sync_store: EventStore | None = None
+
+
+async def room_latest(*, room_id: int, limit: int) -> SnapshotEvent:
+    """The room's latest ``limit`` messages exactly as they stood at one seq (the
+    snapshot's rule): a reply still being written has the text its ``delta`` events up to
+    that seq add up to, so a reader that goes on with ``after`` = that seq misses nothing
+    and gets nothing twice (GET /api/rooms/<slug>/messages, the newest page)."""
+    return await get_hub().snapshot(room_id, limit=limit)
 
 
 def room_head_sync(room: Room) -> int:

@@ -194,17 +194,30 @@ async def reply_control_checked(
     if run is not None:
         await run.control(action, by=user.get_username(), heard_ms=heard_ms)
         result["text"], result["status"] = run.visible()
-        return result
-    # Running in another process: its worker applies the control and answers.
-    answer = await manager.control_remote(
-        worker=message.generation.worker,
-        message_id=message.pk,
-        action=action,
-        by=user.get_username(),
-        heard_ms=heard_ms,
-    )
-    result["text"], result["status"] = answer["text"], answer["status"]
+    else:
+        # Running in another process: its worker applies the control and answers.
+        answer = await manager.control_remote(
+            worker=message.generation.worker,
+            message_id=message.pk,
+            action=action,
+            by=user.get_username(),
+            heard_ms=heard_ms,
+        )
+        result["text"], result["status"] = answer["text"], answer["status"]
+    if result["status"] in TERMINAL_STATUSES:
+        # Ended by this control (saved before its end was announced): the answer says how,
+        # as the message does from now on (by, reason, metrics).
+        ended = await database_sync_to_async(_ended_message)(message.pk)
+        result["by"], result["reason"] = ended.get("by"), ended.get("reason")
+        result["metrics"] = ended.get("metrics")
     return result
+
+
+def _ended_message(message_id: int) -> MessageDict:
+    message = Message.objects.select_related(
+        "room", "author", "generation", "generation__stopped_by"
+    ).get(pk=message_id)
+    return message_to_dict(message)
 
 
 async def reply_wait(*, message_id: int, timeout: float) -> str | None:  # noqa: ASYNC109

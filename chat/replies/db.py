@@ -83,7 +83,13 @@ def create_messages(
                 client_id=client_id,
                 input=input,
             )
-        reply = None if message_new else message.replies.filter(role=Role.ASSISTANT).first()
+        reply = (
+            None
+            if message_new
+            else message.replies.filter(role=Role.ASSISTANT)
+            .select_related("generation", "generation__stopped_by")
+            .first()
+        )
         if reply is not None or not reply_wanted:
             return Sent(message, reply, message_new, reply_new=False)
         reply = Message.objects.create(
@@ -182,9 +188,14 @@ def save_final(
     stop_reason: str,
     stopped_by: str | None,
     error: str,
+    reason: str | None = None,
+    metrics: dict[str, float | int | None] | None = None,
 ) -> bool:
     """The reply's move to its terminal state; False if it was already terminal (then
-    nothing is written and the caller must not announce an end)."""
+    nothing is written and the caller must not announce an end).
+
+    ``reason`` and ``metrics``: what the terminal ``generation`` event tells members, kept
+    so the message reads the same after a reload."""
     now_mono = time.monotonic()
     with transaction.atomic():
         if not Message.objects.filter(pk=message_id, status__in=LIVE_STATUSES).update(
@@ -203,6 +214,8 @@ def save_final(
             stop_reason=stop_reason[:40],
             stopped_by=stopper,
             error=error,
+            reason=reason or "",
+            metrics=metrics,
         )
         if started_at is not None:
             Generation.objects.filter(message_id=message_id, started_at__isnull=True).update(
@@ -224,6 +237,10 @@ def live_replies_by_worker(*, exclude: str) -> dict[str, list[tuple[int, int]]]:
     return found
 
 
+# What members are told when a reply's process died under it (its `generation` event).
+INTERRUPTED_REASON = "the server running this reply stopped"
+
+
 def interrupt(replies: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Mark these replies interrupted, keeping their saved text; the ones this call changed.
 
@@ -237,7 +254,7 @@ def interrupt(replies: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
                 status=Status.INTERRUPTED
             ):
                 Generation.objects.filter(message_id=message_id, ended_at__isnull=True).update(
-                    ended_at=now, stop_reason="interrupted"
+                    ended_at=now, stop_reason="interrupted", reason=INTERRUPTED_REASON
                 )
                 changed.append((room_id, message_id))
     return changed

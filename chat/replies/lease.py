@@ -117,7 +117,7 @@ class WorkerLease:
                     body=generation_body(
                         message_id=str(message_id),
                         state="interrupted",
-                        reason="the server running this reply stopped",
+                        reason=db.INTERRUPTED_REASON,
                     ),
                     until_stored=True,
                 )

@@ -432,6 +432,8 @@ class ReplyRun:
                 stop_reason=code or reason or "",
                 stopped_by=by,
                 error=error,
+                reason=reason,
+                metrics=metrics,
             )
             if not won:
                 raise EndedElsewhere

@@ -48,7 +48,12 @@ export async function api(method, path, body) {
 export const rooms = {
   create: (fields) => api("POST", "/api/rooms", fields),
   join: (slug) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/join`),
-  messages: (slug) => api("GET", `/api/rooms/${encodeURIComponent(slug)}/messages`),
+  // {before, limit}: a page of older messages; without `before`, the newest.
+  messages: (slug, params = {}) => {
+    const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== undefined)).toString();
+    const tail = query ? `?${query}` : "";
+    return api("GET", `/api/rooms/${encodeURIComponent(slug)}/messages${tail}`);
+  },
   send: (slug, fields) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/messages`, fields),
   leave: (slug) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/leave`),
   removeMember: (slug, username) =>

@@ -6,10 +6,12 @@
 // back. window.parley exposes the pieces and a few debug handles for tests.
 // Speaking a message (push to talk) is speech.js; a transcript comes back as an ordinary
 // `message` event whose message has `input: "speech"`, shown with a microphone mark.
+// History: the newest page first (exact at its head, so the live connection goes on from
+// there), then older pages as the reader scrolls up, to the room's first message.
 
 import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
 import { AudioPlayer } from "./audio.js";
-import { Connection } from "./connection.js";
+import { Backoff, Connection } from "./connection.js";
 import { wireDrawer } from "./drawer.js";
 import { renderMarkdown } from "./markdown.js";
 import { wireMembers } from "./members.js";
@@ -24,6 +26,11 @@ const TYPING_SEND_EVERY_MS = 1000;
 const ERROR_SHOWN_MS = 8000;
 // "Near the bottom": closer than this, new text keeps the view pinned to the end.
 const PIN_DISTANCE_PX = 80;
+// Messages per history request: a screen or two, and one request per scroll to the top.
+const HISTORY_PAGE = 50;
+// Older messages are fetched while the reader is still this far from the top, so they
+// are usually there before the top is reached.
+const LOAD_OLDER_WITHIN_PX = 600;
 
 // Reply states shown as a badge; a complete reply needs none.
 const BADGED = new Set(["queued", "streaming", "paused", "stopped", "failed", "interrupted"]);
@@ -41,6 +48,8 @@ const $ = (selector) => document.querySelector(selector);
 const els = {
   list: $("#messages"),
   empty: $("#empty"),
+  history: $("#history"),
+  older: $("#older"),
   conn: $("#conn"),
   connText: $("#conn-text"),
   presence: $("#presence"),
@@ -365,22 +374,33 @@ function firstPendingArticle() {
   return els.list.querySelector(".msg--pending");
 }
 
-function insertMessage(id) {
+// A message's article goes in its place by id: before the next message on the page, or
+// after the last (and before our pending ones). `last`: known to be the last on the page.
+function insertMessage(id, { last = false } = {}) {
   const m = store.get(id);
   const article = buildArticle(m, false);
   elements.set(id, article);
   renderMessage(article, m);
-  els.list.insertBefore(article, firstPendingArticle());
+  let next = null;
+  if (!last) {
+    for (const after of store.idsAfter(id)) {
+      next = elements.get(after);
+      if (next) break;
+    }
+  }
+  els.list.insertBefore(article, next || firstPendingArticle());
   els.empty.hidden = true;
+  els.history.hidden = false;
 }
 
 function renderAll() {
   keepPinned(() => {
     for (const article of els.list.querySelectorAll(".msg")) article.remove();
     elements.clear();
-    for (const id of store.messages.keys()) insertMessage(id);
+    for (const id of store.messages.keys()) insertMessage(id, { last: true });
     for (const p of store.pending.values()) addPendingArticle(p);
     els.empty.hidden = store.messages.size + store.pending.size > 0;
+    els.history.hidden = store.messages.size === 0;
   });
 }
 
@@ -484,6 +504,8 @@ function onDurable(event) {
     case "unknown":
       return;
     case "snapshot":
+      // A conversation that starts again at the snapshot may have older messages again.
+      if (!change.keptOlder) setHistory("more");
       renderAll();
       return;
     case "message": {
@@ -727,6 +749,63 @@ function onStatus(status) {
   if (status.state === "closed") showError(text, { sticky: true });
 }
 
+// --- older messages, as the reader scrolls up ---
+
+let historyState = "more"; // "more" | "loading" | "start" | "failed"
+
+function setHistory(state) {
+  historyState = state;
+  els.history.dataset.state = state;
+  els.older.disabled = state === "loading";
+  els.older.textContent = state === "failed" ? "Could not load earlier messages. Try again" : "Load earlier messages";
+}
+
+// Runs `change` (older messages added above the reader) without moving what they are
+// looking at: the message that was at the top keeps its place on screen. (The browser's
+// own scroll anchoring may have done it already; measured on the same message, this then
+// moves nothing.)
+function keepingPlace(change) {
+  const anchor = els.list.querySelector(".msg[data-id]");
+  const before = anchor ? anchor.getBoundingClientRect().top : 0;
+  change();
+  if (anchor) els.list.scrollTop += anchor.getBoundingClientRect().top - before;
+}
+
+async function loadOlder() {
+  if (historyState === "loading" || historyState === "start") return;
+  const oldest = store.oldestId();
+  if (oldest === undefined) return;
+  setHistory("loading");
+  let page;
+  try {
+    page = await roomsApi.messages(slug, { before: oldest, limit: HISTORY_PAGE });
+  } catch (err) {
+    setHistory("failed");
+    showError(`Could not load earlier messages: ${err instanceof ApiError ? err.detail : err}`);
+    return;
+  }
+  if (store.oldestId() !== oldest) {
+    // A snapshot started the conversation again meanwhile: this page may not join on.
+    setHistory("more");
+    return;
+  }
+  const added = store.addOlder(page.messages);
+  keepingPlace(() => {
+    for (const id of added) insertMessage(id);
+    setHistory(page.messages.length < HISTORY_PAGE ? "start" : "more");
+  });
+  if (historyState === "start") announce("This is the start of the conversation.");
+  maybeLoadOlder();
+}
+
+// Near the top, or with too few messages to scroll at all: fetch the page before them.
+function maybeLoadOlder() {
+  if (historyState !== "more" || !store.messages.size) return;
+  if (els.list.scrollTop < LOAD_OLDER_WITHIN_PX || els.list.scrollHeight <= els.list.clientHeight) {
+    loadOlder();
+  }
+}
+
 // --- wiring ---
 
 const connection = new Connection({
@@ -827,7 +906,9 @@ function wire() {
   });
   els.list.addEventListener("scroll", () => {
     if (isPinned()) els.jump.hidden = true;
+    maybeLoadOlder();
   });
+  els.older.addEventListener("click", loadOlder);
   els.jump.addEventListener("click", scrollToEnd);
 
   els.voice.value = stored(`voice:${slug}`, room.voice);
@@ -861,21 +942,35 @@ function wire() {
   onInput();
 }
 
+// The newest page. It is exact at its `head` (a reply being written has the text members
+// had at that seq), so the connection goes on with `after=head`: nothing missed, nothing
+// twice. Until it loads there is nothing to go on from, so it is tried again, with
+// backoff; a refusal (signed out, not a member) is left to the connection to explain.
+async function loadLatest() {
+  const backoff = new Backoff();
+  for (;;) {
+    try {
+      return await roomsApi.messages(slug, { limit: HISTORY_PAGE });
+    } catch (err) {
+      if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) return null;
+      const wait = backoff.next();
+      showError(`Could not load the conversation: ${err.detail || err}. Trying again in ${Math.ceil(wait / 1000)} s.`);
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
 async function start() {
   wire();
-  try {
-    const page = await roomsApi.messages(slug);
+  setHistory("more");
+  const page = await loadLatest();
+  if (page) {
     store.load(page.messages, page.head);
-    // A reply still being written was loaded with its last saved text, which may lag what
-    // members have seen: ask for everything the server still holds (a full replay of
-    // those messages, or a snapshot with their live text) instead of going on from head.
-    if (store.hasLiveReply()) store.lastSeq = 0;
-  } catch (err) {
-    showError(`Could not load the conversation: ${err.detail || err}`);
-    store.lastSeq = 0; // the live connection will send what it has (replay or snapshot)
+    if (page.messages.length < HISTORY_PAGE) setHistory("start");
   }
   renderAll();
   scrollToEnd();
+  maybeLoadOlder();
   connection.start();
 }
 

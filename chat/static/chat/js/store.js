@@ -4,31 +4,81 @@
 // the last seq is a duplicate and is dropped; one that skips a seq reports a gap so the
 // connection can resume from the last seq it holds. A `message` event replaces the whole
 // message (a replay rebuilds a reply from its empty start), `delta` appends, `generation`
-// sets the status, `snapshot` replaces everything.
+// sets the status, `snapshot` replaces the latest messages.
+//
+// The conversation is kept in id order, whatever order its messages arrive in: the first
+// page, an older page as the reader scrolls up, a replay, a live event, a snapshot.
+// Message ids are increasing integers sent as strings (docs/protocol.md "Objects").
 
 export const LIVE = new Set(["queued", "streaming", "paused"]);
+
+// Two ids compared as the integers they are: a longer string of digits is the larger
+// number, and among equal lengths the string order is the number order. (Number() would
+// do for the ids of today; this is exact at any length.)
+export function compareIds(a, b) {
+  if (a.length !== b.length) return a.length - b.length;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
 
 export class RoomStore {
   constructor(me) {
     this.me = me;
-    this.messages = new Map(); // id -> message, in display order
+    this.messages = new Map(); // id -> message, in id order (see put)
     this.pending = new Map(); // client_id -> optimistic message of ours not yet confirmed
     this.lastSeq = null;
   }
 
   load(messages, head) {
     this.messages.clear();
-    for (const m of messages) this.messages.set(m.id, { ...m });
+    for (const m of messages) this.put({ ...m });
     if (head !== undefined) this.lastSeq = head;
+  }
+
+  // Sets a message in its place by id. Newer than all we hold (the usual case) is an
+  // append; anything else puts the map back in order.
+  put(message) {
+    const known = this.messages.has(message.id);
+    const newest = this.newestId();
+    this.messages.set(message.id, message);
+    if (!known && newest !== undefined && compareIds(message.id, newest) < 0) this.sort();
+  }
+
+  sort() {
+    this.messages = new Map([...this.messages.entries()].sort(([a], [b]) => compareIds(a, b)));
   }
 
   get(id) {
     return this.messages.get(id);
   }
 
-  hasLiveReply() {
-    for (const m of this.messages.values()) if (m.role === "assistant" && LIVE.has(m.status)) return true;
-    return false;
+  oldestId() {
+    for (const id of this.messages.keys()) return id;
+    return undefined;
+  }
+
+  newestId() {
+    let last;
+    for (const id of this.messages.keys()) last = id;
+    return last;
+  }
+
+  // The ids that follow `id` in the conversation, nearest first.
+  *idsAfter(id) {
+    for (const other of this.messages.keys()) if (compareIds(other, id) > 0) yield other;
+  }
+
+  // Older messages, from GET .../messages?before=: each goes in its place; one already
+  // known is left as it is (an event may have brought it, and text after it, first).
+  // Returns the ids added.
+  addOlder(messages) {
+    const added = [];
+    for (const m of messages) {
+      if (this.messages.has(m.id)) continue;
+      this.messages.set(m.id, { ...m });
+      added.push(m.id);
+    }
+    if (added.length) this.sort(); // once for the page, not once per message
+    return added;
   }
 
   // What happened, for the view: {kind: "duplicate"|"gap"|"message"|"delta"|"generation"|"snapshot", ...}
@@ -57,10 +107,21 @@ export class RoomStore {
         if (event.metrics) m.metrics = event.metrics;
         return { kind: "generation", id: m.id, state: event.state, by: event.by };
       }
-      case "snapshot":
-        this.load(event.messages);
+      case "snapshot": {
+        // The room's latest messages: they replace ours from the first of them on. Older
+        // ones we hold are kept if the snapshot starts at a message we know (nothing can
+        // be missing between the two); otherwise the conversation starts again from it.
+        const first = event.messages[0];
+        const keptOlder = Boolean(first && this.messages.has(first.id));
+        if (keptOlder) {
+          for (const id of [...this.messages.keys()]) if (compareIds(id, first.id) >= 0) this.messages.delete(id);
+          for (const m of event.messages) this.put({ ...m });
+        } else {
+          this.load(event.messages);
+        }
         for (const m of event.messages) if (m.client_id) this.pending.delete(m.client_id);
-        return { kind: "snapshot" };
+        return { kind: "snapshot", keptOlder };
+      }
       default:
         return { kind: "unknown" };
     }
@@ -71,7 +132,8 @@ export class RoomStore {
   // stream may have delivered it, and text after it, first.
   upsert(message, { keep = false } = {}) {
     const known = this.messages.has(message.id);
-    if (!(known && keep)) this.messages.set(message.id, { ...message, reason: null });
+    // An ended reply says how it ended (by, reason, metrics); a new one says nothing yet.
+    if (!(known && keep)) this.put({ by: null, reason: null, metrics: null, ...message });
     let confirmed = null;
     if (message.client_id && message.author === this.me && this.pending.has(message.client_id)) {
       confirmed = message.client_id;

@@ -275,6 +275,11 @@ PARLEY_MAX_FRAME_BYTES = env.int("PARLEY_MAX_FRAME_BYTES", default=64 * 1024)
 PARLEY_SNAPSHOT_MESSAGES = env.int("PARLEY_SNAPSHOT_MESSAGES", default=50)
 # Replies waiting in one room's queue; past it a send that asks for a reply gets busy.
 PARLEY_ROOM_QUEUE_MAX = env.int("PARLEY_ROOM_QUEUE_MAX", default=20)
+# Replies one member may have waiting (queued, not started) in one room; one more gets
+# busy. The bundled model takes 5-20 s a reply on 2 cores, so 3 ahead of someone is about a
+# minute at most: a burst cannot starve the room (issue 22 saw 10 from one member hold
+# another's question for 122 s), while asking a follow-up before the answer ends still works.
+PARLEY_ROOM_QUEUE_PER_MEMBER = env.int("PARLEY_ROOM_QUEUE_PER_MEMBER", default=3)
 # Redis keys of the event log and live message state live this long after a room's last
 # event: far beyond the 10-minute replay promise, short enough that idle rooms go away.
 PARLEY_REDIS_TTL = env.int("PARLEY_REDIS_TTL", default=24 * 3600)

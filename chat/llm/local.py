@@ -89,6 +89,12 @@ _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-local-llm
 _models: dict[tuple[str, int, int], Llama] = {}
 _models_lock = threading.Lock()
 _DONE = object()
+# The worker's line as members see it (docs/protocol.md "Waiting in line"): every stream
+# that has been handed to the worker and has not left, in the worker's (FIFO) order, so
+# the first is the one the model is on. Changed from event loops; read by them.
+_model_line: list[_Run] = []
+_line_lock = threading.Lock()
+_watchers: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
 
 @atexit.register
@@ -106,6 +112,8 @@ class _Run:
     """One generation's state, written by the worker and read once it has finished."""
 
     stop: threading.Event = field(default_factory=threading.Event)
+    # The caller's Usage: it identifies the stream to model_position().
+    usage: Usage | None = None
     prompt_tokens: int | None = None
     completion_tokens: int = 0
 
@@ -134,7 +142,7 @@ class LocalBackend(LLMBackend):
     ) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-        run = _Run()
+        run = _Run(usage=usage)
 
         def post(item: object) -> None:
             try:
@@ -145,6 +153,7 @@ class LocalBackend(LLMBackend):
         self._runs.add(run)
         job = _worker.submit(self._generate, list(messages), run, post)
         job.add_done_callback(lambda _: post(_DONE))
+        _line_change(run, add=True)
         try:
             while (item := await queue.get()) is not _DONE:
                 assert isinstance(item, str)
@@ -159,8 +168,28 @@ class LocalBackend(LLMBackend):
             if not job.cancel():  # cancel() only succeeds while the job still waits its turn
                 await _until_done(job, queue)
             self._runs.discard(run)
+            _line_change(run, add=False)
             usage.prompt_tokens = run.prompt_tokens
             usage.completion_tokens = run.completion_tokens
+
+    def model_position(self, usage: Usage) -> int | None:
+        with _line_lock:
+            for place, run in enumerate(_model_line, 1):
+                if run.usage is usage:
+                    return place
+        return None
+
+    def watch_line(self, callback: Callable[[], None]) -> Callable[[], None]:
+        entry = (asyncio.get_running_loop(), callback)
+        with _line_lock:
+            _watchers.append(entry)
+
+        def unwatch() -> None:
+            with _line_lock:
+                if entry in _watchers:
+                    _watchers.remove(entry)
+
+        return unwatch
 
     async def warm(self) -> None:
         """Load the model (seconds) when the server starts, not in the first reply."""
@@ -223,6 +252,21 @@ class LocalBackend(LLMBackend):
                     self.model, n_ctx=self.n_ctx, n_threads=self.n_threads
                 )
             return llm
+
+
+def _line_change(run: _Run, *, add: bool) -> None:
+    """``run`` joins or leaves the worker's line; everyone watching it is told."""
+    with _line_lock:
+        if add:
+            _model_line.append(run)
+        elif run in _model_line:
+            _model_line.remove(run)
+        watchers = list(_watchers)
+    for loop, callback in watchers:
+        try:
+            loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # that loop is closed: its watcher is gone
+            pass
 
 
 async def _until_done(job: Future[None], queue: asyncio.Queue[object]) -> None:

@@ -221,10 +221,30 @@ LLM_TEMPERATURE = env.float("LLM_TEMPERATURE", default=0.7)
 # How much conversation goes into the prompt: the newest messages, up to this many
 # characters (about a quarter as many tokens), so the bundled model's 32k context and
 # any server's limit are respected without a tokenizer round-trip.
-LLM_CONTEXT_CHARS = env.int("LLM_CONTEXT_CHARS", default=6000)
-LLM_CONTEXT_MESSAGES = env.int("LLM_CONTEXT_MESSAGES", default=30)
-# The bundled model's context window in tokens: the prompt budget above plus the reply.
-LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=4096)
+# The bundled model gets more (16,000 characters, 100 messages) and keeps what fits its
+# own window (LLM_LOCAL_N_CTX, in tokens): a count of messages would slide the prompt's
+# start at every turn, and with it the state the model could have kept (chat/llm/local.py).
+LLM_CONTEXT_CHARS = env.int("LLM_CONTEXT_CHARS", default=6000 if LLM_BACKEND == "openai" else 16000)
+LLM_CONTEXT_MESSAGES = env.int(
+    "LLM_CONTEXT_MESSAGES", default=30 if LLM_BACKEND == "openai" else 100
+)
+# The bundled model's own window in tokens (prompt and reply), not the budget above:
+# Gemma 3 270M is a tiny base model that copies from a long context rather than using it
+# (issue 22: after 24 "fun fact" messages it answered everything with a fun fact), and on
+# 2 cores it reads 350-550 tokens/s, so a whole 1,024-token window costs 2-3 s when it is
+# read afresh. Its kept state is then at most ~18 MB (18 KB a token).
+LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=1024)
+# Cap on one bundled-model reply: it stops at the end of its line, one or two sentences;
+# a lower cap than LLM_MAX_TOKENS leaves the window's room to the conversation.
+LLM_LOCAL_MAX_TOKENS = env.int("LLM_LOCAL_MAX_TOKENS", default=128)
+# Kept llama.cpp states of conversations the bundled model left for another room's reply,
+# so a room's next turn reads only its new tail: 128 MB keeps about 7 rooms' full windows
+# (more for shorter ones); the least recently used goes first. 0: keep none (the model
+# still continues from the room it is in).
+LLM_LOCAL_STATE_CACHE_MB = env.int("LLM_LOCAL_STATE_CACHE_MB", default=128)
+# False: the earlier path, for comparison only (bench/model.py): the window slides by a
+# turn each reply and no state is kept, so each reply in a busy room reads its whole prompt.
+LLM_LOCAL_REUSE = env.bool("LLM_LOCAL_REUSE", default=True)
 # Threads for llama.cpp: the machine has 2 cores; leave the event loop room to breathe.
 LLM_LOCAL_THREADS = env.int("LLM_LOCAL_THREADS", default=2)
 

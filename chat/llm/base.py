@@ -29,6 +29,9 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Prompt tokens the model already held and did not read again (the bundled model's
+    # kept state; OpenAI calls these cached tokens). None if unknown.
+    cached_tokens: int | None = None
 
 
 class LLMError(Exception):

@@ -23,7 +23,7 @@ async def test_bundled_model_streams_a_reply_over_the_websocket(daphne_factory, 
     server = daphne_factory(
         LLM_BACKEND="local",
         LLM_MODEL="gemma-3-270m",
-        LLM_MAX_TOKENS="24",
+        LLM_LOCAL_MAX_TOKENS="24",
         OPENAI_BASE_URL="",
         OPENAI_API_KEY="",
     )

@@ -44,7 +44,7 @@ READ_TOKENS = 24
 QUESTIONS = (
     "Hi, what can you do?",
     "What is the capital of France?",
-    "How do I boil an egg?",
+    "How long should I cook pasta?",
     "Can you suggest a name for a cat?",
     "What's 12 times 12?",
     "Give me a tip for sleeping better.",
@@ -58,9 +58,13 @@ BEFORE = {"n_ctx": 4096, "max_tokens": 512, "reuse": False, "state_cache_bytes":
 AFTER_TTFT = {"n_ctx": 1024, "max_tokens": 128, "reuse": True, "state_cache_bytes": 128 << 20}
 CONFIGS: dict[str, dict[str, Any]] = {
     "before": {**BEFORE, "repeat_penalty": 1.0},
-    "short_context": {**AFTER_TTFT, "repeat_penalty": 1.0},
-    "short_context_penalty": {**AFTER_TTFT, "repeat_penalty": 1.3},
+    "window_1024": {**AFTER_TTFT, "repeat_penalty": 1.0},
+    "window_1024_penalty": {**AFTER_TTFT, "repeat_penalty": 1.3},
+    "window_512_penalty": {**AFTER_TTFT, "n_ctx": 512, "repeat_penalty": 1.3},
 }
+# Words in a row that, found in an earlier line (the room's, or the prompt's examples),
+# make an answer a copy rather than an answer.
+COPY_WORDS = 4
 
 
 def _setup() -> None:
@@ -194,16 +198,31 @@ def _fun_facts() -> list[tuple[str, str, str]]:
     return turns
 
 
-def parrots(answer: str, history: list[tuple[str, str, str]]) -> bool:
-    """An answer that talks of a fun fact, or repeats a line of the room, parrots it."""
-    said = answer.lower()
-    if "fun fact" in said or not said:
+def _words(text: str) -> list[str]:
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
+def parrots(answer: str, earlier: list[str]) -> bool:
+    """An answer that is empty, talks of a fun fact, or repeats ``COPY_WORDS`` words in a
+    row of an earlier line (the room's, the examples', the question itself) parrots."""
+    said = _words(answer)
+    if not said or "fun fact" in " ".join(said):
         return True
-    return any(text.lower() in said or said in text.lower() for _, _, text in history)
+    grams = {tuple(said[i : i + COPY_WORDS]) for i in range(len(said) - COPY_WORDS + 1)}
+    if not grams:  # shorter than COPY_WORDS: a copy only if it is a whole earlier line
+        return any(said == _words(line) for line in earlier)
+    for line in earlier:
+        words = _words(line)
+        if grams & {tuple(words[i : i + COPY_WORDS]) for i in range(len(words))}:
+            return True
+    return False
 
 
 async def answers(questions: tuple[str, ...]) -> dict[str, Any]:
+    from chat.llm.local import FEW_SHOT
+
     history = _fun_facts()
+    earlier = [text for _, _, text in history] + FEW_SHOT.splitlines()
     out: dict[str, Any] = {}
     for name, config in CONFIGS.items():
         backend = _backend(**config)
@@ -214,7 +233,7 @@ async def answers(questions: tuple[str, ...]) -> dict[str, Any]:
                 {
                     "question": question,
                     "answer": result["text"],
-                    "parrots": parrots(result["text"], history),
+                    "parrots": parrots(result["text"], [*earlier, question]),
                 }
             )
         out[name] = {

@@ -19,6 +19,7 @@ from django.shortcuts import render
 from chat import events, selectors
 from chat.errors import NotFound
 from chat.http import request_user
+from chat.llm.local import BUNDLED_MODEL
 from chat.serializers import room_to_dict
 
 
@@ -54,5 +55,11 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "chat/room.html",
-        {"room": found, "config": config, "is_staff": user.is_staff},
+        {
+            "room": found,
+            "config": config,
+            "is_staff": user.is_staff,
+            # The bundled model answers here: say plainly that it is a demo.
+            "demo_model": settings.LLM_BACKEND == "local" and settings.LLM_MODEL == BUNDLED_MODEL,
+        },
     )

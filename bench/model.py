@@ -13,8 +13,9 @@
   noisy machine weighs on both alike. Target: a busy room's median within 2x a fresh
   room's.
 - **answers**: 8 everyday questions, each asked after 24 "fun fact about N" exchanges (what
-  made the model parrot the room), greedy, under each configuration in ``CONFIGS``; an
-  answer that talks of a fun fact, or repeats a history line, counts as parroting.
+  made the model parrot the room), greedy, before and after, and under the variants in
+  ``ANSWER_VARIANTS`` (what each change does on its own); see ``parrots`` for what counts
+  as parroting.
 
 The prompt is built as the server builds it (chat/llm/prompt.py, the default system
 prompt and context budget), and each reply goes through ``LocalBackend.stream``, the
@@ -54,13 +55,18 @@ QUESTIONS = (
 ANSWER_TOKENS = 40
 
 # Each configuration: LocalBackend's arguments beside the model file and threads.
-BEFORE = {"n_ctx": 4096, "max_tokens": 512, "reuse": False, "state_cache_bytes": 0}
-AFTER_TTFT = {"n_ctx": 1024, "max_tokens": 128, "reuse": True, "state_cache_bytes": 128 << 20}
-CONFIGS: dict[str, dict[str, Any]] = {
-    "before": {**BEFORE, "repeat_penalty": 1.0},
-    "window_1024": {**AFTER_TTFT, "repeat_penalty": 1.0},
-    "window_1024_penalty": {**AFTER_TTFT, "repeat_penalty": 1.3},
-    "window_512_penalty": {**AFTER_TTFT, "n_ctx": 512, "repeat_penalty": 1.3},
+BEFORE = {
+    "n_ctx": 4096,
+    "max_tokens": 512,
+    "reuse": False,
+    "state_cache_bytes": 0,
+    "repeat_penalty": 1.0,
+}
+# What one change to this revision's defaults does to the answers.
+ANSWER_VARIANTS: dict[str, dict[str, Any]] = {
+    "after_window_1024": {"n_ctx": 1024},
+    "after_window_2048": {"n_ctx": 2048},
+    "after_repeat_penalty_1.3": {"repeat_penalty": 1.3},
 }
 # Words in a row that, found in an earlier line (the room's, or the prompt's examples),
 # make an answer a copy rather than an answer.
@@ -73,6 +79,19 @@ def _setup() -> None:
     import django
 
     django.setup()
+
+
+def _after() -> dict[str, Any]:
+    """This revision's defaults (config/settings.py), as get_backend() passes them."""
+    from django.conf import settings
+
+    return {
+        "n_ctx": settings.LLM_LOCAL_N_CTX,
+        "max_tokens": settings.LLM_LOCAL_MAX_TOKENS,
+        "reuse": settings.LLM_LOCAL_REUSE,
+        "state_cache_bytes": settings.LLM_LOCAL_STATE_CACHE_MB << 20,
+        "repeat_penalty": settings.LLM_LOCAL_REPEAT_PENALTY,
+    }
 
 
 def _backend(**config: Any) -> Any:
@@ -134,7 +153,7 @@ def _history(count: int, seed: int) -> list[tuple[str, str, str]]:
 
 async def ttft(rounds: int) -> dict[str, Any]:
     names = ("before", "after")
-    backends = {"before": _backend(**BEFORE), "after": _backend(**AFTER_TTFT)}
+    backends = {"before": _backend(**BEFORE), "after": _backend(**_after())}
     for backend in backends.values():
         await backend.warm()
     rooms = {name: {"A": _history(50, 1), "B": _history(50, 2)} for name in names}
@@ -180,6 +199,7 @@ async def ttft(rounds: int) -> dict[str, Any]:
                     x["prompt_tokens"] for x in seen[name][kind]
                 ),
                 "ttft_ms": times,
+                "evaluated_tokens": [x["evaluated_tokens"] for x in seen[name][kind]],
             }
         row["busy_over_fresh"] = round(row["busy"]["median_ms"] / row["fresh"]["median_ms"], 2)
         out[name] = row
@@ -202,18 +222,17 @@ def _words(text: str) -> list[str]:
     return "".join(c if c.isalnum() else " " for c in text.lower()).split()
 
 
-def parrots(answer: str, earlier: list[str]) -> bool:
-    """An answer that is empty, talks of a fun fact, or repeats ``COPY_WORDS`` words in a
-    row of an earlier line (the room's, the examples', the question itself) parrots."""
+def parrots(answer: str, question: str, earlier: list[str]) -> bool:
+    """Whether ``answer`` parrots rather than answers: it is empty, talks of a fun fact,
+    echoes the question whole, or repeats ``COPY_WORDS`` words in a row of an earlier
+    line (the room's, or the prompt's examples: their text, without the speaker)."""
     said = _words(answer)
-    if not said or "fun fact" in " ".join(said):
+    if not said or "fun fact" in " ".join(said) or said == _words(question):
         return True
     grams = {tuple(said[i : i + COPY_WORDS]) for i in range(len(said) - COPY_WORDS + 1)}
-    if not grams:  # shorter than COPY_WORDS: a copy only if it is a whole earlier line
-        return any(said == _words(line) for line in earlier)
     for line in earlier:
-        words = _words(line)
-        if grams & {tuple(words[i : i + COPY_WORDS]) for i in range(len(words))}:
+        words = _words(line.partition(": ")[2] if ": " in line[:20] else line)
+        if said == words or grams & {tuple(words[i : i + COPY_WORDS]) for i in range(len(words))}:
             return True
     return False
 
@@ -224,7 +243,12 @@ async def answers(questions: tuple[str, ...]) -> dict[str, Any]:
     history = _fun_facts()
     earlier = [text for _, _, text in history] + FEW_SHOT.splitlines()
     out: dict[str, Any] = {}
-    for name, config in CONFIGS.items():
+    configs = {
+        "before": BEFORE,
+        "after": _after(),
+        **{name: {**_after(), **change} for name, change in ANSWER_VARIANTS.items()},
+    }
+    for name, config in configs.items():
         backend = _backend(**config)
         rows = []
         for question in questions:
@@ -233,7 +257,7 @@ async def answers(questions: tuple[str, ...]) -> dict[str, Any]:
                 {
                     "question": question,
                     "answer": result["text"],
-                    "parrots": parrots(result["text"], [*earlier, question]),
+                    "parrots": parrots(result["text"], question, earlier),
                 }
             )
         out[name] = {

@@ -230,18 +230,23 @@ LLM_CONTEXT_MESSAGES = env.int(
 )
 # The bundled model's own window in tokens (prompt and reply), not the budget above:
 # Gemma 3 270M is a tiny base model that copies from a long context rather than using it
-# (issue 22: after 24 "fun fact" messages it answered everything with a fun fact), and on
-# 2 cores it reads 350-550 tokens/s, so a whole 1,024-token window costs 2-3 s when it is
-# read afresh. Its kept state is then at most ~18 MB (18 KB a token).
-LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=1024)
+# (issue 22: after 24 "fun fact" messages it answered everything with a fun fact). On
+# eight everyday questions after such a room (bench/model.py, docs/benchmarks.md), 4 of
+# 8 answers parroted with the old 4,096, 2 with 1,024 and 1 with 512: the last ~8 turns
+# are all it can use. It also bounds a room's first read (~300 tokens of history, under a
+# second on 2 cores) and its kept state (~9 MB at 18 KB a token).
+LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=512)
 # Cap on one bundled-model reply: it stops at the end of its line, one or two sentences;
 # a lower cap than LLM_MAX_TOKENS leaves the window's room to the conversation.
 LLM_LOCAL_MAX_TOKENS = env.int("LLM_LOCAL_MAX_TOKENS", default=128)
 # Kept llama.cpp states of conversations the bundled model left for another room's reply,
-# so a room's next turn reads only its new tail: 128 MB keeps about 7 rooms' full windows
+# so a room's next turn reads only its new tail: 128 MB keeps about 14 rooms' full windows
 # (more for shorter ones); the least recently used goes first. 0: keep none (the model
 # still continues from the room it is in).
 LLM_LOCAL_STATE_CACHE_MB = env.int("LLM_LOCAL_STATE_CACHE_MB", default=128)
+# llama.cpp's repetition penalty for the bundled model's sampling (1.0: none). 1.3 changed
+# no parroting answer on the benchmark's questions (docs/benchmarks.md), so it stays off.
+LLM_LOCAL_REPEAT_PENALTY = env.float("LLM_LOCAL_REPEAT_PENALTY", default=1.0)
 # False: the earlier path, for comparison only (bench/model.py): the window slides by a
 # turn each reply and no state is kept, so each reply in a busy room reads its whole prompt.
 LLM_LOCAL_REUSE = env.bool("LLM_LOCAL_REUSE", default=True)

@@ -37,5 +37,6 @@ def get_backend() -> LLMBackend:
             temperature=settings.LLM_TEMPERATURE,
             reuse=settings.LLM_LOCAL_REUSE,
             state_cache_bytes=settings.LLM_LOCAL_STATE_CACHE_MB << 20,
+            repeat_penalty=settings.LLM_LOCAL_REPEAT_PENALTY,
         )
     raise ValueError(f"LLM_BACKEND must be 'openai' or 'local', not {kind!r}")

@@ -26,6 +26,15 @@ small talk, frequently wrong on facts, and no real code or lists: a 270M base mo
 demo that works offline, not an assistant. Configure an OpenAI-compatible server for real
 answers. On the 2-core host it loads in about a second and writes ~45 tokens/s.
 
+A room's state. Reading a busy room's prompt afresh took 1.5-22 s on 2 cores (issue 22),
+so the model reads only what is new. The history keeps its first line from turn to turn
+(the window restarts, half full, only once it is full: ``REWINDOW_FILL``), so a room's
+next prompt begins with everything the model read for its last turn, and its reply.
+``_prefill`` evaluates from where the prompt and the context part; when another room had
+the model meanwhile, the room's llama.cpp state, kept when the model left it (a
+``LlamaRAMCache``, LRU, ``LLM_LOCAL_STATE_CACHE_MB``), is put back first (~20 ms for 9 MB).
+bench/model.py measures it against the earlier path (docs/benchmarks.md).
+
 Threads. llama.cpp is CPU-bound and not safe to share between threads, so everything that
 touches the model (loading, tokenizing, evaluating, sampling) runs on one worker thread
 per process: one generation at a time, later callers wait their turn in its queue. Text
@@ -83,8 +92,8 @@ PREFILL_CHUNK = 64
 # turns append to it, and find it again in the model's state, until it fills up once
 # more: one long read every several turns instead of a long read every turn, which a
 # window sliding by one turn at a time costs (each slide changes the prompt from its
-# first line of history on). Half: about ten turns of short messages between restarts in
-# the default 1,024-token window, while a restart still keeps the last dozen messages.
+# first line of history on). Half: about four turns of short messages between restarts
+# in the default 512-token window, while a restart still keeps the last ~8 messages.
 REWINDOW_FILL = 0.5
 
 # A conversation's state is kept when the model leaves it for another, if it holds at

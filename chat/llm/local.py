@@ -424,12 +424,20 @@ def _prompt_tokens(
     head = _tokenize(llm, f"{system}\n\n{FEW_SHOT}".lstrip(), bos=True)
     tail = _tokenize(llm, f"{ASSISTANT_LABEL}:")
     lines = [_tokenize(llm, _line(m)) for m in messages if m.role != "system" and m.content.strip()]
-    room = n_ctx - min(max(max_tokens, 1), n_ctx // 2) - len(head) - len(tail)
-    if room <= 0:
-        raise LLMError(
-            "unavailable",
-            f"The system prompt does not fit the bundled model's {n_ctx}-token context.",
-        )
+    reply = min(max(max_tokens, 1), n_ctx // 2)
+    room = n_ctx - reply - len(head) - len(tail)
+    if room < n_ctx // 4:
+        # A room's system text (up to 4,000 characters) can outgrow the small window: its
+        # start is kept (where instructions usually are), so a quarter stays for the talk.
+        few = _tokenize(llm, f"\n\n{FEW_SHOT}")
+        keep = n_ctx - reply - len(tail) - len(few) - n_ctx // 4
+        if keep < 2:
+            raise LLMError(
+                "unavailable",
+                f"The prompt's examples do not fit the bundled model's {n_ctx}-token context.",
+            )
+        head = _tokenize(llm, system, bos=True)[:keep] + few
+        room = n_ctx - reply - len(head) - len(tail)
     first = _earliest(lines, room)
     if lines and first == len(lines):  # the newest turn alone is too long: its end
         history = lines[-1][-room:]

@@ -336,6 +336,20 @@ def test_prompt_keeps_system_text_and_newest_turns() -> None:
     assert "bob: old message number 0\n" not in text
 
 
+def test_a_system_text_longer_than_the_window_is_cut_and_the_talk_kept() -> None:
+    llm = backend()._load()
+    system = "You are the quiz master of room 7. " + "Be kind and brief. " * 200  # 4,000 chars
+    messages = [ChatMessage("system", system), ChatMessage("user", "alice: is it Paris?")]
+
+    tokens, budget = _prompt_tokens(llm, messages, n_ctx=512, max_tokens=128)
+
+    text = llm.detokenize(tokens).decode()
+    assert budget == 128
+    assert len(tokens) + budget <= 512
+    assert text.startswith("You are the quiz master of room 7.")
+    assert text.endswith("\nalice: is it Paris?\nassistant:")
+
+
 def test_prompt_cuts_an_oversized_newest_turn_from_the_front() -> None:
     llm = backend()._load()
     messages = [SYSTEM, ChatMessage("user", "alice: " + "very " * 500 + "long question?")]

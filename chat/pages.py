@@ -21,6 +21,7 @@ from django.views.decorators.http import require_safe
 from chat import events, selectors
 from chat.errors import NotFound
 from chat.http import request_user
+from chat.llm.local import BUNDLED_MODEL
 from chat.serializers import room_to_dict
 
 # The room page lists this many members (the owner first); a crowd's page says how many
@@ -90,5 +91,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             "can_remove": user.is_staff or found.owner_id == user.pk,
             "is_owner": found.owner_id == user.pk,
             "voice_label": VOICE_LABELS.get(found.voice, found.voice),
+            # The bundled model answers here: say plainly that it is a demo.
+            "demo_model": settings.LLM_BACKEND == "local" and settings.LLM_MODEL == BUNDLED_MODEL,
         },
     )

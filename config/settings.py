@@ -221,10 +221,35 @@ LLM_TEMPERATURE = env.float("LLM_TEMPERATURE", default=0.7)
 # How much conversation goes into the prompt: the newest messages, up to this many
 # characters (about a quarter as many tokens), so the bundled model's 32k context and
 # any server's limit are respected without a tokenizer round-trip.
-LLM_CONTEXT_CHARS = env.int("LLM_CONTEXT_CHARS", default=6000)
-LLM_CONTEXT_MESSAGES = env.int("LLM_CONTEXT_MESSAGES", default=30)
-# The bundled model's context window in tokens: the prompt budget above plus the reply.
-LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=4096)
+# The bundled model gets more (16,000 characters, 100 messages) and keeps what fits its
+# own window (LLM_LOCAL_N_CTX, in tokens): a count of messages would slide the prompt's
+# start at every turn, and with it the state the model could have kept (chat/llm/local.py).
+LLM_CONTEXT_CHARS = env.int("LLM_CONTEXT_CHARS", default=6000 if LLM_BACKEND == "openai" else 16000)
+LLM_CONTEXT_MESSAGES = env.int(
+    "LLM_CONTEXT_MESSAGES", default=30 if LLM_BACKEND == "openai" else 100
+)
+# The bundled model's own window in tokens (prompt and reply), not the budget above:
+# Gemma 3 270M is a tiny base model that copies from a long context rather than using it
+# (issue 22: after 24 "fun fact" messages it answered everything with a fun fact). On
+# eight everyday questions after such a room (bench/model.py, docs/benchmarks.md), 4 of
+# 8 answers parroted with the old 4,096, 2 with 1,024 and 1 with 512: the last ~8 turns
+# are all it can use. It also bounds a room's first read (~300 tokens of history, under a
+# second on 2 cores) and its kept state (~9 MB at 18 KB a token).
+LLM_LOCAL_N_CTX = env.int("LLM_LOCAL_N_CTX", default=512)
+# Cap on one bundled-model reply: it stops at the end of its line, one or two sentences;
+# a lower cap than LLM_MAX_TOKENS leaves the window's room to the conversation.
+LLM_LOCAL_MAX_TOKENS = env.int("LLM_LOCAL_MAX_TOKENS", default=128)
+# Kept llama.cpp states of conversations the bundled model left for another room's reply,
+# so a room's next turn reads only its new tail: 128 MB keeps about 14 rooms' full windows
+# (more for shorter ones); the least recently used goes first. 0: keep none (the model
+# still continues from the room it is in).
+LLM_LOCAL_STATE_CACHE_MB = env.int("LLM_LOCAL_STATE_CACHE_MB", default=128)
+# llama.cpp's repetition penalty for the bundled model's sampling (1.0: none). 1.3 changed
+# no parroting answer on the benchmark's questions (docs/benchmarks.md), so it stays off.
+LLM_LOCAL_REPEAT_PENALTY = env.float("LLM_LOCAL_REPEAT_PENALTY", default=1.0)
+# False: the earlier path, for comparison only (bench/model.py): the window slides by a
+# turn each reply and no state is kept, so each reply in a busy room reads its whole prompt.
+LLM_LOCAL_REUSE = env.bool("LLM_LOCAL_REUSE", default=True)
 # Threads for llama.cpp: the machine has 2 cores; leave the event loop room to breathe.
 LLM_LOCAL_THREADS = env.int("LLM_LOCAL_THREADS", default=2)
 
@@ -275,6 +300,11 @@ PARLEY_MAX_FRAME_BYTES = env.int("PARLEY_MAX_FRAME_BYTES", default=64 * 1024)
 PARLEY_SNAPSHOT_MESSAGES = env.int("PARLEY_SNAPSHOT_MESSAGES", default=50)
 # Replies waiting in one room's queue; past it a send that asks for a reply gets busy.
 PARLEY_ROOM_QUEUE_MAX = env.int("PARLEY_ROOM_QUEUE_MAX", default=20)
+# Replies one member may have waiting (queued, not started) in one room; one more gets
+# busy. The bundled model takes 5-20 s a reply on 2 cores, so 3 ahead of someone is about a
+# minute at most: a burst cannot starve the room (issue 22 saw 10 from one member hold
+# another's question for 122 s), while asking a follow-up before the answer ends still works.
+PARLEY_ROOM_QUEUE_PER_MEMBER = env.int("PARLEY_ROOM_QUEUE_PER_MEMBER", default=3)
 # Redis keys of the event log and live message state live this long after a room's last
 # event: far beyond the 10-minute replay promise, short enough that idle rooms go away.
 PARLEY_REDIS_TTL = env.int("PARLEY_REDIS_TTL", default=24 * 3600)

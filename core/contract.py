@@ -64,3 +64,4 @@ LAYER_QUEUE_ADVANCE: Final = "queue.advance"  # a room's reply queue moved on
 LIVE_PRESENCE: Final = "presence"
 LIVE_TYPING: Final = "typing"
 LIVE_AUDIO: Final = "audio"
+LIVE_QUEUE: Final = "queue"  # where waiting replies stand (extension)

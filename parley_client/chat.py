@@ -43,7 +43,9 @@ from parley_client.models import (
     Message,
     MessageEvent,
     Metrics,
+    Place,
     Presence,
+    QueuePlaces,
     Reconnecting,
     Snapshot,
     Typing,
@@ -111,6 +113,24 @@ class LiveReply:
     # True when this chat saw the reply from its first event, so ``text`` is all of it.
     whole: bool = False
     started: float = field(default_factory=time.monotonic)
+    # Where it waits (the ``queue`` event), while it waits.
+    place: Place | None = None
+
+    def state_text(self) -> str:
+        """``queued · 2nd in line``, ``streaming · waiting for the model · 3rd in line``."""
+        place, state = self.place, self.state
+        if place is not None and state == "queued" and place.position > 1:
+            return f"{state} · {ordinal(place.position)} in line"
+        if place is not None and state == "streaming" and not self.text:
+            if place.model_position is not None and place.model_position > 1:
+                return f"waiting for the model · {ordinal(place.model_position)} in line"
+        return state
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th ... 11th, 12th, 13th ... 21st."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def clock(message: Message) -> str:
@@ -283,6 +303,10 @@ class ChatApp:
                     self.print_message(message)
                 else:
                     self.live[message.id] = LiveReply(message, message.text, message.status)
+        elif isinstance(event, QueuePlaces):
+            for place in event.replies:
+                if (waiting := self.live.get(place.message_id)) is not None:
+                    waiting.place = place
         elif isinstance(event, Typing):
             self.typing_until[event.username] = time.monotonic() + TYPING_SHOWN_SECONDS
         elif isinstance(event, Presence):
@@ -499,7 +523,7 @@ class ChatApp:
         fragments: list[tuple[str, str]] = []
         width = max(20, self.prompt.app.output.get_size().columns)
         for reply in self.live.values():
-            state = reply.state + (" · stopping" if reply.stopping else "")
+            state = reply.state_text() + (" · stopping" if reply.stopping else "")
             fragments.append(("class:time", f"[{clock(reply.message)}] "))
             fragments.append(("class:assistant", "assistant"))
             fragments.append(("class:state", f" ({state})\n"))

@@ -33,8 +33,10 @@ __all__ = [
     "Message",
     "MessageEvent",
     "Metrics",
+    "Place",
     "Pong",
     "Presence",
+    "QueuePlaces",
     "Reconnecting",
     "Room",
     "Sent",
@@ -365,6 +367,27 @@ class AudioCancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Place:
+    """Where a waiting reply stands: ``position`` in its room's line (1: the reply the room
+    is on now) and, for the bundled model, ``model_position`` in the model's line across
+    the server (1: the reply it is writing; None before its turn in the room)."""
+
+    message_id: str
+    position: int
+    model_position: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePlaces:
+    """``queue`` (extension, live-only): where some waiting replies stand now. A reply's
+    place holds until the next one names it, its text starts, or it ends."""
+
+    replies: tuple[Place, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["queue"] = "queue"
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     """An event type this client does not know (a newer server); ``seq`` if durable."""
 
@@ -400,6 +423,7 @@ Event: TypeAlias = (
     | AudioChunk
     | AudioEnd
     | AudioCancel
+    | QueuePlaces
     | UnknownEvent
     | Reconnecting
 )
@@ -461,10 +485,32 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
         )
     if kind == "audio":
         return _parse_audio(raw)
+    if kind == "queue":
+        return QueuePlaces(_places(raw.get("replies")), raw)
     seq = raw.get("seq")
     return UnknownEvent(
         kind, seq if isinstance(seq, int) and not isinstance(seq, bool) else None, raw
     )
+
+
+def _places(value: Any) -> tuple[Place, ...]:
+    """The well-formed entries of a ``queue`` event (a newer server may add fields)."""
+    places = []
+    for entry in value if isinstance(value, list) else ():
+        if not isinstance(entry, Mapping):
+            continue
+        try:
+            model = entry.get("model_position")
+            places.append(
+                Place(
+                    message_id=_opt_str(entry, "message_id") or "",
+                    position=_int(entry, "position"),
+                    model_position=model if isinstance(model, int) else None,
+                )
+            )
+        except MalformedEvent:
+            continue
+    return tuple(p for p in places if p.message_id)
 
 
 def _parse_audio(raw: dict[str, Any]) -> Event:

@@ -60,3 +60,29 @@ def test_no_comment_cites_numbered_sections_of_a_file_outside_the_repository():
             if re.search(r"PROTOCOL\.md,? (section|§)\s*\d", line):
                 stale.append(f"{path.relative_to(ROOT)}:{number}")
     assert stale == []
+
+
+def test_every_live_event_type_is_typed_by_parley_client_and_handled_by_the_page():
+    from chat.events.schema import queue_event
+    from parley_client.models import QueuePlaces, UnknownEvent, parse_event
+
+    live_types = {v for k, v in vars(contract).items() if k.startswith("LIVE_")}
+    # One frame of each, as the server builds it where it has a constructor.
+    samples = {
+        contract.LIVE_PRESENCE: {"type": "presence", "online": ["ann"]},
+        contract.LIVE_TYPING: {"type": "typing", "username": "ann"},
+        contract.LIVE_AUDIO: {"type": "audio", "state": "end", "stream": 7, "chunks": 2},
+        contract.LIVE_QUEUE: dict(
+            queue_event([{"message_id": "18", "position": 2, "model_position": None}])
+        ),
+    }
+    assert set(samples) == live_types, "a new live event type needs a sample here"
+    page = (ROOT / "chat/static/chat/js/room.js").read_text()
+    for kind, frame in samples.items():
+        assert not isinstance(parse_event(frame), UnknownEvent), kind
+        assert f'case "{kind}":' in page, f"room.js does not handle {kind!r}"
+    places = parse_event(samples[contract.LIVE_QUEUE])
+    assert isinstance(places, QueuePlaces)
+    assert [(p.message_id, p.position, p.model_position) for p in places.replies] == [
+        ("18", 2, None)
+    ]

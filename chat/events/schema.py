@@ -3,7 +3,8 @@ constructor each.
 
 Services build event bodies only through these constructors; the store adds ``seq``
 (``EventHub.emit``), so a body is the event less its seq. The live-only events (``hello``,
-``presence``, ``typing``, ``audio``, ``pong``, ``error``) are built where they are sent.
+``presence``, ``typing``, ``audio``, ``pong``, ``error``) are built where they are sent,
+except ``queue``, whose schema is here beside the reply events it speaks of.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Literal, NotRequired, TypedDict, cast, get_args
 
 from chat.serializers import MessageDict
+from core.contract import LIVE_QUEUE
 
 # chat.models.Status's non-queued values; the terminal ones are chat.models.TERMINAL_STATUSES.
 GenerationState = Literal["streaming", "paused", "complete", "stopped", "failed", "interrupted"]
@@ -102,3 +104,28 @@ def generation_body(
 def snapshot_event(*, seq: int, messages: list[MessageDict]) -> SnapshotEvent:
     """The room's latest messages as they stood at ``seq`` (sent instead of a replay)."""
     return {"type": "snapshot", "seq": seq, "messages": messages}
+
+
+# --- Live-only: where waiting replies stand (docs/protocol.md "Waiting in line") -------------
+
+
+class QueuePlace(TypedDict):
+    message_id: str
+    # 1 = the reply the room is on now (being written, or waiting for the model).
+    position: int
+    # The bundled model's line across the server, 1 = the reply it is writing; None
+    # before the reply's turn in its room, or for a model server with no visible line.
+    model_position: int | None
+
+
+class QueueEvent(TypedDict):
+    type: Literal["queue"]
+    replies: list[QueuePlace]
+
+
+def queue_event(places: list[QueuePlace]) -> QueueEvent:
+    """Where some of a room's waiting replies stand now (live-only: never stored)."""
+    for place in places:
+        if place["position"] < 1 or (place["model_position"] or 1) < 1:
+            raise ValueError(f"positions count from 1: {place!r}")
+    return {"type": LIVE_QUEUE, "replies": places}

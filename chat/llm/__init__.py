@@ -33,7 +33,10 @@ def get_backend() -> LLMBackend:
             model=settings.LLM_MODEL,
             n_ctx=settings.LLM_LOCAL_N_CTX,
             n_threads=settings.LLM_LOCAL_THREADS,
-            max_tokens=settings.LLM_MAX_TOKENS,
+            max_tokens=settings.LLM_LOCAL_MAX_TOKENS,
             temperature=settings.LLM_TEMPERATURE,
+            reuse=settings.LLM_LOCAL_REUSE,
+            state_cache_bytes=settings.LLM_LOCAL_STATE_CACHE_MB << 20,
+            repeat_penalty=settings.LLM_LOCAL_REPEAT_PENALTY,
         )
     raise ValueError(f"LLM_BACKEND must be 'openai' or 'local', not {kind!r}")

@@ -10,7 +10,7 @@ as :class:`LLMError` with a reason the UI can show.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -29,6 +29,9 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Prompt tokens the model already held and did not read again (the bundled model's
+    # kept state; OpenAI calls these cached tokens). None if unknown.
+    cached_tokens: int | None = None
 
 
 class LLMError(Exception):
@@ -59,6 +62,18 @@ class LLMBackend(ABC):
 
         Raises :class:`LLMError`. ``asyncio.CancelledError`` always propagates.
         """
+
+    def model_position(self, usage: Usage) -> int | None:
+        """Where the stream that fills ``usage`` stands in this backend's own line: 1 while
+        the model writes it (or reads its prompt), 2 for the next, and so on; None when it
+        is not in a line. Only a backend that runs one reply at a time for the whole
+        process (the bundled model) has a line; a remote server's queue is not visible."""
+        return None
+
+    def watch_line(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (in the caller's event loop) whenever the line changes; the
+        result stops watching."""
+        return lambda: None
 
     async def warm(self) -> None:  # noqa: B027 - optional hook
         """Pay the one-time costs now (at server start), not in the first reply."""

@@ -156,6 +156,7 @@ async def message_send(
         raise
     finally:
         run.announced.set()
+    manager.places.touch(room.pk)  # where it stands in line
     return message_dict, reply_dict
 
 

@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from chat.errors import Conflict
+from chat.errors import Busy, Conflict
 from chat.llm import Usage
 from chat.llm.base import ChatMessage
 from chat.llm.prompt import Turn, build_messages
@@ -53,15 +53,17 @@ def create_messages(
     """
     with transaction.atomic():
         message = None
-        if client_id:
+        if client_id or reply_wanted:
             # One user's sends take turns here (a row lock on PostgreSQL; SQLite has one
-            # writer anyway), so two copies of one resend cannot both miss the first.
+            # writer anyway), so two copies of one resend cannot both miss the first, and
+            # a burst cannot slip past the cap on waiting replies below.
             list(
                 get_user_model()
                 .objects.select_for_update()
                 .filter(pk=user.pk)
                 .values_list("pk", flat=True)
             )
+        if client_id:
             since = timezone.now() - timedelta(seconds=settings.PARLEY_SEND_IDEMPOTENCY_WINDOW)
             message = (
                 Message.objects.filter(
@@ -74,6 +76,8 @@ def create_messages(
             if message is not None and message.text != text:
                 raise Conflict("this client_id was already used for another message")
         message_new = message is None
+        if message_new and reply_wanted:
+            _check_waiting(room=room, user=user)
         if message is None:
             message = Message.objects.create(
                 room=room,
@@ -99,6 +103,20 @@ def create_messages(
             message=reply, backend=backend, model=model, queued_at=timezone.now(), worker=worker
         )
     return Sent(message, reply, message_new, reply_new=True)
+
+
+def _check_waiting(*, room: Room, user: User) -> None:
+    """Refuse a reply past ``PARLEY_ROOM_QUEUE_PER_MEMBER`` of this member's waiting in
+    ``room``: counted in the database, so the cap holds across every process."""
+    waiting = Message.objects.filter(
+        room=room, role=Role.ASSISTANT, status=Status.QUEUED, reply_to__author=user
+    ).count()
+    cap = settings.PARLEY_ROOM_QUEUE_PER_MEMBER
+    if waiting >= cap:
+        raise Busy(
+            f"you already have {waiting} questions waiting for the assistant in this room "
+            f"(at most {cap}); ask again once one is answered"
+        )
 
 
 def discard(message_ids: Iterable[int]) -> None:

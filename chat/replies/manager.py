@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -26,8 +26,10 @@ from channels.db import database_sync_to_async
 from chat import redis as redis_conn
 from chat.errors import NotGenerating
 from chat.events.delivery import Fanout, get_fanout
+from chat.llm import get_backend
 from chat.replies.control import ControlChannel
 from chat.replies.lease import WorkerLease, nobody_alive
+from chat.replies.places import PlaceAnnouncer
 from chat.replies.queue import RoomQueues
 from chat.replies.run import ReplyRun
 from chat.runtime import Runtime, get_runtime
@@ -42,10 +44,12 @@ class ReplyManager:
         self.runs: dict[int, ReplyRun] = {}
         self.queues = RoomQueues(worker_id)
         self.lease = WorkerLease(worker_id, on_interrupted=self.queues.remove_dead)
-        self.control = ControlChannel(apply=self._apply_control, on_advance=self.queues.wake)
+        self.control = ControlChannel(apply=self._apply_control, on_advance=self._advanced)
+        self.places = PlaceAnnouncer(queues=self.queues, runs=self.runs, adopt=self.adopt)
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
+        self._unwatch: Callable[[], None] | None = None
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -62,6 +66,11 @@ class ReplyManager:
         await asyncio.shield(self.begin())
 
     async def _start(self) -> None:
+        if self._unwatch is None:
+            try:
+                self._unwatch = get_backend().watch_line(self.places.model_line_moved)
+            except Exception:  # noqa: BLE001 - a misconfigured model fails each send, clearly
+                logger.warning("cannot watch the model's line", exc_info=True)
         if self.control.channel is None:
             await self.control.open()
             self._tasks.append(asyncio.create_task(self.control.listen(), name="reply-control"))
@@ -97,6 +106,12 @@ class ReplyManager:
     async def dequeue(self, run: ReplyRun) -> None:
         """Take a reply that has not started out of the room's queue (it was stopped)."""
         await self.queues.leave(run)
+        self.places.touch(run.room_id)
+
+    def _advanced(self, room_id: int) -> None:
+        """Another process's reply left the room's line: ours move up."""
+        self.queues.wake(room_id)
+        self.places.touch(room_id)
 
     def start(self, run: ReplyRun) -> None:
         """Make sure the room's worker runs; it takes replies in order, one at a time."""
@@ -117,6 +132,7 @@ class ReplyManager:
                         await run.execute()
                 finally:
                     await self.queues.leave(run)
+                    self.places.touch(room_id)
         finally:
             if self._workers.get(room_id) is asyncio.current_task():
                 del self._workers[room_id]
@@ -164,6 +180,8 @@ class ReplyManager:
     # --- shutdown ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
         tasks = [*self._workers.values(), *self._tasks]
         for task in tasks:
             task.cancel()

@@ -55,6 +55,14 @@ class RoomQueues:
         """The room's replies waiting or running here, in order (None: none)."""
         return self._queues.get(room_id)
 
+    async def order(self, room_id: int) -> list[int]:
+        """The message ids of the room's line across every process, in order (the one
+        running first). Without Redis this process's line is the whole line."""
+        if not redis_conn.enabled():
+            return [run.message_id for run in self._queues.get(room_id, ())]
+        entries = await redis_conn.get_redis().lrange(queue_key(room_id), 0, -1)
+        return [int(entry.split(b"|", 1)[0]) for entry in entries]
+
     def entry(self, run: ReplyRun) -> str:
         return f"{run.message_id}|{self.worker_id}"
 

@@ -101,6 +101,9 @@ class ReplyRun:
     # The prompt, when it was read with the send (the reply starts at once); else None and
     # it is read when the reply's turn comes.
     prompt: list[ChatMessage] | None = None
+    # Its place in line as last told to the room, (room position, model position):
+    # chat/replies/places.py tells the room only when it changes.
+    place: tuple[int, int | None] | None = None
 
     @property
     def message_key(self) -> str:

@@ -99,6 +99,31 @@ async def test_join_send_watch_pause_resume_stop_and_quit(daphne, llm, members):
         term.close()
 
 
+async def test_a_waiting_reply_shows_its_place_in_line(daphne, llm, members):
+    room, tokens = members
+    llm.script(Scenario.stepped(["Done one."]), Scenario.stepped(["Done two."]))
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["ann"])
+    try:
+        await wait(term, "online: ann")
+        async with (
+            Client(daphne.http_url, token=tokens["bob"]) as bob_client,
+            bob_client.room(room.slug) as bob,
+        ):
+            await bob.send("first")
+            await wait(term, "assistant (streaming)")
+            await bob.send("second")
+            await wait(term, "assistant (queued · 2nd in line)")
+            llm.step()
+            await wait(term, "assistant: Done one.")
+            llm.step()
+            screen = await wait(term, "assistant: Done two.")
+            assert "in line" not in screen.rsplit("assistant: Done two.", 1)[1]
+        term.send("\x03\x03")
+        assert await asyncio.to_thread(term.wait_exit) == 0
+    finally:
+        term.close()
+
+
 async def test_a_drop_mid_reply_goes_on_without_a_gap(daphne, llm, members, proxy):
     room, tokens = members
     llm.set_default(Scenario.slow(WORDS[:40], delay=0.05))

@@ -42,14 +42,26 @@ LONG = N_CTX - 300
 FEW = 50
 
 
-def backend(*, max_tokens: int = 16, temperature: float = 0.0) -> LocalBackend:
+def backend(
+    *, max_tokens: int = 16, temperature: float = 0.0, state_cache_bytes: int = 0
+) -> LocalBackend:
     return LocalBackend(
         model="gemma-3-270m",
         n_ctx=N_CTX,
         n_threads=2,
         max_tokens=max_tokens,
         temperature=temperature,
+        state_cache_bytes=state_cache_bytes,
     )
+
+
+def busy_room(topic: str, count: int = 50) -> list[ChatMessage]:
+    """A room with ``count`` messages of history about ``topic``."""
+    talk = []
+    for n in range(count // 2):
+        talk.append(ChatMessage("user", f"ann: what do you think of {topic} number {n}?"))
+        talk.append(ChatMessage("assistant", f"{topic.capitalize()} number {n} is fine."))
+    return [SYSTEM, *talk]
 
 
 async def collect(llm: LocalBackend, messages: list[ChatMessage], usage: Usage) -> list[str]:
@@ -212,6 +224,79 @@ async def test_cancel_while_waiting_for_a_turn_returns_at_once() -> None:
         await within(5, running.stop())
 
 
+async def test_a_rooms_next_turn_reads_only_its_new_tail() -> None:
+    llm = backend(max_tokens=8)
+    room = busy_room("lunch")
+    room.append(ChatMessage("user", "bob: and dinner?"))
+    first = Usage()
+    reply = "".join(await asyncio.wait_for(collect(llm, room, first), 90))
+    room += [ChatMessage("assistant", reply), ChatMessage("user", "cat: and breakfast?")]
+    second = Usage()
+    await asyncio.wait_for(collect(llm, room, second), 90)
+
+    assert first.prompt_tokens is not None
+    assert first.prompt_tokens > 400
+    assert second.prompt_tokens is not None
+    assert second.cached_tokens is not None
+    # The second turn's prompt holds the whole history again, but the model reads only
+    # what is new since the first: the reply and the new question.
+    assert second.prompt_tokens > first.prompt_tokens
+    assert second.prompt_tokens - second.cached_tokens < 40, second
+
+
+async def test_a_room_left_for_another_is_taken_up_where_it_was() -> None:
+    llm = backend(max_tokens=8, state_cache_bytes=64 << 20)
+    lunch, trains = busy_room("lunch"), busy_room("trains")
+    for room, question in ((lunch, "bob: and dinner?"), (trains, "bob: and buses?")):
+        room.append(ChatMessage("user", question))
+        reply = "".join(await asyncio.wait_for(collect(llm, room, Usage()), 90))
+        room.append(ChatMessage("assistant", reply))
+    # The model's context is the trains room now; the lunch room's state was kept.
+    lunch.append(ChatMessage("user", "cat: and breakfast?"))
+    usage = Usage()
+    await asyncio.wait_for(collect(llm, lunch, usage), 90)
+
+    assert usage.prompt_tokens is not None
+    assert usage.cached_tokens is not None
+    assert usage.prompt_tokens > 400
+    assert usage.prompt_tokens - usage.cached_tokens < 40, usage
+
+    # Without kept states the room is read again, all but the shared system text.
+    plain = backend(max_tokens=8)
+    await asyncio.wait_for(
+        collect(plain, trains + [ChatMessage("user", "dan: cars?")], Usage()), 90
+    )
+    again = Usage()
+    await asyncio.wait_for(collect(plain, lunch, again), 90)
+    assert again.prompt_tokens is not None
+    assert again.cached_tokens is not None
+    assert again.prompt_tokens - again.cached_tokens > 300, again
+
+
+async def test_waiting_streams_know_their_place_in_the_models_line() -> None:
+    moved = asyncio.Event()
+    llm = backend(max_tokens=LONG)
+    unwatch = llm.watch_line(moved.set)
+    running = Consumer(llm, COUNT)
+    try:
+        await asyncio.wait_for(running.first.wait(), 60)
+        assert llm.model_position(running.usage) == 1
+        moved.clear()
+        waiting = Consumer(backend(), HELLO)
+        await asyncio.wait_for(moved.wait(), 5)  # it joined the line
+        assert llm.model_position(waiting.usage) == 2
+        moved.clear()
+        await within(5, running.stop())
+        await asyncio.wait_for(moved.wait(), 5)  # the first left: the second moves up
+        assert llm.model_position(waiting.usage) == 1
+        await asyncio.wait_for(waiting.task, 60)
+        assert llm.model_position(waiting.usage) is None  # done: out of the line
+        assert llm.model_position(running.usage) is None
+    finally:
+        unwatch()
+        await within(5, running.stop())
+
+
 async def test_long_room_is_cut_to_the_context_window() -> None:
     talk = [
         ChatMessage("user", f"user{n % 3}: message {n}, " + "we keep chatting about lunch " * 6)
@@ -225,7 +310,9 @@ async def test_long_room_is_cut_to_the_context_window() -> None:
 
     assert usage.prompt_tokens is not None
     assert usage.completion_tokens is not None
-    assert N_CTX // 2 - 200 < usage.prompt_tokens <= N_CTX // 2
+    # Nothing of this room is in the model: its window starts afresh, half full, so the
+    # next turns can append to it (local.py REWINDOW_FILL).
+    assert N_CTX // 4 < usage.prompt_tokens <= N_CTX // 2
     assert usage.prompt_tokens + usage.completion_tokens <= N_CTX
 
 
@@ -247,6 +334,20 @@ def test_prompt_keeps_system_text_and_newest_turns() -> None:
     assert text.endswith("\nassistant: Right, next question.\nalice: is it Paris?\nassistant:")
     assert "bob: old message number 99\n" in text
     assert "bob: old message number 0\n" not in text
+
+
+def test_a_system_text_longer_than_the_window_is_cut_and_the_talk_kept() -> None:
+    llm = backend()._load()
+    system = "You are the quiz master of room 7. " + "Be kind and brief. " * 200  # 4,000 chars
+    messages = [ChatMessage("system", system), ChatMessage("user", "alice: is it Paris?")]
+
+    tokens, budget = _prompt_tokens(llm, messages, n_ctx=512, max_tokens=128)
+
+    text = llm.detokenize(tokens).decode()
+    assert budget == 128
+    assert len(tokens) + budget <= 512
+    assert text.startswith("You are the quiz master of room 7.")
+    assert text.endswith("\nalice: is it Paris?\nassistant:")
 
 
 def test_prompt_cuts_an_oversized_newest_turn_from_the_front() -> None:

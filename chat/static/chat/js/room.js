@@ -75,6 +75,9 @@ const els = {
 };
 
 const elements = new Map(); // message id or client_id -> <article>
+// Where waiting replies stand (docs/protocol.md "Waiting in line"): reply id ->
+// {position, model_position}, from live `queue` events; dropped once the reply ends.
+const places = new Map();
 
 // --- settings (URL beats localStorage beats default) ---
 
@@ -319,13 +322,33 @@ function renderBody(article, m) {
   body.setAttribute("aria-busy", live ? "true" : "false");
 }
 
+// 1st, 2nd, 3rd, 4th ... 11th, 12th, 13th ... 21st
+function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+  return `${n}${suffix}`;
+}
+
+// A waiting reply's badge says where it stands: in the room's line while queued, in the
+// model's line (the bundled model writes one reply at a time) once its turn has come.
+function badgeText(m) {
+  const place = places.get(m.id);
+  if (!LIVE.has(m.status)) places.delete(m.id);
+  if (!place) return m.status;
+  if (m.status === "queued" && place.position > 1) return `queued · ${ordinal(place.position)} in line`;
+  if (m.status === "streaming" && !m.text && place.model_position > 1) {
+    return `waiting for the model · ${ordinal(place.model_position)} in line`;
+  }
+  return m.status;
+}
+
 function renderMessage(article, m) {
   article.dataset.status = m.status;
   renderBody(article, m);
   const badge = article.querySelector(".badge");
   const badged = BADGED.has(m.status);
   badge.hidden = !badged;
-  badge.textContent = badged ? m.status : "";
+  badge.textContent = badged ? badgeText(m) : "";
   badge.className = `badge badge--${m.status}`;
   const note = article.querySelector(".msg__note");
   const noteText = m.role === "assistant" ? noteFor(m) : "";
@@ -480,6 +503,14 @@ function onEvent(event) {
       break;
     case "speech":
       talk.onSpeech(event);
+      break;
+    case "queue":
+      for (const place of event.replies || []) {
+        places.set(place.message_id, place);
+        const m = store.get(place.message_id);
+        const article = elements.get(place.message_id);
+        if (m && article) renderMessage(article, m);
+      }
       break;
     case "pong":
       if (event.id === `sync-${connection.conn}`) {

@@ -179,8 +179,10 @@ class Generation(models.Model):
     # the reason they read ("user", "pause_timeout", or a failure's words) and the metrics
     # (docs/protocol.md). Kept as sent, so a message reads the same after a reload as it
     # did live (``stop_reason`` and ``error`` are the reviewers' codes and details; the
-    # tokens may be the pieces the model sent, which nothing else records).
-    reason = models.TextField(blank=True, default="")
+    # tokens may be the pieces the model sent, which nothing else records). A default in
+    # the database too: a daphne still on the release before (a rolling deploy) inserts
+    # rows without this column.
+    reason = models.TextField(blank=True, default="", db_default="")
     metrics = models.JSONField(null=True, blank=True)
     # The process running this reply ("host:pid:start"), for crash recovery.
     worker = models.CharField(max_length=120, blank=True, default="")

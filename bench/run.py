@@ -222,12 +222,14 @@ class Bench:
     def before_fanout(self, checkout: Path, run: dict[str, Any]) -> None:
         """The same one-process fan-outs against an earlier Parley (``--before REV``), in
         the same order as this revision's: a quiet room first on a fresh process (so the
-        crowds after it are measured warm on both sides), then the crowds."""
+        crowds after it are measured warm on both sides), then the crowds, the half-SSE
+        room among them (what a process served before a crowd shapes its p99)."""
         args = self.args
         server = self.parley(cwd=checkout)[0]
         try:
             run["before_quiet"] = self.fanout("parley", [server.http_url], 1)
             run["before_1p"] = self.fanout("parley", [server.http_url], args.members)
+            run["before_mixed"] = self.fanout("parley-mixed", [server.http_url], args.members)
             run["before_large"] = self.fanout("parley", [server.http_url], args.members_large)
         finally:
             server.stop()
@@ -472,6 +474,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for before, after in (
             ("before_quiet", "parley_quiet"),
             ("before_1p", "parley_1p"),
+            ("before_mixed", "parley_mixed"),
             ("before_large", "parley_large"),
         ):
             ratios[f"{before}_p99_over_{after}"] = _stat(

@@ -15,6 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from accounts.auth import AllowedHostsOriginValidator, AuthStack  # noqa: E402
+from chat import llm  # noqa: E402
 from chat.replies.manager import start_with_server  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.static import StaticFilesHandler  # noqa: E402
@@ -23,6 +24,7 @@ from voice import registry as voice_registry  # noqa: E402
 from voice import stt  # noqa: E402
 
 fastpath.install(settings.PARLEY_WS_MAX_BUFFER)
+llm.preload()
 voice_registry.preload()
 stt.preload()
 # The reply manager (heartbeat, orphan sweep) starts with the process, not with its first

@@ -8,7 +8,17 @@ from django.conf import settings
 
 from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
 
-__all__ = ["ChatMessage", "LLMBackend", "LLMError", "Usage", "get_backend"]
+__all__ = ["ChatMessage", "LLMBackend", "LLMError", "Usage", "get_backend", "preload"]
+
+
+def preload() -> None:
+    """Import the configured backend's module now, at start, before the server listens:
+    importing it later (the reply manager's warm-up, or the first send) holds the event
+    loop for a fifth of a second, beside a fresh process's first replies."""
+    if settings.LLM_BACKEND == "openai":
+        import chat.llm.openai  # noqa: F401
+    elif settings.LLM_BACKEND == "local":
+        import chat.llm.local  # noqa: F401
 
 
 @cache

@@ -14,6 +14,7 @@ utterance come back in a fraction of a second on two cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +57,11 @@ class WhisperEngine(STTEngine):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parley-stt")
 
     def preload(self) -> None:
-        """Load the model in the worker thread now, so the first utterance does not wait."""
+        """Load the model in the worker thread now, so the first utterance does not wait.
+        The library is imported here, at start, before the server listens: imported in
+        the worker, it held the interpreter beside a fresh process's first replies."""
+        with contextlib.suppress(ImportError):  # _load says what is missing
+            import faster_whisper  # noqa: F401
         self._pool.submit(self._load_quietly)
 
     def _load_quietly(self) -> None:

@@ -54,8 +54,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
     room: Room
     subscription: Subscription | None = None
     sub: WebSocketSubscriber
-    # State of the extensions' actions (chat/extensions.py), made when first needed.
-    state: dict[str, Any]
+    # State of the extensions' actions (chat/extensions.py), made when first needed: an
+    # idle member, most of a crowd, carries none.
+    _state: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = {}
+        return self._state
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels' dispatch makes a thread-pool hop (aclose_old_connections) before every
@@ -68,7 +75,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.last_typing = 0.0
-        self.state = {}
         user = self.scope.get("user")
         # Accept first so the client can read the close code (a close before accept is
         # an HTTP 403 to the browser, with no code).

@@ -22,8 +22,10 @@ class Connection(Protocol):
 
     user: User
     room: Room
+
     # An extension's own state for this connection, under its own keys.
-    state: dict[str, Any]
+    @property
+    def state(self) -> dict[str, Any]: ...
 
     async def send_json(self, event: dict[str, Any]) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Rooms, memberships, messages and the generation record of each assistant reply."""
+"""Rooms, memberships, assistants, messages and the generation record of each reply."""
 
 from __future__ import annotations
 
@@ -81,6 +81,122 @@ class Membership(models.Model):
         return f"{self.user} in {self.room.slug} ({self.role})"
 
 
+class Provider(models.Model):
+    """A model server added by staff in the admin, beside the ``default`` provider (from
+    ``LLM_BACKEND``) and those of ``PARLEY_PROVIDERS`` (chat/assistants/providers.py).
+
+    The key is write-only: no page, API answer, event or log line shows it (the admin's
+    form never renders it back)."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    base_url = models.URLField(max_length=300)
+    api_key = models.CharField(max_length=500, blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Assistant(models.Model):
+    """A named AI persona: who it is (handle, name, avatar) and how it answers (provider,
+    model, prompt, sampling, voice).
+
+    ``room`` set: a room assistant, its owner's. ``room`` null: a shared assistant, staff's,
+    which any room may add. Either way a room hears it only through a ``RoomAssistant``.
+    A handle never changes once made (a room's placements copy it)."""
+
+    room = models.ForeignKey(
+        Room, null=True, blank=True, on_delete=models.CASCADE, related_name="own_assistants"
+    )
+    handle = models.CharField(max_length=32)
+    name = models.CharField(max_length=60)
+    # An emoji or a colour ("#2f6fd0"); "" lets the page pick one from the handle.
+    avatar = models.CharField(max_length=16, blank=True, default="")
+    provider = models.CharField(max_length=40, default="default")
+    # "": the provider's default model (the default provider's LLM_MODEL).
+    model = models.CharField(max_length=200, blank=True, default="")
+    system_prompt = models.TextField(blank=True, default="")
+    # None: the server's LLM_TEMPERATURE / LLM_MAX_TOKENS.
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.IntegerField(null=True, blank=True)
+    # The TTS voice it speaks with where the room speaks ("": the engine's default).
+    voice = models.CharField(max_length=80, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["room", "handle"],
+                name="assistant_room_handle",
+                condition=Q(room__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["handle"], name="assistant_shared_handle", condition=Q(room__isnull=True)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = self.room.slug if self.room is not None else "shared"
+        return f"@{self.handle} ({where})"
+
+
+class RoomAssistant(models.Model):
+    """An assistant a room hears, and when: every message, or only when mentioned."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="room_assistants")
+    assistant = models.ForeignKey(Assistant, on_delete=models.CASCADE, related_name="placements")
+    # The assistant's handle, copied so the database keeps handles unique in a room.
+    handle = models.CharField(max_length=32)
+    mode = models.CharField(
+        max_length=10, choices=AssistantMode.choices, default=AssistantMode.MENTION
+    )
+    added = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "handle"], name="room_assistant_handle"),
+            models.UniqueConstraint(fields=["room", "assistant"], name="room_assistant_once"),
+            # At most one assistant answers every message.
+            models.UniqueConstraint(
+                fields=["room"], name="room_assistant_one_always", condition=Q(mode="always")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"@{self.handle} in {self.room_id} ({self.mode})"
+
+
+class Invite(models.Model):
+    """A link a signed-in user opens to join a room: revocable, and it expires."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="invites")
+    token = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField()
+    revoked = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"invite to {self.room_id} until {self.expires:%Y-%m-%d %H:%M}"
+
+
 class Role(models.TextChoices):
     USER = "user"
     ASSISTANT = "assistant"
@@ -159,6 +275,14 @@ class Generation(models.Model):
     message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="generation")
     backend = models.CharField(max_length=20)
     model = models.CharField(max_length=200, blank=True, default="")
+    # Which assistant wrote it, as it was then (the handle and name stay if it is removed),
+    # and on which provider. Defaults in the database too, for a rolling deploy.
+    assistant = models.ForeignKey(
+        Assistant, null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
+    )
+    handle = models.CharField(max_length=32, blank=True, default="", db_default="")
+    assistant_name = models.CharField(max_length=60, blank=True, default="", db_default="")
+    provider = models.CharField(max_length=40, blank=True, default="", db_default="")
     queued_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     first_token_at = models.DateTimeField(null=True, blank=True)

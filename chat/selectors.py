@@ -9,6 +9,7 @@ from django.db.models import Case, Q, QuerySet, Value, When
 
 from chat.errors import BadRequest, Forbidden, NotFound
 from chat.models import Membership, Message, Role, Room, Visibility
+from chat.serializers import ROOM_PREFETCH
 
 AnyUser = User | AnonymousUser
 
@@ -23,6 +24,7 @@ def rooms_visible_to(*, user: AnyUser) -> QuerySet[Room]:
     return (
         Room.objects.filter(Q(visibility=Visibility.PUBLIC) | Q(memberships__user=user.pk))
         .select_related("owner")
+        .prefetch_related(*ROOM_PREFETCH)
         .distinct()
         .order_by("name", "id")
     )
@@ -30,7 +32,12 @@ def rooms_visible_to(*, user: AnyUser) -> QuerySet[Room]:
 
 def rooms_of(*, user: AnyUser) -> QuerySet[Room]:
     """The rooms ``user`` is a member of."""
-    return Room.objects.filter(memberships__user=user.pk).select_related("owner").order_by("name")
+    return (
+        Room.objects.filter(memberships__user=user.pk)
+        .select_related("owner")
+        .prefetch_related(*ROOM_PREFETCH)
+        .order_by("name")
+    )
 
 
 def room_members(*, room: Room, limit: int) -> tuple[list[User], int]:
@@ -51,7 +58,12 @@ def room_get(*, slug: str, user: AnyUser) -> Room:
     """The room, if ``user`` may see it; a private room is invisible to non-members."""
     if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
         raise NotFound("no such room")
-    room = Room.objects.select_related("owner").filter(slug=slug).first()
+    room = (
+        Room.objects.select_related("owner")
+        .prefetch_related(*ROOM_PREFETCH)
+        .filter(slug=slug)
+        .first()
+    )
     if room is None or (
         room.visibility != Visibility.PUBLIC and not is_member(room=room, user=user)
     ):

@@ -4,9 +4,38 @@ from __future__ import annotations
 
 from typing import NotRequired, TypedDict
 
-from chat.models import TERMINAL_STATUSES, Generation, Message, Role, Room
+from chat.models import (
+    TERMINAL_STATUSES,
+    AssistantMode,
+    Generation,
+    Message,
+    Role,
+    Room,
+    RoomAssistant,
+)
 
 ASSISTANT_NAME = "assistant"
+# Which provider a reply's model is named under when its record predates providers.
+DEFAULT_PROVIDER = "default"
+
+
+class AssistantDict(TypedDict):
+    """An assistant as a room lists it (docs/protocol.md "Assistants")."""
+
+    handle: str
+    name: str
+    avatar: str
+    model: str  # "<provider>/<model id>"
+    mode: str  # "always" | "mention"
+    shared: bool  # staff's, added to this room; else the room's own
+
+
+class ReplyAssistantDict(TypedDict):
+    """Which assistant wrote a reply, as it was then."""
+
+    handle: str
+    name: str
+    model: str
 
 
 class RoomDict(TypedDict):
@@ -18,6 +47,8 @@ class RoomDict(TypedDict):
     voice: str
     prompt_heard_text: bool
     head: int
+    # Extension: the room's assistants, in the order they were added.
+    assistants: list[AssistantDict]
 
 
 class MessageDict(TypedDict):
@@ -31,6 +62,8 @@ class MessageDict(TypedDict):
     client_id: str | None
     input: str
     created: str
+    # Extension, on an assistant's message: which assistant wrote it.
+    assistant: NotRequired[ReplyAssistantDict]
     # Extension, on an assistant reply that has ended: how it ended, as its terminal
     # `generation` event said (who stopped it, the reason, the metrics), so the message
     # reads the same however it arrived (docs/protocol.md "Objects").
@@ -43,25 +76,59 @@ class MessageDict(TypedDict):
 ENDING_FIELDS = ("by", "reason", "metrics")
 
 
+def assistant_to_dict(placement: RoomAssistant, *, default_model: str) -> AssistantDict:
+    """``placement`` with its assistant selected; ``default_model`` names the model of an
+    assistant that has none of its own (the default provider's LLM_MODEL)."""
+    assistant = placement.assistant
+    return {
+        "handle": placement.handle,
+        "name": assistant.name,
+        "avatar": assistant.avatar,
+        "model": f"{assistant.provider}/{assistant.model or default_model}",
+        "mode": placement.mode,
+        "shared": assistant.room_id is None,
+    }
+
+
 def room_to_dict(room: Room, *, head: int) -> RoomDict:
+    """The wire Room. Its assistants are read from ``room.room_assistants``: prefetch them
+    (``prefetch_related(*ROOM_PREFETCH)``), or this is a query per room, and one that an
+    async caller cannot make."""
+    from django.conf import settings
+
+    placements = list(room.room_assistants.all())
+    assistants = [assistant_to_dict(p, default_model=settings.LLM_MODEL) for p in placements]
+    # `assistant` (always / mention) and `system_prompt` are the `assistant` handle's,
+    # as they were before a room had several (docs/protocol.md "Assistants").
+    legacy = next((p for p in placements if p.handle == ASSISTANT_NAME), None)
     return {
         "slug": room.slug,
         "name": room.name,
         "owner": room.owner.get_username(),
         "visibility": room.visibility,
-        "assistant": room.assistant,
+        "assistant": legacy.mode if legacy is not None else AssistantMode.MENTION,
         "voice": room.voice,
         "prompt_heard_text": room.prompt_heard_text,
         "head": head,
+        "assistants": assistants,
     }
 
 
+# What room_to_dict reads beside the Room row.
+ROOM_PREFETCH = ("room_assistants__assistant",)
+
+
 def message_to_dict(message: Message, *, room_slug: str | None = None) -> MessageDict:
-    """The wire Message. An ended reply also reads its generation record: select it with
-    the message (``select_related("generation", "generation__stopped_by")``), or this is a
-    query per reply."""
+    """The wire Message. A reply also reads its generation record (which assistant wrote
+    it; how it ended): select it with the message (``select_related("generation",
+    "generation__stopped_by")``), or this is a query per reply."""
+    gen: Generation | None = None
     if message.role == Role.ASSISTANT:
-        author: str | None = ASSISTANT_NAME
+        try:
+            gen = message.generation
+        except Generation.DoesNotExist:
+            gen = None
+        author: str | None = (gen.handle if gen is not None else "") or ASSISTANT_NAME
     else:
         author = message.author.get_username() if message.author is not None else None
     body: MessageDict = {
@@ -76,11 +143,13 @@ def message_to_dict(message: Message, *, room_slug: str | None = None) -> Messag
         "input": message.input,
         "created": message.created.isoformat().replace("+00:00", "Z"),
     }
+    if gen is not None:
+        body["assistant"] = {
+            "handle": author or ASSISTANT_NAME,
+            "name": gen.assistant_name or "Assistant",
+            "model": f"{gen.provider or DEFAULT_PROVIDER}/{gen.model}",
+        }
     if message.role == Role.ASSISTANT and message.status in TERMINAL_STATUSES:
-        try:
-            gen = message.generation
-        except Generation.DoesNotExist:
-            gen = None
         by = gen.stopped_by if gen is not None and gen.stopped_by_id else None
         body["by"] = by.get_username() if by is not None else None
         body["reason"] = (gen.reason or None) if gen is not None else None

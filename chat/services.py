@@ -16,8 +16,20 @@ from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from chat.errors import BadRequest, Forbidden, NotFound
-from chat.models import AssistantMode, Membership, Room, Visibility, VoiceMode
+from chat.models import (
+    Assistant,
+    AssistantMode,
+    Membership,
+    Room,
+    RoomAssistant,
+    Visibility,
+    VoiceMode,
+)
 from chat.text import clean_text
+
+# The handle of the assistant every room starts with (and the name "assistant" is
+# reserved: no member or other assistant can take it in a room).
+DEFAULT_HANDLE = "assistant"
 
 NAME_MAX = 120
 SYSTEM_PROMPT_MAX = 4000
@@ -80,10 +92,27 @@ def room_create(
             with transaction.atomic():
                 room = Room.objects.create(slug=slug, **fields)
                 Membership.objects.create(room=room, user=owner, role=Membership.Role.OWNER)
+                _add_default_assistant(room)
                 return room
         except IntegrityError:
             continue
     raise BadRequest("could not find a free slug for that name")  # pragma: no cover
+
+
+def _add_default_assistant(room: Room) -> None:
+    """Every new room starts as every room did before assistants: one assistant, handle
+    ``assistant``, on the default provider, with the room's mode and system prompt (the
+    same as migration 0007 made of each existing room)."""
+    assistant = Assistant.objects.create(
+        room=room,
+        handle=DEFAULT_HANDLE,
+        name="Assistant",
+        provider="default",
+        system_prompt=room.system_prompt,
+    )
+    RoomAssistant.objects.create(
+        room=room, assistant=assistant, handle=DEFAULT_HANDLE, mode=room.assistant
+    )
 
 
 def room_join(*, room: Room, user: User) -> Membership:

@@ -209,6 +209,16 @@ LLM_BACKEND = env.str(
 LLM_MODEL = env.str(
     "LLM_MODEL", default="gpt-4o-mini" if LLM_BACKEND == "openai" else "gemma-3-270m"
 )
+# More model servers beside the default one (README "Assistants"): JSON,
+# {"<name>": {"base_url": "https://.../v1", "api_key": "..."}}. Staff can add more in the
+# admin. Each provider's model list (GET /v1/models) is kept this many seconds.
+PARLEY_PROVIDERS = env.str("PARLEY_PROVIDERS", default="")
+PARLEY_MODELS_TTL = env.float("PARLEY_MODELS_TTL", default=300.0)
+# Assistants that mention each other answer each other, at most this many replies in all
+# per human message (the first answer included), so no exchange can run away.
+PARLEY_ASSISTANT_REPLIES_MAX = env.int("PARLEY_ASSISTANT_REPLIES_MAX", default=3)
+# How long a room's invite link works unless its owner revokes it first.
+PARLEY_INVITE_DAYS = env.float("PARLEY_INVITE_DAYS", default=7.0)
 # Connecting to the model server should take milliseconds; 10 s covers a cold TLS
 # handshake across the world without leaving a user staring at nothing for long.
 LLM_CONNECT_TIMEOUT = env.float("LLM_CONNECT_TIMEOUT", default=10.0)

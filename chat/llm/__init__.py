@@ -6,9 +6,9 @@ from functools import cache
 
 from django.conf import settings
 
-from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+from chat.llm.base import ChatMessage, LLMBackend, LLMError, Options, Usage
 
-__all__ = ["ChatMessage", "LLMBackend", "LLMError", "Usage", "get_backend", "preload"]
+__all__ = ["ChatMessage", "LLMBackend", "LLMError", "Options", "Usage", "get_backend", "preload"]
 
 
 def preload() -> None:

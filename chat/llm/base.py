@@ -34,6 +34,17 @@ class Usage:
     cached_tokens: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Options:
+    """One reply's model and sampling, where they differ from the backend's own (an
+    assistant's settings, chat/assistants/): one backend per provider serves them all, so
+    its connection pool is shared by every assistant on it. None keeps the backend's."""
+
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
 class LLMError(Exception):
     """A model failure, with a machine code and a reason a room member can read.
 
@@ -57,8 +68,11 @@ class LLMBackend(ABC):
         self.model = model
 
     @abstractmethod
-    def stream(self, messages: Sequence[ChatMessage], usage: Usage) -> AsyncGenerator[str, None]:
-        """Yield the reply's text deltas in order; fill ``usage`` when known.
+    def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage, options: Options | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Yield the reply's text deltas in order; fill ``usage`` when known. ``options``
+        overrides the backend's model and sampling for this reply.
 
         Raises :class:`LLMError`. ``asyncio.CancelledError`` always propagates.
         """

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+from chat.llm.base import ChatMessage, LLMBackend, LLMError, Options, Usage
 
 if TYPE_CHECKING:
     from llama_cpp import Llama, LlamaRAMCache, LlamaState
@@ -146,6 +146,9 @@ class _Run:
     # already held: the same room's earlier turns, or the text every prompt starts with).
     evaluated_tokens: int | None = None
     completion_tokens: int = 0
+    # This reply's sampling where it is not the backend's (an assistant's settings).
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 class LocalBackend(LLMBackend):
@@ -177,11 +180,17 @@ class LocalBackend(LLMBackend):
         self._runs: set[_Run] = set()
 
     async def stream(
-        self, messages: Sequence[ChatMessage], usage: Usage
+        self, messages: Sequence[ChatMessage], usage: Usage, options: Options | None = None
     ) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         run = _Run(usage=usage)
+        # The bundled model is one model: an assistant's sampling applies, its model name
+        # does not (the provider lists only this one).
+        if options is not None and options.temperature is not None:
+            run.temperature = options.temperature
+        if options is not None and options.max_tokens is not None:
+            run.max_tokens = options.max_tokens
 
         def post(item: object) -> None:
             try:
@@ -249,7 +258,11 @@ class LocalBackend(LLMBackend):
             states = _states.get(self._key) if self.state_cache_bytes else None
             known = _known(llm, states) if self.reuse else None
             prompt, budget = _prompt_tokens(
-                llm, messages, n_ctx=self.n_ctx, max_tokens=self.max_tokens, known=known
+                llm,
+                messages,
+                n_ctx=self.n_ctx,
+                max_tokens=self.max_tokens if run.max_tokens is None else run.max_tokens,
+                known=known,
             )
             run.prompt_tokens = len(prompt)
             evaluated = _prefill(llm, prompt, run.stop, states)
@@ -261,7 +274,7 @@ class LocalBackend(LLMBackend):
             started = False
             for token in llm.generate(
                 prompt,
-                temp=self.temperature,
+                temp=self.temperature if run.temperature is None else run.temperature,
                 top_k=_TOP_K,
                 top_p=_TOP_P,
                 min_p=_MIN_P,

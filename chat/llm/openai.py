@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from chat.llm.base import ChatMessage, LLMBackend, LLMError, Usage
+from chat.llm.base import ChatMessage, LLMBackend, LLMError, Options, Usage
 from core.upstream import (
     LoopClient,
     clip,
@@ -50,6 +50,9 @@ _DRAIN_TIMEOUT = 0.25
 # Keep-alive connections held per process. One reply uses one connection; rooms answered
 # one after another reuse it, and a burst across rooms opens more.
 _MAX_KEEPALIVE_CONNECTIONS = 20
+
+
+_NO_OPTIONS = Options()
 
 
 class OpenAIBackend(LLMBackend):
@@ -90,25 +93,31 @@ class OpenAIBackend(LLMBackend):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def request_body(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+    def request_body(
+        self, messages: Sequence[ChatMessage], options: Options | None = None
+    ) -> dict[str, Any]:
+        options = options or _NO_OPTIONS
+        max_tokens = self.max_tokens if options.max_tokens is None else options.max_tokens
+        temperature = self.temperature if options.temperature is None else options.temperature
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": options.model or self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if self.max_tokens is not None:
-            body["max_tokens"] = self.max_tokens
-        if self.temperature is not None:
-            body["temperature"] = self.temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
         return body
 
     async def stream(
-        self, messages: Sequence[ChatMessage], usage: Usage
+        self, messages: Sequence[ChatMessage], usage: Usage, options: Options | None = None
     ) -> AsyncGenerator[str, None]:
         client = self._http.get()
+        body = self.request_body(messages, options)
         try:
-            async with client.stream("POST", self.url, json=self.request_body(messages)) as resp:
+            async with client.stream("POST", self.url, json=body) as resp:
                 if not resp.is_success:
                     raise await self._status_error(resp)
                 if content_type(resp) == "application/json":

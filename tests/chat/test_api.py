@@ -38,6 +38,17 @@ def test_token_lists_visible_rooms(daphne, make_user, make_room):
         "voice": "off",
         "prompt_heard_text": True,
         "head": garden["head"],
+        # Extension: a new room has the one assistant every room had before assistants.
+        "assistants": [
+            {
+                "handle": "assistant",
+                "name": "Assistant",
+                "avatar": "",
+                "model": "default/fake-model",  # the session daphne's LLM_MODEL
+                "mode": "always",
+                "shared": False,
+            }
+        ],
     }
     assert isinstance(garden["head"], int)
 

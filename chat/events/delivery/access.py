@@ -122,10 +122,16 @@ def _members(room_id: int) -> set[int]:
 
 
 def _room(room_id: int) -> Any | None:
-    """The Room row as ``selectors.room_get`` reads it (its owner with it)."""
+    """The Room row as ``selectors.room_get`` reads it (its owner and assistants with it)."""
     from chat.models import Room
+    from chat.serializers import ROOM_PREFETCH
 
-    return Room.objects.select_related("owner").filter(pk=room_id).first()
+    return (
+        Room.objects.select_related("owner")
+        .prefetch_related(*ROOM_PREFETCH)
+        .filter(pk=room_id)
+        .first()
+    )
 
 
 def _unindex(index: dict[int, dict[str, Subscriber]], key: int, sub_id: str) -> None:

@@ -1,6 +1,6 @@
 """Assistant replies: the services every transport calls.
 
-``message_send`` stores a message and queues its reply, ``reply_control`` pauses, resumes
+``message_send`` stores a message and queues its replies, ``reply_control`` pauses, resumes
 or stops a reply wherever it runs, ``reply_wait`` waits for one to end. A reply is run by
 a task owned by the process's ``ReplyManager`` (``chat/replies/manager.py``), never by the
 connection that asked for it, so it outlives that connection; how one reply is steered is

@@ -331,3 +331,38 @@ async def test_a_resend_returns_every_reply_and_a_send_asks_at_most_the_bound(se
     assert ids == [r["id"] for r in first.json()["replies"]]
     count = await sync_to_async(Message.objects.filter(room=room).count)()
     assert count == 4
+
+
+async def test_a_send_counts_as_the_replies_it_queues_against_the_members_share(
+    server, room, models
+):
+    room, tokens = room
+    models["coder"].script(Scenario.stepped(["one", "two"]))
+    first = len(models["coder"].requests)
+    ann = await connect(server, room, tokens["ann"])
+    try:
+        running = send(server, room, tokens["ann"], "@coder hold the line")
+        await models["coder"].await_request(first)  # it runs; the next ones wait
+        two = send(server, room, tokens["ann"], "@critic @poet wait behind it")
+        assert [r["status"] for r in two.json()["replies"]] == ["queued", "queued"]
+        stored = await sync_to_async(Message.objects.filter(room=room).count)()
+        # 2 waiting + 2 asked > PARLEY_ROOM_QUEUE_PER_MEMBER (3): busy, nothing stored.
+        refused = send(server, room, tokens["ann"], "@critic @poet and again")
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "busy"
+        assert "asks 2 assistants" in refused.json()["detail"]
+        assert await sync_to_async(Message.objects.filter(room=room).count)() == stored
+        # One more fits the share.
+        one = send(server, room, tokens["ann"], "@poet just you")
+        assert one.status_code == 202, one.text
+        models["coder"].step()
+        models["coder"].step()
+        for reply in (
+            running.json()["reply"],
+            *two.json()["replies"],
+            one.json()["reply"],
+        ):
+            done = await ann.wait_terminal(reply["id"], start=0)
+            assert done["state"] == "complete"
+    finally:
+        await ann.close()

@@ -53,7 +53,7 @@ class ReplyManager:
         self._unwatch: Callable[[], None] | None = None
         # The model lines watched besides the default backend's: one per backend a run
         # here has used (a provider's backend is kept for the process: chat.assistants).
-        self._watched: dict[int, Callable[[], None]] = {}
+        self._watched: dict[LLMBackend, Callable[[], None]] = {}
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -109,9 +109,9 @@ class ReplyManager:
     def _watch(self, backend: LLMBackend) -> None:
         """Tell rooms their places in ``backend``'s line too (a backend with a line of its
         own: the bundled model), once per backend."""
-        if id(backend) in self._watched or backend is get_backend():
+        if backend in self._watched or backend is get_backend():
             return
-        self._watched[id(backend)] = backend.watch_line(self.places.model_line_moved)
+        self._watched[backend] = backend.watch_line(self.places.model_line_moved)
 
     def unregister(self, run: ReplyRun) -> None:
         self.runs.pop(run.message_id, None)

@@ -14,7 +14,10 @@ is the time from the model server writing a token to a member receiving it; both
 Scenarios: fan-out at 200 members in one process and over two processes on Redis, 500 and
 1,000 members, SSE beside WebSocket listeners, idle members (memory and CPU per member),
 handshakes per second into one room, one quiet member (frames per token), and the time
-from a ``send`` to the model server having the request. The machine is shared and noisy
+from a ``send`` to the model server having the request. ``--assistants 3`` adds the
+200-member fan-out in a room of 3 assistants, each on its own loopback model server, each
+fan-out asking the next one by its ``@handle`` (``parley_assistants``, beside
+``parley_1p`` in the same process and run). The machine is shared and noisy
 (2 cores for servers and generator): compare the ratios measured within one run.
 """
 
@@ -75,6 +78,27 @@ def _users(count: int) -> tuple[str, list[str]]:
         batch_size=2000,
     )
     return room.slug, raws
+
+
+def _assistants_room(slug: str, count: int) -> str:
+    """A room with the bench room's members and ``count`` assistants (``a1`` ...), each on
+    its own provider (``bench-a1`` ...: PARLEY_PROVIDERS), none answering unasked."""
+    from chat.models import Assistant, Membership, Room, RoomAssistant
+    from chat.services import room_create
+
+    first = Room.objects.get(slug=slug)
+    room = room_create(owner=first.owner, name=f"Bench assistants {time.monotonic_ns()}")
+    members = Membership.objects.filter(room=first).exclude(user=first.owner)
+    Membership.objects.bulk_create(
+        [Membership(room=room, user_id=m.user_id) for m in members], batch_size=2000
+    )
+    RoomAssistant.objects.filter(room=room).update(mode="mention")
+    for i in range(1, count + 1):
+        assistant = Assistant.objects.create(
+            room=room, handle=f"a{i}", name=f"A{i}", provider=f"bench-a{i}", model="bench"
+        )
+        RoomAssistant.objects.create(room=room, assistant=assistant, handle=f"a{i}")
+    return room.slug
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -189,6 +213,10 @@ class Bench:
         self.db = self.tmp / "bench.sqlite3"
         self.pieces = [f"t{i} " for i in range(args.tokens)]
         self.checkout: Path | None = None
+        # --assistants: one loopback model server per assistant, and how many fan-outs
+        # have asked one (each asks the next assistant in turn).
+        self.assistant_fakes: list[Any] = []
+        self.asked = 0
         if args.before:
             # A worktree of the earlier revision, served from the same database.
             self.checkout = self.tmp / "before"
@@ -210,6 +238,13 @@ class Bench:
             "VOICE_PRELOAD": "0",
             "LOG_LEVEL": "INFO",
         }
+        if self.assistant_fakes:
+            env["PARLEY_PROVIDERS"] = json.dumps(
+                {
+                    f"bench-a{i}": {"base_url": fake.base_url, "api_key": "bench"}
+                    for i, fake in enumerate(self.assistant_fakes, 1)
+                }
+            )
         env.update(extra)
         return env
 
@@ -254,24 +289,49 @@ class Bench:
         finally:
             server.stop()
 
-    def fanout(self, kind: str, urls: list[str], members: int) -> dict[str, Any]:
+    def fanout(
+        self,
+        kind: str,
+        urls: list[str],
+        members: int,
+        *,
+        slug: str | None = None,
+        text: str = "go",
+        fake: Any = None,
+    ) -> dict[str, Any]:
         from tests.support.openai_server import Scenario
 
-        self.fake.set_default(Scenario.slow(self.pieces, delay=1 / self.args.rate))
-        before = len(self.fake.requests)
+        fake = fake or self.fake
+        slug = slug or self.slug
+        fake.set_default(Scenario.slow(self.pieces, delay=1 / self.args.rate))
+        before = len(fake.requests)
         plan: dict[str, Any] = {"kind": kind, "urls": urls, "members": members, "wait": 120}
         if kind == "socketio":
             plan["trigger"] = '42["ask",{}]'
         else:
             plan.update(
-                path=f"/ws/rooms/{self.slug}/",
-                sse_path=f"/api/rooms/{self.slug}/events",
+                path=f"/ws/rooms/{slug}/",
+                sse_path=f"/api/rooms/{slug}/events",
                 tokens=self.tokens[:members],
-                trigger=json.dumps({"action": "send", "text": "go", "ask_ai": True}),
+                trigger=json.dumps({"action": "send", "text": text, "ask_ai": True}),
             )
         result = loadgen(plan)
-        record = self.fake.requests[before]
+        record = fake.requests[before]
         return latency_row(result, record.piece_times, len(self.pieces))
+
+    def fanout_assistants(self, url: str) -> dict[str, Any]:
+        """The 200-member fan-out in the room of several assistants, each fan-out asking
+        the next one (on its own model server) by its @handle."""
+        index = self.asked % len(self.assistant_fakes)
+        self.asked += 1
+        return self.fanout(
+            "parley",
+            [url],
+            self.args.members,
+            slug=self.assistants_slug,
+            text=f"@a{index + 1} go",
+            fake=self.assistant_fakes[index],
+        )
 
     def send_to_model(self, url: str, sends: int) -> dict[str, Any]:
         """From a member's ``send`` to the model server having the request."""
@@ -338,6 +398,9 @@ class Bench:
         _setup_django(self.db)
         most = max(args.idle_members, args.members_large, args.members_huge, args.members)
         self.slug, self.tokens = _users(most)
+        if args.assistants:
+            self.assistants_slug = _assistants_room(self.slug, args.assistants)
+            self.assistant_fakes = [FakeOpenAIServer().start() for _ in range(args.assistants)]
         report: dict[str, Any] = {
             "machine": _machine(),
             "settings": {
@@ -363,6 +426,8 @@ class Bench:
                     try:
                         run["parley_quiet"] = self.fanout("parley", [server.http_url], 1)
                         run["parley_1p"] = self.fanout("parley", [server.http_url], args.members)
+                        if self.assistant_fakes:
+                            run["parley_assistants"] = self.fanout_assistants(server.http_url)
                         run["parley_mixed"] = self.fanout(
                             "parley-mixed", [server.http_url], args.members
                         )
@@ -425,6 +490,8 @@ class Bench:
                     print(json.dumps({"run": rep, **_summary_line(run)}), flush=True)
             finally:
                 redis.kill()
+                for extra in self.assistant_fakes:
+                    extra.stop()
         report["summary"] = summarize(report["runs"])
         if self.checkout is not None:
             report["settings"]["before"] = args.before
@@ -470,6 +537,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ):
         values = [r[peer]["p99_ms"] / r[parley]["p99_ms"] for r in runs if r[parley]["p99_ms"]]
         ratios[f"{peer}_p99_over_{parley}"] = _stat(values)
+    if "parley_assistants" in runs[0]:
+        # Several assistants in a room against the one-assistant room, same crowd.
+        ratios["parley_assistants_p99_over_parley_1p"] = _stat(
+            [r["parley_assistants"]["p99_ms"] / r["parley_1p"]["p99_ms"] for r in runs]
+        )
     if "before_1p" in runs[0]:
         for before, after in (
             ("before_quiet", "parley_quiet"),
@@ -553,6 +625,13 @@ def main() -> None:
         "--before", metavar="REV", help="also measure this earlier revision of Parley"
     )
     parser.add_argument("--before-idle-members", type=int, default=1000)
+    parser.add_argument(
+        "--assistants",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fan out in a room of N assistants, each on its own model server",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeat, args.members, args.members_large, args.members_huge = 1, 20, 50, 100

@@ -12,7 +12,7 @@ from chat import events, replies, selectors, services
 from chat.errors import BadRequest
 from chat.extensions import EXTENSIONS
 from chat.http import api, async_api, query_int, read_json, request_user
-from chat.serializers import message_to_dict, room_to_dict
+from chat.serializers import MessageDict, message_to_dict, room_to_dict
 
 
 @require_http_methods(["GET", "POST"])
@@ -133,7 +133,7 @@ async def room_send(request: HttpRequest, user: User, slug: str) -> HttpResponse
     wait = data.get("wait", False)
     if not isinstance(wait, bool):
         raise BadRequest("wait must be true or false")
-    message, reply = await replies.message_send(
+    message, sent = await replies.message_send(
         user=user,
         room=room,
         text=data.get("text"),
@@ -141,17 +141,24 @@ async def room_send(request: HttpRequest, user: User, slug: str) -> HttpResponse
         ask_ai=data.get("ask_ai"),
         voice=data.get("voice"),
     )
-    if not wait or reply is None:
-        return JsonResponse({"message": message, "reply": reply}, status=202 if reply else 201)
-    status = await replies.reply_wait(
-        message_id=int(reply["id"]), timeout=settings.PARLEY_WAIT_TIMEOUT
-    )
-    final = await database_sync_to_async(selectors.message_get)(message_id=reply["id"], user=user)
-    body: dict[str, object] = {"message": message, "reply": message_to_dict(final)}
-    if status is None:
+    # `reply` is the first reply (the contract's); `replies` every reply the send queued,
+    # in the order they answer (an extension: a message may ask several assistants).
+    if not wait or not sent:
+        body: dict[str, object] = {"message": message, "reply": sent[0] if sent else None}
+        body["replies"] = sent
+        return JsonResponse(body, status=202 if sent else 201)
+    ids = [int(r["id"]) for r in sent]
+    ended = await replies.replies_wait(message_ids=ids, timeout=settings.PARLEY_WAIT_TIMEOUT)
+
+    def final() -> list[MessageDict]:
+        return [message_to_dict(selectors.message_get(message_id=i, user=user)) for i in ids]
+
+    finals = await database_sync_to_async(final)()
+    body = {"message": message, "reply": finals[0], "replies": finals}
+    if not ended:
         body.update(
             code="timeout",
-            detail="the reply is still being generated; follow it over SSE or GET it later",
+            detail="the replies are still being generated; follow them over SSE or GET them later",
         )
         return JsonResponse(body, status=504)
     return JsonResponse(body)

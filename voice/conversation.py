@@ -137,7 +137,7 @@ async def speech_send(
     ask_ai: object = None,
     voice: object = None,
     rate_checked: bool = False,
-) -> tuple[MessageDict, MessageDict | None]:
+) -> tuple[MessageDict, list[MessageDict]]:
     """Transcribe one utterance and send its words as ``user``'s message in ``room``."""
     if not rate_checked:
         await send_allow(user_id=user.pk)  # before the transcription, which costs a core

@@ -82,7 +82,12 @@ class SpokenReply:
 def observe(start: ReplyStart, adopt: Adopt) -> SpokenReply | None:
     if start.voice == VoiceMode.OFF:
         return None
-    speech = ReplySpeech(room_id=start.room_id, message_id=start.message_id, mode=start.voice)
+    speech = ReplySpeech(
+        room_id=start.room_id,
+        message_id=start.message_id,
+        mode=start.voice,
+        voice_name=start.voice_name,
+    )
     if start.paused:
         speech.pause()
     adopt(_speak(speech))

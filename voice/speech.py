@@ -116,6 +116,8 @@ class ReplySpeech:
     room_id: int
     message_id: int
     mode: str
+    # The reply's assistant's voice, where the engine has named voices ("": its own).
+    voice_name: str = ""
     stats: SpeechStats = field(default_factory=SpeechStats)
     marks: SpeechMarks = field(default_factory=SpeechMarks)
     # Awaited when the speech has been made in full, before its `end` goes out.
@@ -196,7 +198,7 @@ class ReplySpeech:
     # --- the sender -----------------------------------------------------------------
 
     async def _run(self) -> None:
-        engine = get_engine()
+        engine = get_engine().with_voice(self.voice_name)
         try:
             if self.mode == "normal":
                 parts = []

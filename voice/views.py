@@ -83,7 +83,7 @@ async def room_speech(request: HttpRequest, user: User, slug: str) -> HttpRespon
         if flag not in ("0", "1", "true", "false"):
             raise BadRequest("ask_ai must be 1 or 0")
         ask_ai = flag in ("1", "true")
-    message, reply = await speech_send(
+    message, replies = await speech_send(
         user=user,
         room=room,
         pcm=pcm,
@@ -92,4 +92,5 @@ async def room_speech(request: HttpRequest, user: User, slug: str) -> HttpRespon
         ask_ai=ask_ai,
         voice=request.GET.get("voice"),
     )
-    return JsonResponse({"message": message, "reply": reply}, status=202 if reply else 201)
+    body = {"message": message, "reply": replies[0] if replies else None, "replies": replies}
+    return JsonResponse(body, status=202 if replies else 201)

@@ -1,6 +1,6 @@
 """Assistant replies: the services every transport calls.
 
-``message_send`` stores a message and queues its reply, ``reply_control`` pauses, resumes
+``message_send`` stores a message and queues its replies, ``reply_control`` pauses, resumes
 or stops a reply wherever it runs, ``reply_wait`` waits for one to end. A reply is run by
 a task owned by the process's ``ReplyManager`` (``chat/replies/manager.py``), never by the
 connection that asked for it, so it outlives that connection; how one reply is steered is
@@ -15,14 +15,13 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 
-from chat.errors import BadRequest, Busy, NotGenerating, TooLong
+from chat.errors import BadRequest, NotGenerating, TooLong
 from chat.events import StoreUnavailable, message_body, room_event_emit
-from chat.llm import get_backend
-from chat.models import TERMINAL_STATUSES, AssistantMode, InputKind, Message, Room, VoiceMode
+from chat.models import TERMINAL_STATUSES, InputKind, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
 from chat.replies import db
+from chat.replies.asking import queue_replies
 from chat.replies.manager import ReplyManager, get_manager
-from chat.replies.run import ReplyRun
 from chat.selectors import reply_for_control
 from chat.serializers import MessageDict, message_to_dict
 from chat.text import clean_text
@@ -34,21 +33,14 @@ __all__ = [
     "reply_control",
     "reply_control_checked",
     "reply_wait",
-    "wants_reply",
+    "replies_wait",
 ]
 
-MENTION = "@assistant"
 CLIENT_ID_MAX = 64
 ACTIONS = ("pause", "resume", "stop")
 
 
 # --- Sending ----------------------------------------------------------------------------
-
-
-def wants_reply(*, room: Room, text: str, ask_ai: bool) -> bool:
-    if room.assistant == AssistantMode.ALWAYS:
-        return True
-    return ask_ai or MENTION in text.lower()
 
 
 def validate_send(
@@ -83,13 +75,16 @@ async def message_send(
     voice: object = None,
     input: str = InputKind.TEXT,
     rate_checked: bool = False,
-) -> tuple[MessageDict, MessageDict | None]:
-    """Store a user's message in ``room`` (a member's), broadcast it, queue a reply.
+) -> tuple[MessageDict, list[MessageDict]]:
+    """Store a user's message in ``room`` (a member's), broadcast it, queue its replies.
 
-    Returns the message and the reply placeholder (or None) as wire dicts. Idempotent per
-    ``client_id``: a resend returns the first send's message and reply (db.create_messages).
-    ``Busy`` means nothing was stored (or, when only the reply could not be announced,
-    that a resend with the same client_id completes the send).
+    Which assistants answer is chat.assistants.routing's rule; each reply runs on its own
+    assistant's provider and model, one after the other through the room's line. Returns
+    the message and the reply placeholders (in the order they answer; empty when nobody
+    is asked) as wire dicts. Idempotent per ``client_id``: a resend returns the first
+    send's message and its replies (db.create_messages). ``Busy`` means nothing was stored
+    (or, when a reply could not be announced, that a resend with the same client_id
+    completes the send).
     ``input="speech"``: ``text`` is a transcript (voice/conversation.py), whose utterance
     already took its turn from the sender's rate limit (``rate_checked``).
     """
@@ -100,64 +95,41 @@ async def message_send(
         await send_allow(user_id=user.pk)
     manager = get_manager()
     await manager.ensure_started()
-    reply_wanted = wants_reply(room=room, text=text, ask_ai=ask_ai)
-    if reply_wanted and manager.queue_length(room.pk) >= settings.PARLEY_ROOM_QUEUE_MAX:
-        raise Busy("the assistant has too many replies queued in this room; try again soon")
-    backend = get_backend() if reply_wanted else None
+    # One thread hop: the room's assistants and their providers, the routing, the rows,
+    # and the first reply's prompt when it starts at once.
     sent, prompt = await database_sync_to_async(db.create_messages_with_prompt)(
         with_prompt=manager.queue_length(room.pk) == 0,
         user=user,
         room=room,
         text=text,
         client_id=client_id,
-        reply_wanted=reply_wanted,
+        ask_ai=ask_ai,
+        queued=manager.queue_length(room.pk),
         input=input,
-        backend=backend.name if backend else "",
-        model=backend.model if backend else "",
         worker=manager.worker_id,
     )
-    message, reply = sent.message, sent.reply
+    message = sent.message
     message_dict = message_to_dict(message, room_slug=room.slug)
     if sent.message_new:
         try:
             await room_event_emit(room_id=room.pk, body=message_body(message_dict))
         except StoreUnavailable:
             # Nobody saw it: take it back, so that `busy` means nothing was stored.
-            await database_sync_to_async(db.discard)([message.pk])
+            await database_sync_to_async(db.discard)([message.pk, *(r.pk for r in sent.replies)])
             raise
-    if reply is None:
-        return message_dict, None
-    reply_dict = message_to_dict(reply, room_slug=room.slug)
-    if not sent.reply_new:
-        return message_dict, reply_dict  # a resend: the first send's reply
-    run = ReplyRun(
-        manager=manager,
-        message_id=reply.pk,
+    new_ids = {q.reply.pk for q in sent.new}
+    # A resend's replies stored the first time, as they stand (the send's answer).
+    earlier = [message_to_dict(r, room_slug=room.slug) for r in sent.replies if r.pk not in new_ids]
+    queued = await queue_replies(
+        manager,
         room_id=room.pk,
+        room_slug=room.slug,
+        queued=sent.new,
         asker_id=user.pk,
         voice=voice or room.voice,
-        # Only if still nothing is queued before it (another send may have been queued
-        # while this one was stored).
-        prompt=prompt if manager.queue_length(room.pk) == 0 else None,
+        prompt=prompt,
     )
-    await manager.register(run)
-    # Started before its announcement: the run opens the model request at once, while
-    # the reply's `message` event is stored and published, and sends nothing to members
-    # until `announced` (the reply's `message` event precedes everything about it).
-    manager.start(run)
-    try:
-        await room_event_emit(room_id=room.pk, body=message_body(reply_dict))
-    except StoreUnavailable:
-        # The message went out, its reply did not: drop the reply; a resend with the same
-        # client_id queues it (db.create_messages).
-        manager.unregister(run)
-        await manager.dequeue(run)
-        await database_sync_to_async(db.discard)([reply.pk])
-        raise
-    finally:
-        run.announced.set()
-    manager.places.touch(room.pk)  # where it stands in line
-    return message_dict, reply_dict
+    return message_dict, earlier + queued
 
 
 # --- Control ----------------------------------------------------------------------------
@@ -230,3 +202,18 @@ async def reply_wait(*, message_id: int, timeout: float) -> str | None:  # noqa:
         return await asyncio.wait_for(asyncio.shield(run.done), timeout)
     except TimeoutError:
         return None
+
+
+async def replies_wait(*, message_ids: list[int], timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait until every one of these replies ends, within ``timeout`` in all; False on
+    timeout. A reply not running here has ended already (a send's replies run in the
+    process that queued them)."""
+    runs = [get_manager().runs.get(mid) for mid in message_ids]
+    waits = [asyncio.shield(run.done) for run in runs if run is not None]
+    if not waits:
+        return True
+    try:
+        await asyncio.wait_for(asyncio.gather(*waits), timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -14,22 +14,121 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from chat.assistants import providers
+from chat.assistants.providers import ProviderConfig
+from chat.assistants.routing import DEFAULT_HANDLE, mentioned, route
 from chat.errors import Busy, Conflict
-from chat.llm import Usage
+from chat.llm import Options, Usage
 from chat.llm.base import ChatMessage
-from chat.llm.prompt import Turn, build_messages
-from chat.models import LIVE_STATUSES, Generation, InputKind, Message, Role, Room, Status
+from chat.llm.prompt import Turn, build_messages, system_text
+from chat.models import (
+    LIVE_STATUSES,
+    Generation,
+    InputKind,
+    Membership,
+    Message,
+    Role,
+    Room,
+    RoomAssistant,
+    Status,
+)
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """Who writes a reply, resolved when it is queued: its assistant, and the provider,
+    model and sampling its run streams with (the provider read from the database in the
+    same thread hop as the rest of the send)."""
+
+    assistant_id: int | None
+    handle: str
+    name: str
+    config: ProviderConfig
+    model: str
+    temperature: float | None
+    max_tokens: int | None
+    voice: str  # the assistant's TTS voice name ("": the engine's default)
+
+    @property
+    def options(self) -> Options:
+        return Options(model=self.model, temperature=self.temperature, max_tokens=self.max_tokens)
+
+
+@dataclass
+class Queued:
+    """A reply stored as queued, with who writes it."""
+
+    reply: Message
+    speaker: Speaker
 
 
 @dataclass
 class Sent:
-    """What a send stored: the message and its reply, and which of them are new (a resend
-    with the same client_id finds the message stored the first time)."""
+    """What a send stored: the message and its replies, and which of them are new (a
+    resend with the same client_id finds what the first send stored)."""
 
     message: Message
-    reply: Message | None
+    replies: list[Message]
     message_new: bool
-    reply_new: bool
+    new: list[Queued]
+
+    @property
+    def reply(self) -> Message | None:
+        return self.replies[0] if self.replies else None
+
+
+def placements(room_id: int) -> list[RoomAssistant]:
+    """The room's assistants, in the order they were added."""
+    return list(
+        RoomAssistant.objects.filter(room_id=room_id).select_related("assistant").order_by("id")
+    )
+
+
+def speaker_for(
+    placement: RoomAssistant, configs: dict[str, ProviderConfig] | None = None
+) -> Speaker:
+    """Resolve ``placement``'s assistant to what its run needs. An assistant whose provider
+    was removed falls back to the default provider (the reply is still written, by the
+    server's model) rather than failing the send."""
+    assistant = placement.assistant
+    configs = configs if configs is not None else providers.providers()
+    config = configs.get(assistant.provider) or configs[providers.DEFAULT]
+    model = assistant.model if config.name == assistant.provider else ""
+    return Speaker(
+        assistant_id=assistant.pk,
+        handle=placement.handle,
+        name=assistant.name,
+        config=config,
+        model=model or providers.default_model(config),
+        temperature=assistant.temperature,
+        max_tokens=assistant.max_tokens,
+        voice=assistant.voice,
+    )
+
+
+def _queue_reply(
+    *, room: Room, reply_to: Message, speaker: Speaker, backend: str, worker: str
+) -> Queued:
+    reply = Message.objects.create(
+        room=room, role=Role.ASSISTANT, text="", status=Status.QUEUED, reply_to=reply_to
+    )
+    reply.generation = Generation.objects.create(
+        message=reply,
+        backend=backend,
+        model=speaker.model,
+        assistant_id=speaker.assistant_id,
+        handle=speaker.handle,
+        assistant_name=speaker.name,
+        provider=speaker.config.name,
+        queued_at=timezone.now(),
+        worker=worker,
+    )
+    return Queued(reply, speaker)
+
+
+def backend_name(config: ProviderConfig) -> str:
+    """The backend kind kept with a reply (Generation.backend)."""
+    return "local" if config.kind == "local" else "openai"
 
 
 def create_messages(
@@ -38,22 +137,32 @@ def create_messages(
     room: Room,
     text: str,
     client_id: str,
-    reply_wanted: bool,
-    backend: str,
-    model: str,
+    ask_ai: bool,
+    queued: int,
     worker: str,
     input: str = InputKind.TEXT,
+    ask: bool = True,
 ) -> Sent:
-    """Store a user's message and its queued reply, once per client_id.
+    """Store a user's message and the replies it asks for (chat.assistants.routing), once
+    per client_id.
+
+    ``queued``: replies in the room's line in this process now; a send that would take
+    it past ``PARLEY_ROOM_QUEUE_MAX`` is ``Busy``, as is one past the member's share
+    (``_check_waiting``). A send asks at most ``PARLEY_ASSISTANT_REPLIES_MAX`` assistants
+    (the bound on replies to one message); further mentions are not asked.
 
     A send whose ``client_id`` this user already used in this room within
-    ``PARLEY_SEND_IDEMPOTENCY_WINDOW`` is a resend: it returns what the first one stored,
-    adding the reply only if the first send's was discarded (its event could not be
-    stored, chat/replies/__init__.py). The same client_id with other text is a conflict.
+    ``PARLEY_SEND_IDEMPOTENCY_WINDOW`` is a resend: it returns what the first one stored
+    (every reply to that message so far), adding only the asked replies that are missing
+    because their announcement failed (chat/replies/__init__.py discards them). The same
+    client_id with other text is a conflict. ``ask=False`` stores the message alone.
     """
+    found = placements(room.pk) if ask else []
+    targets = route(text, found, ask_ai=ask_ai)[: settings.PARLEY_ASSISTANT_REPLIES_MAX]
+    configs = providers.providers() if targets else {}
     with transaction.atomic():
         message = None
-        if client_id or reply_wanted:
+        if client_id or targets:
             # One user's sends take turns here (a row lock on PostgreSQL; SQLite has one
             # writer anyway), so two copies of one resend cannot both miss the first, and
             # a burst cannot slip past the cap on waiting replies below.
@@ -76,8 +185,21 @@ def create_messages(
             if message is not None and message.text != text:
                 raise Conflict("this client_id was already used for another message")
         message_new = message is None
-        if message_new and reply_wanted:
-            _check_waiting(room=room, user=user)
+        existing: list[Message] = []
+        if message is not None:
+            existing = list(
+                message.replies.filter(role=Role.ASSISTANT)
+                .select_related("generation", "generation__stopped_by")
+                .order_by("id")
+            )
+            answered = {r.generation.handle for r in existing}
+            targets = [t for t in targets if t.handle not in answered]
+        if targets:
+            if queued + len(targets) > settings.PARLEY_ROOM_QUEUE_MAX:
+                raise Busy(
+                    "the assistants have too many replies queued in this room; try again soon"
+                )
+            _check_waiting(room=room, user=user, asking=len(targets))
         if message is None:
             message = Message.objects.create(
                 room=room,
@@ -87,32 +209,81 @@ def create_messages(
                 client_id=client_id,
                 input=input,
             )
-        reply = (
-            None
-            if message_new
-            else message.replies.filter(role=Role.ASSISTANT)
-            .select_related("generation", "generation__stopped_by")
-            .first()
-        )
-        if reply is not None or not reply_wanted:
-            return Sent(message, reply, message_new, reply_new=False)
-        reply = Message.objects.create(
-            room=room, role=Role.ASSISTANT, text="", status=Status.QUEUED, reply_to=message
-        )
-        Generation.objects.create(
-            message=reply, backend=backend, model=model, queued_at=timezone.now(), worker=worker
-        )
-    return Sent(message, reply, message_new, reply_new=True)
+        new = []
+        for placement in targets:
+            speaker = speaker_for(placement, configs)
+            new.append(
+                _queue_reply(
+                    room=room,
+                    reply_to=message,
+                    speaker=speaker,
+                    backend=backend_name(speaker.config),
+                    worker=worker,
+                )
+            )
+    return Sent(message, existing + [q.reply for q in new], message_new, new)
 
 
-def _check_waiting(*, room: Room, user: User) -> None:
-    """Refuse a reply past ``PARLEY_ROOM_QUEUE_PER_MEMBER`` of this member's waiting in
-    ``room``: counted in the database, so the cap holds across every process."""
+def create_followups(
+    *, reply_id: int, text: str, handle: str, queued: int, worker: str
+) -> tuple[str, list[Queued]]:
+    """The assistants that reply ``reply_id`` (complete, with ``text``) asks by mentioning
+    them, queued as replies to the same member's message: (the room's slug, the replies).
+
+    Bounded: a member's message has at most ``PARLEY_ASSISTANT_REPLIES_MAX`` replies in
+    all, the first answers included, so no exchange between assistants can run away. An
+    assistant that already has a reply waiting (queued) to that message is not asked
+    again: that reply reads the room, this one included, when its turn comes. The room's
+    line bound holds too (past it, nobody more is asked).
+    """
+    reply = Message.objects.select_related("room", "reply_to").get(pk=reply_id)
+    asker_message = reply.reply_to
+    if asker_message is None:
+        return reply.room.slug, []
+    targets = mentioned(text, placements(reply.room_id), exclude=handle)
+    if not targets:
+        return reply.room.slug, []
+    configs = providers.providers()
+    with transaction.atomic():
+        earlier = list(
+            Message.objects.filter(reply_to=asker_message, role=Role.ASSISTANT).values_list(
+                "status", "generation__handle"
+            )
+        )
+        waiting = {h for status, h in earlier if status == Status.QUEUED}
+        room_left = max(0, settings.PARLEY_ROOM_QUEUE_MAX - queued)
+        allowed = min(settings.PARLEY_ASSISTANT_REPLIES_MAX - len(earlier), room_left)
+        targets = [t for t in targets if t.handle not in waiting][: max(0, allowed)]
+        new = []
+        for placement in targets:
+            speaker = speaker_for(placement, configs)
+            new.append(
+                _queue_reply(
+                    room=reply.room,
+                    reply_to=asker_message,
+                    speaker=speaker,
+                    backend=backend_name(speaker.config),
+                    worker=worker,
+                )
+            )
+    return reply.room.slug, new
+
+
+def _check_waiting(*, room: Room, user: User, asking: int = 1) -> None:
+    """Refuse replies past ``PARLEY_ROOM_QUEUE_PER_MEMBER`` of this member's waiting in
+    ``room`` (a send that asks several assistants counts as the replies it queues):
+    counted in the database, so the cap holds across every process."""
     waiting = Message.objects.filter(
         room=room, role=Role.ASSISTANT, status=Status.QUEUED, reply_to__author=user
     ).count()
     cap = settings.PARLEY_ROOM_QUEUE_PER_MEMBER
-    if waiting >= cap:
+    if waiting + asking > cap:
+        if waiting < cap:
+            raise Busy(
+                f"that asks {asking} assistants and you already have {waiting} questions "
+                f"waiting in this room (at most {cap} replies waiting); ask fewer at once, "
+                "or again once one is answered"
+            )
         raise Busy(
             f"you already have {waiting} questions waiting for the assistant in this room "
             f"(at most {cap}); ask again once one is answered"
@@ -127,18 +298,38 @@ def discard(message_ids: Iterable[int]) -> None:
 def create_messages_with_prompt(
     *, with_prompt: bool, **kw: Any
 ) -> tuple[Sent, list[ChatMessage] | None]:
-    """``create_messages``, and in the same thread hop the new reply's prompt when it will
-    start at once (nothing queued before it): the model request can go out without
-    another round trip to the database."""
+    """``create_messages``, and in the same thread hop the first new reply's prompt when
+    it will start at once (nothing queued before it): the model request can go out
+    without another round trip to the database."""
     sent = create_messages(**kw)
-    if with_prompt and sent.reply is not None and sent.reply_new:
-        return sent, prompt_for(sent.reply.pk)
+    if with_prompt and sent.new and len(sent.new) == len(sent.replies):
+        return sent, prompt_for(sent.new[0].reply.pk)
     return sent, None
 
 
+# How many of a room's members the prompt names (the newest joiners beyond it are left
+# out): enough for a team's room, bounded so a 1,000-member room's prompt stays small.
+PROMPT_MEMBERS_MAX = 30
+
+
 def prompt_for(message_id: int) -> list[ChatMessage]:
-    """The conversation the model sees for reply ``message_id``: everything before it."""
-    reply = Message.objects.select_related("room").get(pk=message_id)
+    """The conversation the model sees for reply ``message_id``: who it is and who is in
+    the room (chat/llm/prompt.py ``system_text``), then everything before it."""
+    reply = Message.objects.select_related("room", "generation", "generation__assistant").get(
+        pk=message_id
+    )
+    room = reply.room
+    generation = getattr(reply, "generation", None)
+    me = (generation.handle if generation is not None else "") or DEFAULT_HANDLE
+    assistant = generation.assistant if generation is not None else None
+    others = [
+        (p.handle, p.assistant.name) for p in placements(room.pk) if p.handle.lower() != me.lower()
+    ]
+    members = list(
+        Membership.objects.filter(room=room)
+        .order_by("id")
+        .values_list("user__username", flat=True)[: PROMPT_MEMBERS_MAX + 1]
+    )
     history = (
         Message.objects.filter(room_id=reply.room_id, pk__lt=message_id)
         .select_related("author", "generation")
@@ -147,23 +338,33 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
     turns = []
     for m in reversed(list(history)):
         text = m.text
-        if reply.room.prompt_heard_text and m.role == Role.ASSISTANT:
+        m_generation = getattr(m, "generation", None) if m.role == Role.ASSISTANT else None
+        if room.prompt_heard_text and m.role == Role.ASSISTANT:
             # A spoken reply cut off while heard: only what was heard was said.
-            heard = getattr(getattr(m, "generation", None), "heard_text", None)
+            heard = getattr(m_generation, "heard_text", None)
             if heard is not None:
                 text = heard
                 if not text:
                     continue
-        turns.append(
-            Turn(
-                role=m.role, author=m.author.get_username() if m.author else "assistant", text=text
-            )
-        )
+        if m.role == Role.ASSISTANT:
+            author = (m_generation.handle if m_generation is not None else "") or DEFAULT_HANDLE
+        else:
+            author = m.author.get_username() if m.author else DEFAULT_HANDLE
+        turns.append(Turn(role=m.role, author=author, text=text))
     return build_messages(
-        system_prompt=reply.room.system_prompt,
+        system_prompt=system_text(
+            own=assistant.system_prompt if assistant is not None else room.system_prompt,
+            name=assistant.name if assistant is not None else "Assistant",
+            handle=me,
+            room=room.name,
+            members=members[:PROMPT_MEMBERS_MAX],
+            more_members=len(members) > PROMPT_MEMBERS_MAX,
+            others=others,
+        ),
         turns=turns,
         max_chars=settings.LLM_CONTEXT_CHARS,
         max_messages=settings.LLM_CONTEXT_MESSAGES,
+        me=me,
     )
 
 

@@ -26,7 +26,8 @@ from channels.db import database_sync_to_async
 from chat import redis as redis_conn
 from chat.errors import NotGenerating
 from chat.events.delivery import Fanout, get_fanout
-from chat.llm import get_backend
+from chat.llm import LLMBackend, get_backend
+from chat.replies.asking import ask_mentioned
 from chat.replies.control import ControlChannel
 from chat.replies.lease import WorkerLease, nobody_alive
 from chat.replies.places import PlaceAnnouncer
@@ -50,6 +51,9 @@ class ReplyManager:
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
         self._unwatch: Callable[[], None] | None = None
+        # The model lines watched besides the default backend's: one per backend a run
+        # here has used (a provider's backend is kept for the process: chat.assistants).
+        self._watched: dict[LLMBackend, Callable[[], None]] = {}
 
     # --- start-up ----------------------------------------------------------------------
 
@@ -97,8 +101,17 @@ class ReplyManager:
         return self.queues.length(room_id)
 
     async def register(self, run: ReplyRun) -> None:
+        if run.backend is not None:
+            self._watch(run.backend)
         self.runs[run.message_id] = run
         await self.queues.join(run, self.control.channel)
+
+    def _watch(self, backend: LLMBackend) -> None:
+        """Tell rooms their places in ``backend``'s line too (a backend with a line of its
+        own: the bundled model), once per backend."""
+        if backend in self._watched or backend is get_backend():
+            return
+        self._watched[backend] = backend.watch_line(self.places.model_line_moved)
 
     def unregister(self, run: ReplyRun) -> None:
         self.runs.pop(run.message_id, None)
@@ -130,6 +143,8 @@ class ReplyManager:
                 try:
                     if await self.queues.wait_turn(run):
                         await run.execute()
+                        # Before it leaves the line, so the room's worker goes on to them.
+                        await ask_mentioned(self, run)
                 finally:
                     await self.queues.leave(run)
                     self.places.touch(room_id)
@@ -182,6 +197,8 @@ class ReplyManager:
     async def aclose(self) -> None:
         if self._unwatch is not None:
             self._unwatch()
+        for unwatch in self._watched.values():
+            unwatch()
         tasks = [*self._workers.values(), *self._tasks]
         for task in tasks:
             task.cancel()

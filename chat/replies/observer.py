@@ -46,6 +46,8 @@ class ReplyStart:
     message_id: int
     voice: str  # the reply's voice mode (chat.models.VoiceMode)
     paused: bool  # it starts held (paused while it was queued)
+    # The TTS voice of the reply's assistant (Assistant.voice); "": the engine's default.
+    voice_name: str = ""
 
 
 Adopt = Callable[[Coroutine[Any, Any, None]], None]

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from chat import redis as redis_conn
 from chat.events import QueuePlace, queue_event, room_live_emit
-from chat.llm import get_backend
 
 if TYPE_CHECKING:
     from chat.replies.queue import RoomQueues
@@ -83,14 +82,15 @@ class PlaceAnnouncer:
         if not waiting:
             return
         order = {mid: place for place, mid in enumerate(await self._queues.order(room_id), 1)}
-        backend = get_backend()
         places: list[QueuePlace] = []
         changed = False
         for run in waiting:
             position = order.get(run.message_id)
             if position is None:  # left the line meanwhile
                 continue
-            model = backend.model_position(run.usage) if run.started_at is not None else None
+            model = (
+                run.model_backend.model_position(run.usage) if run.started_at is not None else None
+            )
             if (position, model) != run.place:
                 run.place = (position, model)
                 changed = True

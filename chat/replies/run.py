@@ -23,7 +23,7 @@ from django.conf import settings
 
 from chat.errors import NotGenerating
 from chat.events import StoreUnavailable, delta_body, generation_body, room_event_emit
-from chat.llm import LLMError, Usage, get_backend
+from chat.llm import LLMBackend, LLMError, Options, Usage, get_backend
 from chat.llm.base import ChatMessage
 from chat.models import Status
 from chat.replies import db
@@ -73,6 +73,12 @@ class ReplyRun:
     room_id: int
     asker_id: int
     voice: str
+    # Who writes it (db.Speaker): the backend of its assistant's provider and the model
+    # and sampling of that assistant. None: the server's model, as configured.
+    backend: LLMBackend | None = None
+    options: Options | None = None
+    handle: str = ""
+    voice_name: str = ""  # the assistant's TTS voice ("": the engine's default)
     status: str = Status.QUEUED
     # Set while the asker wants delivery held; a queued reply starts held.
     paused: bool = False
@@ -104,6 +110,10 @@ class ReplyRun:
     # Its place in line as last told to the room, (room position, model position):
     # chat/replies/places.py tells the room only when it changes.
     place: tuple[int, int | None] | None = None
+
+    @property
+    def model_backend(self) -> LLMBackend:
+        return self.backend if self.backend is not None else get_backend()
 
     @property
     def message_key(self) -> str:
@@ -170,6 +180,7 @@ class ReplyRun:
                     message_id=self.message_id,
                     voice=self.voice,
                     paused=self.paused,
+                    voice_name=self.voice_name,
                 ),
                 self.manager.adopt,
             )
@@ -222,7 +233,7 @@ class ReplyRun:
             self.done.set_result(self.status)
 
     async def _read(self, messages: list[ChatMessage]) -> None:
-        stream = get_backend().stream(messages, self.usage)
+        stream = self.model_backend.stream(messages, self.usage, self.options)
         try:
             async for piece in stream:
                 if not piece:

@@ -152,9 +152,9 @@ def _store_message(room: Any, user: Any, text: str) -> dict[str, Any]:
         room=room,
         text=text,
         client_id="",
-        reply_wanted=False,
-        backend="",
-        model="",
+        ask=False,
+        ask_ai=False,
+        queued=0,
         worker="test",
     )
     return dict(message_to_dict(sent.message, room_slug=room.slug))

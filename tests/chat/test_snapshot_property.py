@@ -73,9 +73,9 @@ def _create(
         room=room,
         text=text,
         client_id="",
-        reply_wanted=reply_wanted,
-        backend="fake",
-        model="fake-model",
+        ask=reply_wanted,
+        ask_ai=reply_wanted,
+        queued=0,
         # A worker whose lease is alive, as message_send's is: the orphan sweep of any
         # other process sharing this database (the session's daphne) ends a live reply
         # whose worker has no lease, which is not what this property is about.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
@@ -97,11 +98,19 @@ def internal_error() -> TTSError:
     return TTSError("unavailable", "Speech stopped because of an internal error.")
 
 
+# How many other voices an engine keeps a copy for (a room's assistants' voices; past
+# this, a copy per reply, which costs a small object and nothing else).
+_VOICED_MAX = 32
+
+
 class TTSEngine(ABC):
     #: Short name, as in the TTS_BACKEND setting.
     name: ClassVar[str]
     #: True when :meth:`open_session` streams text into the engine itself.
     native_streaming: ClassVar[bool] = False
+    #: True when the engine speaks with a named voice (its ``voice`` attribute), so an
+    #: assistant's own voice can be used (:meth:`with_voice`).
+    named_voices: ClassVar[bool] = False
 
     def __init__(self, *, sample_rate: int | None) -> None:
         #: The rate of the PCM this engine yields, when known before the first chunk;
@@ -111,6 +120,22 @@ class TTSEngine(ABC):
         # clean-ups such as closing a connection (awaited on close; each is bounded).
         self._tasks: set[asyncio.Task[None]] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
+        # This engine in other voices (with_voice), one per voice asked for.
+        self._voiced: dict[str, TTSEngine] = {}
+
+    def with_voice(self, voice: str) -> TTSEngine:
+        """This engine speaking with ``voice`` (an assistant's); itself for "" or an engine
+        without named voices. The copy shares this engine's connections and background
+        work, so closing this engine closes it too."""
+        if not voice or not self.named_voices or getattr(self, "voice", None) == voice:
+            return self
+        engine = self._voiced.get(voice)
+        if engine is None:
+            engine = copy.copy(self)
+            setattr(engine, "voice", voice)  # noqa: B010 - named_voices engines have it
+            if len(self._voiced) < _VOICED_MAX:
+                self._voiced[voice] = engine
+        return engine
 
     @abstractmethod
     def synthesize(self, text: str) -> AsyncGenerator[AudioChunk, None]:

@@ -52,6 +52,7 @@ _SOURCE: Final = "The speech server"
 
 class OpenAISpeechEngine(TTSEngine):
     name: ClassVar[str] = "openai"
+    named_voices: ClassVar[bool] = True
 
     def __init__(
         self,

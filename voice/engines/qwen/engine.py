@@ -73,6 +73,7 @@ class QwenEngine(TTSEngine):
     """Qwen-TTS: a WAV file per reply (normal), SSE per sentence, or a realtime WebSocket."""
 
     name: ClassVar[str] = "qwen"
+    named_voices: ClassVar[bool] = True
     native_streaming: ClassVar[bool] = True
 
     def __init__(

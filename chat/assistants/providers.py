@@ -28,14 +28,15 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import httpx
 from django.conf import settings
 
 from chat.errors import BadRequest
-from chat.llm import LLMBackend, get_backend
+from chat.llm import ChatMessage, LLMBackend, LLMError, Options, Usage, get_backend
 from core.upstream import (
     LoopClient,
     http_base_url,
@@ -57,13 +58,17 @@ _MAX_MODELS = 500
 @dataclass(frozen=True)
 class ProviderConfig:
     name: str
-    kind: Literal["local", "openai"]
+    # "missing": an assistant's provider that is no longer configured (removed from the
+    # environment or the admin): its replies fail with a reason, never go elsewhere.
+    kind: Literal["local", "openai", "missing"]
     base_url: str = ""
     api_key: str = field(default="", repr=False)
 
     @property
     def server(self) -> str:
         """Where it is, for people: never the key."""
+        if self.kind == "missing":
+            return f"the provider {self.name!r}, which is no longer configured"
         return "the bundled model" if self.kind == "local" else server_of(self.base_url)
 
 
@@ -160,7 +165,26 @@ def split_model(value: object) -> tuple[str, str]:
 _backends: dict[ProviderConfig, LLMBackend] = {}
 
 
+class _Missing(LLMBackend):
+    """The backend of a provider that is gone: each reply fails and says so. An assistant's
+    conversation is never sent to another server than the one its owner picked."""
+
+    name: ClassVar[str] = "missing"
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage, options: Options | None = None
+    ) -> AsyncGenerator[str, None]:
+        raise LLMError(
+            "unavailable",
+            f"The provider {self.model!r} is no longer configured: the room's owner can "
+            "pick another model for this assistant.",
+        )
+        yield ""  # pragma: no cover - makes this an async generator
+
+
 def backend_for(config: ProviderConfig) -> LLMBackend:
+    if config.kind == "missing":
+        return _Missing(model=config.name)
     if config.name == DEFAULT:
         return get_backend()
     backend = _backends.get(config)
@@ -197,6 +221,8 @@ async def list_models(config: ProviderConfig) -> list[str]:
     """The model ids ``config`` offers (cached); ``ProviderError`` when it cannot say."""
     if config.kind == "local":
         return [settings.LLM_MODEL]
+    if config.kind == "missing":
+        raise ProviderError(config.name, f"There is no provider named {config.name!r}.")
     now = time.monotonic()
     cached = _models.get(config)
     if cached is not None and cached[0] > now:

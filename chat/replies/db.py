@@ -88,12 +88,14 @@ def speaker_for(
     placement: RoomAssistant, configs: dict[str, ProviderConfig] | None = None
 ) -> Speaker:
     """Resolve ``placement``'s assistant to what its run needs. An assistant whose provider
-    was removed falls back to the default provider (the reply is still written, by the
-    server's model) rather than failing the send."""
+    was removed gets a "missing" one: its reply fails with that reason (the send still
+    stands), rather than sending the conversation to a server its owner did not pick."""
     assistant = placement.assistant
     configs = configs if configs is not None else providers.providers()
-    config = configs.get(assistant.provider) or configs[providers.DEFAULT]
-    model = assistant.model if config.name == assistant.provider else ""
+    config = configs.get(assistant.provider) or providers.ProviderConfig(
+        assistant.provider, "missing"
+    )
+    model = assistant.model
     return Speaker(
         assistant_id=assistant.pk,
         handle=placement.handle,
@@ -128,7 +130,7 @@ def _queue_reply(
 
 def backend_name(config: ProviderConfig) -> str:
     """The backend kind kept with a reply (Generation.backend)."""
-    return "local" if config.kind == "local" else "openai"
+    return config.kind
 
 
 def create_messages(

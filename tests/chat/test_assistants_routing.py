@@ -317,6 +317,22 @@ async def test_a_failing_provider_fails_only_its_reply(server, room, models):
     assert (poet["status"], poet["text"]) == ("complete", "still here")
 
 
+async def test_an_assistant_whose_provider_is_gone_fails_its_reply_and_asks_nobody_else(
+    server, room, models
+):
+    """A provider removed from the configuration never sends the conversation elsewhere:
+    the reply fails and says why, and no model server is asked."""
+    room, tokens = room
+    await sync_to_async(Assistant.objects.filter(room=room, handle="poet").update)(provider="gone")
+    before = {h: len(s.requests) for h, s in models.items()}
+    answer = send(server, room, tokens["ann"], "@poet are you there", wait=True)
+    assert answer.status_code == 200, answer.text
+    (poet,) = answer.json()["replies"]
+    assert poet["status"] == "failed"
+    assert "'gone' is no longer configured" in poet["reason"]
+    assert {h: len(s.requests) for h, s in models.items()} == before
+
+
 async def test_a_resend_returns_every_reply_and_a_send_asks_at_most_the_bound(server, room, models):
     room, tokens = room
     text = "@coder @critic @poet @assistant all of you"

@@ -268,3 +268,51 @@ async def test_an_address_off_the_allow_list_is_refused(open_daphne):
         # The same daphne still answers loopback; the other one its allow-listed network.
         assert (await http.get(f"http://127.0.0.1:{refusing.port}/metrics")).status_code == 200
         assert (await http.get(f"http://{outside}:{allowing.port}/metrics")).status_code == 200
+
+
+def test_the_dashboard_asks_only_for_families_that_exist():
+    """Every parley_* series the Grafana dashboard queries is one /metrics exposes."""
+    import json
+    import re
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    import core.metrics  # noqa: F401 - registers the families
+
+    exposed = {
+        s.name
+        for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+        for s in f.samples
+    }
+    exposed |= {f.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
+    dashboard = json.loads(
+        (Path(__file__).parents[1] / "deploy/grafana/parley-dashboard.json").read_text()
+    )
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"parley_[a-z_]+", target["expr"])
+    }
+    assert asked
+    # A labelled family with no sample yet shows in the scrape by its name alone.
+    base = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in exposed}
+    missing = {
+        n
+        for n in asked
+        if n not in exposed and re.sub(r"_(bucket|total|count|sum)$", "", n) not in base
+    }
+    assert not missing
+
+
+def test_labels_off_the_allow_list_are_other(settings):
+    from core import metrics
+
+    settings.PARLEY_METRICS_MODELS = ["fake-model"]
+    settings.PARLEY_METRICS_ASSISTANTS = ["helper"]
+    assert metrics.model_label("fake-model") == "fake-model"
+    assert metrics.model_label("a-model-someone-typed-in-the-admin") == "other"
+    assert metrics.model_label(None) == "default"
+    assert metrics.assistant_label("helper") == "helper"
+    assert metrics.assistant_label("mallory") == "other"

@@ -316,3 +316,53 @@ def test_labels_off_the_allow_list_are_other(settings):
     assert metrics.model_label(None) == "default"
     assert metrics.assistant_label("helper") == "helper"
     assert metrics.assistant_label("mallory") == "other"
+
+
+@pytest.fixture
+def private_redis(sole_deployment: None) -> Iterator[Any]:
+    """A redis-server this test kills and restarts (the session's daphne, on the same
+    database, is stopped meanwhile: tests/conftest.py ``sole_deployment``)."""
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def quiet_room(make_user, make_room):
+    """A room whose sends get no reply: a reply failed by the outage would hold the
+    room's emits while its end waits for the store (that end's own test:
+    tests/chat/test_store_faults.py)."""
+    ann, ann_token = make_user("ann")
+    return make_room(ann, "Quiet", assistant="mention"), ann_token
+
+
+@pytest.mark.redis
+async def test_a_store_outage_is_counted_once_and_its_end_seen(
+    daphne_factory, private_redis, quiet_room
+):
+    room, ann_token = quiet_room
+    server = daphne_factory(REDIS_URL=private_redis.url, PARLEY_STORE_RETRY_SECONDS="0.5")
+    auth = {"Authorization": f"Bearer {ann_token}"}
+    url = f"/api/rooms/{room.slug}/messages"
+    async with httpx.AsyncClient(base_url=server.http_url, headers=auth, timeout=30) as http:
+        r = await http.post(url, json={"text": "before"})
+        assert r.status_code in (200, 201, 202), r.text
+        private_redis.kill()
+        for text in ("during", "still during"):
+            r = await http.post(url, json={"text": text})
+            assert r.status_code == 503, r.text
+        down = await scrape(server.http_url)
+        private_redis.start()
+        deadline = time.monotonic() + 30
+        while (await http.post(url, json={"text": "after"})).status_code == 503:
+            assert time.monotonic() < deadline, "sends never came back after the store did"
+            await asyncio.sleep(0.2)  # a client retrying a busy send
+        up = await scrape(server.http_url)
+    assert value(down, "parley_store_up") == 0
+    assert value(down, "parley_store_errors_total", operation="append") >= 2
+    assert value(down, "parley_store_retries_total") >= 2
+    assert value(up, "parley_store_up") == 1
+    # Two failed sends, and whatever else failed meanwhile, were one outage.
+    assert value(up, "parley_store_outages_total") == 1

@@ -366,3 +366,34 @@ async def test_a_store_outage_is_counted_once_and_its_end_seen(
     assert value(up, "parley_store_up") == 1
     # Two failed sends, and whatever else failed meanwhile, were one outage.
     assert value(up, "parley_store_outages_total") == 1
+
+
+@pytest.mark.model
+async def test_speech_in_and_out_are_counted(daphne_factory, llm, room_setup):
+    """The bundled Whisper hears an utterance (STT), the bundled Piper speaks the reply
+    (TTS): both upstreams counted, with their timings."""
+    from tests.voice.speech_samples import resample_16k, spoken
+    from tests.voice.test_stt import speak
+
+    room, ann_token, _, _ = room_setup
+    pcm = resample_16k(*spoken())
+    server = daphne_factory()
+    ann = await RoomClient.connect(server.ws_url, room.slug, token=ann_token)
+    try:
+        await ann.wait_type("hello")
+        await ann.send(action="audio", enabled=True)
+        await speak(ann, pcm, voice="streaming")
+        await ann.wait_type("speech", state="transcribed", id="u1", timeout=60)
+        # The reply may be announced before the speaker is told "transcribed": from the top.
+        reply = await ann.wait_for(is_reply, start=0)
+        await ann.wait_terminal(reply["message"]["id"], start=0)
+        await ann.wait_type("audio", state="end", timeout=60, start=0)
+    finally:
+        await ann.close()
+    m = await scrape(server.http_url)
+    assert value(m, "parley_upstream_requests_total", service="stt") == 1
+    assert value(m, "parley_stt_duration_seconds_count") == 1
+    assert value(m, "parley_stt_audio_seconds_sum") == pytest.approx(len(pcm) / 2 / 16000)
+    assert value(m, "parley_upstream_requests_total", service="tts") == 1
+    assert value(m, "parley_tts_first_byte_seconds_count") == 1
+    assert total(m, "parley_upstream_errors_total") == 0

@@ -397,3 +397,41 @@ async def test_speech_in_and_out_are_counted(daphne_factory, llm, room_setup):
     assert value(m, "parley_upstream_requests_total", service="tts") == 1
     assert value(m, "parley_tts_first_byte_seconds_count") == 1
     assert total(m, "parley_upstream_errors_total") == 0
+
+
+@pytest.fixture
+def shared_redis(sole_deployment: None) -> Iterator[Any]:
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.mark.redis
+async def test_events_from_another_process_have_their_layer_lag_taken(
+    daphne_factory, shared_redis, llm, room_setup
+):
+    room, ann_token, bob_token, _ = room_setup
+    one = daphne_factory(REDIS_URL=shared_redis.url)
+    two = daphne_factory(REDIS_URL=shared_redis.url)
+    ann = await RoomClient.connect(one.ws_url, room.slug, token=ann_token)
+    bob = await RoomClient.connect(two.ws_url, room.slug, token=bob_token)
+    try:
+        await ann.wait_type("hello")
+        await bob.wait_type("hello")
+        await ann.send(action="send", text="across", ask_ai=True)  # born in process one
+        reply = await bob.wait_for(is_reply)
+        await bob.wait_terminal(reply["message"]["id"])
+        await ann.wait_terminal(reply["message"]["id"])
+    finally:
+        await ann.close()
+        await bob.close()
+    born, elsewhere = await scrape(one.http_url), await scrape(two.http_url)
+    emitted = total(born, "parley_events_emitted_total")
+    assert emitted >= 5
+    assert total(elsewhere, "parley_events_emitted_total") == 0
+    # Process two received every event over the layer and timed each from its publish.
+    assert value(elsewhere, "parley_layer_lag_seconds_count") == emitted
+    assert value(elsewhere, "parley_fanout_duration_seconds_count") == emitted
+    assert value(elsewhere, "parley_layer_lag_seconds_sum") < emitted * 1.0

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 
 from chat.errors import TooManyConnections
-from core import contract
+from core import contract, metrics
 
 # WebSocket close code for a refused connection (docs/protocol.md "WebSocket").
 CLOSE_TOO_MANY_CONNECTIONS = contract.TOO_MANY_CONNECTIONS.code
@@ -193,4 +193,5 @@ async def _refuse(receive: Any, send: Any) -> None:
     if message.get("type") != "websocket.connect":
         return  # the client went away before its handshake completed
     await send({"type": "websocket.accept"})
+    metrics.handshake("websocket", CLOSE_TOO_MANY_CONNECTIONS)
     await send({"type": "websocket.close", "code": CLOSE_TOO_MANY_CONNECTIONS})

@@ -28,6 +28,11 @@ class BearerTokenMiddleware:
             markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/metrics":
+            # Its bearer is the scrape token (PARLEY_METRICS_TOKEN), no user's: the view
+            # checks it (config/metrics.py).
+            response: HttpResponse = await self.get_response(request)
+            return response
         try:
             raw = bearer_from_header(request.headers.get("Authorization"))
             if raw is not None:
@@ -44,5 +49,5 @@ class BearerTokenMiddleware:
                 request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
         except BadCredentials as exc:
             return JsonResponse({"code": "unauthorized", "detail": str(exc)}, status=401)
-        response: HttpResponse = await self.get_response(request)
+        response = await self.get_response(request)
         return response

@@ -28,7 +28,7 @@ from chat.events.frames import Frame
 from chat.extensions import EXTENSIONS
 from chat.models import Room
 from chat.replies import message_send, reply_control
-from core import contract
+from core import contract, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +80,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # an HTTP 403 to the browser, with no code).
         await self.accept()
         if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self.refuse(CLOSE_UNAUTHENTICATED)
             return
         self.user = user
         slug = self.scope["url_route"]["kwargs"]["slug"]
         try:
             self.room = await admit(slug=slug, user=user)
         except NotFound:
-            await self.close(code=CLOSE_NO_ROOM)
+            await self.refuse(CLOSE_NO_ROOM)
             return
         except Forbidden:
-            await self.close(code=CLOSE_NOT_MEMBER)
+            await self.refuse(CLOSE_NOT_MEMBER)
             return
         after, after_error = _parse_after(self.scope.get("query_string", b""))
         self.sub = WebSocketSubscriber(
@@ -104,16 +104,22 @@ class RoomConsumer(AsyncWebsocketConsumer):
             hello = await subscription.open()
         except (StoreUnavailable, *redis_conn.UNAVAILABLE):
             await subscription.close()
-            await self.close(code=CLOSE_TRY_AGAIN)
+            await self.refuse(CLOSE_TRY_AGAIN)
             return
         self.subscription = subscription
         await self.send_json(hello)
+        metrics.handshake("websocket")
         if after_error:
             await self.error("bad_request", after_error, None)
         try:
             await subscription.start()
         except StoreUnavailable:
             await self.close(code=CLOSE_TRY_AGAIN)
+
+    async def refuse(self, code: int) -> None:
+        """End the handshake with ``code`` (after accept, so the client can read it)."""
+        metrics.handshake("websocket", code)
+        await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         if self.subscription is not None:

@@ -10,7 +10,9 @@ client goes away Django cancels the generator; its ``finally`` leaves the room.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from functools import wraps
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
@@ -24,6 +26,7 @@ from chat.events import StoreUnavailable
 from chat.events.delivery import SseSubscriber, Subscription, admit
 from chat.events.frames import Frame
 from chat.http import async_api
+from core import metrics
 from core.fastpath import direct_write_request
 
 # Browsers reconnect this long after a dropped stream (the SSE "retry" field).
@@ -42,7 +45,23 @@ def _resume_point(request: HttpRequest) -> int | None:
     return int(raw)
 
 
+def _counted(
+    view: Callable[..., Awaitable[HttpResponseBase]],
+) -> Callable[..., Coroutine[Any, Any, HttpResponseBase]]:
+    """Count the handshake: a stream opened, or refused with its HTTP status."""
+
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        response = await view(request, *args, **kwargs)
+        status = response.status_code
+        metrics.handshake("sse", None if status == 200 else status)
+        return response
+
+    return wrapper
+
+
 @require_GET
+@_counted
 @async_api
 async def room_events(request: HttpRequest, user: User, slug: str) -> HttpResponseBase:
     room = await admit(slug=slug, user=user)

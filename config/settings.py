@@ -458,3 +458,16 @@ PARLEY_SPEECH_MAX_BYTES = env.int("PARLEY_SPEECH_MAX_BYTES", default=2 * 1024 * 
 # Speech audio is never stored unless this names a folder: then each utterance is kept
 # there as <message id>.wav.
 PARLEY_SPEECH_AUDIO_DIR = env.str("PARLEY_SPEECH_AUDIO_DIR", default="")
+
+# --- Metrics (GET /metrics, Prometheus; README "Metrics") ---------------------------------
+
+# When set, a scrape must carry "Authorization: Bearer <token>"; anything else is a 404.
+# When unset, /metrics answers only to loopback and to the networks below (CIDR), and only
+# to a request that reached this daphne directly: one that names a forwarded client (came
+# through nginx) is refused, so a proxy never makes a visitor look local.
+PARLEY_METRICS_TOKEN = env.str("PARLEY_METRICS_TOKEN", default="")
+PARLEY_METRICS_ALLOW = env.list("PARLEY_METRICS_ALLOW", default=[])
+# The models and assistant handles that get their own label; any other is "other", so a
+# model name typed into the admin cannot add a series per value.
+PARLEY_METRICS_MODELS = env.list("PARLEY_METRICS_MODELS", default=[LLM_MODEL])
+PARLEY_METRICS_ASSISTANTS = env.list("PARLEY_METRICS_ASSISTANTS", default=[])

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from accounts import views as account_views
 from chat import health, pages, sse, views
+from config import metrics
 from voice import views as voice_views
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("favicon.ico", pages.favicon),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics.scrape),
     path("admin/", admin.site.urls),
     path("accounts/signup/", account_views.signup, name="signup"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -53,7 +53,9 @@ REASON_REMOVED: Final = "you are no longer a member of this room"
 REASON_TOO_SLOW_SSE: Final = "too slow; reconnect with Last-Event-ID"
 
 # Channel-layer message types: what one process sends the others.
-LAYER_ROOM_EVENT: Final = "room.event"  # a durable event, with its seq
+# A durable event, with its seq; "at" (optional) is its publish time, time.time(), for the
+# receivers' channel-layer lag (core/metrics.py).
+LAYER_ROOM_EVENT: Final = "room.event"
 LAYER_ROOM_LIVE: Final = "room.live"  # presence, typing: never stored
 LAYER_ROOM_AUDIO: Final = "room.audio"  # a reply's speech: JSON event or binary frame
 LAYER_REPLY_CONTROL: Final = "reply.control"  # a control for a reply another process runs

@@ -26,6 +26,7 @@ from chat.models import InputKind, Room
 from chat.ratelimit import send_allow
 from chat.replies import message_send
 from chat.serializers import MessageDict
+from core import metrics
 from voice.stt import STTError, get_stt_engine
 from voice.stt.base import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_silent
 
@@ -144,15 +145,15 @@ async def speech_send(
     started = time.monotonic()
     if is_silent(pcm):
         raise NoSpeech("no words were recognised in that speech; try again, closer or louder")
+    audio_seconds = len(pcm) / 2 / sample_rate
     try:
         text = await get_stt_engine().transcribe(pcm, sample_rate)
     except STTError as exc:
+        metrics.stt_done(seconds=0.0, audio_seconds=audio_seconds, error_code=exc.code)
         raise SpeechFailed(exc.reason) from exc
-    logger.info(
-        "transcribed %.1f s of speech in %.0f ms",
-        len(pcm) / 2 / sample_rate,
-        (time.monotonic() - started) * 1000,
-    )
+    took = time.monotonic() - started
+    metrics.stt_done(seconds=took, audio_seconds=audio_seconds)
+    logger.info("transcribed %.1f s of speech in %.0f ms", audio_seconds, took * 1000)
     if not text:
         raise NoSpeech("no words were recognised in that speech; try again, closer or louder")
     text = text[: settings.PARLEY_MAX_MESSAGE_CHARS]

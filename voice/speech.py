@@ -32,6 +32,7 @@ from typing import Any
 from django.conf import settings
 
 from chat.events import room_audio_emit
+from core import metrics
 from core.contract import LIVE_AUDIO
 from voice.engines.base import AudioChunk, SegmentingSession, TTSError, TTSSession
 from voice.registry import get_engine
@@ -231,7 +232,9 @@ class ReplySpeech:
                         "chunks": self.stats.chunks,
                     }
                 )
+            metrics.upstream("tts")
         except TTSError as exc:
+            metrics.upstream("tts", exc.code)
             # Speech failing never fails the reply: the text is what counts.
             logger.warning("speech for reply %s failed: %s", self.message_id, exc.reason)
             self.stats.error = exc.reason
@@ -251,7 +254,10 @@ class ReplySpeech:
                 chunk: AudioChunk = await iterator.__anext__()
             except StopAsyncIteration:
                 return
-            self.stats.synthesis_seconds += time.monotonic() - waited
+            elapsed = time.monotonic() - waited
+            self.stats.synthesis_seconds += elapsed
+            if not self.stats.chunks:
+                metrics.tts_first_byte(elapsed)  # the engine's first audio of this reply
             await self._playing.wait()  # a paused reply holds its audio too
             await self._pace()
             await self._playing.wait()  # paused while it was held back

@@ -46,6 +46,7 @@ from chat.events.store import EventStore, LiveState, StoreUnavailable
 from chat.models import LIVE_STATUSES, Room
 from chat.runtime import get_runtime
 from chat.serializers import ENDING_FIELDS, MessageDict, message_to_dict
+from core import metrics
 from core.contract import LAYER_ROOM_AUDIO, LAYER_ROOM_EVENT, LAYER_ROOM_LIVE
 
 logger = logging.getLogger(__name__)
@@ -161,14 +162,18 @@ class EventHub:
             except StoreUnavailable:
                 if not until_stored and time.monotonic() >= deadline:
                     raise
+                metrics.store_retry()
                 delay = _RETRY_BACKOFF[min(attempt, len(_RETRY_BACKOFF) - 1)]
                 attempt += 1
                 logger.warning("event store unavailable; retrying in %.2f s", delay)
                 await asyncio.sleep(delay)
+        metrics.event_emitted(event["type"])
         layer = get_channel_layer()
         assert layer is not None
+        # "at": when it was published, for the receivers' channel-layer lag (core/metrics.py).
+        message = {"type": LAYER_ROOM_EVENT, "event": event, "at": metrics.published_at()}
         try:
-            await layer.group_send(group_name(room_id), {"type": LAYER_ROOM_EVENT, "event": event})
+            await layer.group_send(group_name(room_id), message)
         except Exception:  # noqa: BLE001 - recorded already: members catch up from the log
             logger.warning("room %s: fan-out of seq %s failed", room_id, event["seq"])
         return event

@@ -27,6 +27,7 @@ from django.db.models.functions import Greatest
 from chat.events.store import EventStore, LiveState, StoreUnavailable, live_change
 from chat.models import Room
 from chat.redis import UNAVAILABLE, get_redis, get_sync_redis
+from core import metrics
 
 # Returns -1 when the seq key is missing (first use, or Redis restarted): the caller
 # seeds it from the database and tries again. An emit retried after a lost reply (the
@@ -146,7 +147,9 @@ class RedisEventStore(EventStore):
                 args[5:] = ["seed", text, status]
                 seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
         except UNAVAILABLE as exc:
+            metrics.store_error("append")
             raise StoreUnavailable(str(exc)) from exc
+        metrics.store_ok()
         if seq < 0:  # pragma: no cover - seeded just above
             raise StoreUnavailable("the room's seq could not be seeded")
         if seq > self._floors.get(room_id, 0):
@@ -169,7 +172,9 @@ class RedisEventStore(EventStore):
                 await self._seed(room_id)
                 value = await get_redis().get(_seq_key(room_id))
         except UNAVAILABLE as exc:
+            metrics.store_error("head")
             raise StoreUnavailable(str(exc)) from exc
+        metrics.store_ok()
         return int(value or 0)
 
     async def since(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
@@ -179,6 +184,7 @@ class RedisEventStore(EventStore):
                 pipe.xrange(_log_key(room_id), min=f"{after + 1}-0", max="+")
                 head_raw, entries = await pipe.execute()
         except UNAVAILABLE as exc:
+            metrics.store_error("since")
             raise StoreUnavailable(str(exc)) from exc
         head = int(head_raw) if head_raw is not None else None
         if head is None:
@@ -205,6 +211,7 @@ class RedisEventStore(EventStore):
                 await self._seed(room_id)
                 out = await get_redis().eval(_LIVE_VIEW, len(keys), *keys)
         except UNAVAILABLE as exc:
+            metrics.store_error("live_view")
             raise StoreUnavailable(str(exc)) from exc
         view = {}
         for index, message_id in enumerate(ids):

@@ -29,6 +29,7 @@ from chat.models import Status
 from chat.replies import db
 from chat.replies.observer import ReplyObserver, ReplyStart, observers_for
 from chat.replies.steering import Cadence, Moment, decide, reply_metrics
+from core import metrics as parley_metrics
 
 if TYPE_CHECKING:
     from chat.events.delivery import Fanout
@@ -169,6 +170,7 @@ class ReplyRun:
             if self.done.done() or self.manager.runs.get(self.message_id) is not self:
                 return  # stopped meanwhile, or its announcement failed and it was dropped
             self.started = True
+            parley_metrics.reply_started(model=get_backend().model)
             if self.paused:
                 self.paused_at = self.started_at
                 await self._set_state(Status.PAUSED, by=None, reason=None)
@@ -456,6 +458,15 @@ class ReplyRun:
                     await observer.stopped(heard_ms)
             self.status = state
             logger.info("reply %s saved as %s", self.message_id, state)
+            parley_metrics.reply_ended(
+                state=state,
+                reason=code or reason,
+                model=get_backend().model,
+                metrics=metrics,
+                prompt_tokens=self.usage.prompt_tokens,
+                completion_tokens=self.usage.completion_tokens,
+                error_code=self.reader_error.code if self.reader_error else None,
+            )
             await room_event_emit(
                 room_id=self.room_id,
                 body=generation_body(

@@ -45,11 +45,18 @@ class DaphneServer:
     """``daphne config.asgi:application`` in a subprocess; its log is kept for failures."""
 
     def __init__(
-        self, env: Mapping[str, str], *, cwd: Path = ROOT, tls: tuple[Path, Path] | None = None
+        self,
+        env: Mapping[str, str],
+        *,
+        cwd: Path = ROOT,
+        tls: tuple[Path, Path] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.cwd = cwd  # another checkout of Parley, for the benchmark's before/after
         # (key file, certificate file): daphne terminates TLS itself (https, wss).
         self.tls = tls
+        # Where it listens: loopback, unless a test needs a client from another address.
+        self.host = host
         self.port = free_port()
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env}
         self.lines: list[str] = []
@@ -67,7 +74,7 @@ class DaphneServer:
 
     def start(self, timeout: float = 60.0) -> DaphneServer:
         if self.tls is None:
-            listen = ["-b", "127.0.0.1", "-p", str(self.port)]
+            listen = ["-b", self.host, "-p", str(self.port)]
         else:
             key, cert = self.tls
             listen = ["-e", f"ssl:{self.port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"]

@@ -37,7 +37,7 @@ from chat.events.delivery.subscribers import Subscriber
 from chat.events.delivery.timer import run_room_timer
 from chat.events.frames import SSE_PING, Frame
 from chat.presence import Presence
-from core import contract
+from core import contract, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,8 @@ class RoomChannel:
         await sub.close(code, reason)
 
     async def cut_too_slow(self, sub: Subscriber) -> None:
+        if sub.kind == "sse":  # a WebSocket's 4408 is counted by core/fastpath.py
+            metrics.sse_cut()
         await self.cut(sub, contract.TOO_SLOW.code, contract.TOO_SLOW.reason)
 
     def set_audio(self, sub: Subscriber, enabled: bool) -> None:
@@ -178,13 +180,16 @@ class RoomChannel:
         """Every durable frame after ``after``, or one snapshot when they are not all held."""
         recent = self.recent
         if recent and recent[0].seq is not None and recent[0].seq <= after + 1 <= self.last_seq + 1:
+            metrics.replayed("recent")
             return [f for f in recent if f.seq is not None and f.seq > after]
         return await self._from_store(after)
 
     async def _from_store(self, after: int) -> list[Frame]:
         events = await self.hub.replay(self.room_id, after)
         if events is None:
+            metrics.replayed("snapshot")
             return [Frame(await self.hub.snapshot(self.room_id))]
+        metrics.replayed("store")
         return [Frame(event) for event in events]
 
     # --- the receive loop: once per process -------------------------------------------
@@ -204,7 +209,10 @@ class RoomChannel:
             try:
                 kind = message.get("type")
                 if kind == contract.LAYER_ROOM_EVENT:
+                    received = time.perf_counter()
+                    metrics.layer_lag(message.get("at"))
                     await self.durable(message["event"])
+                    metrics.fanout_observe(received)
                 elif kind == contract.LAYER_ROOM_LIVE:
                     await self._fan_live(Frame(message["event"]), message.get("exclude"))
                 elif kind == contract.LAYER_ROOM_AUDIO:

@@ -470,4 +470,4 @@ PARLEY_METRICS_ALLOW = env.list("PARLEY_METRICS_ALLOW", default=[])
 # The models and assistant handles that get their own label; any other is "other", so a
 # model name typed into the admin cannot add a series per value.
 PARLEY_METRICS_MODELS = env.list("PARLEY_METRICS_MODELS", default=[LLM_MODEL])
-PARLEY_METRICS_ASSISTANTS = env.list("PARLEY_METRICS_ASSISTANTS", default=[])
+PARLEY_METRICS_ASSISTANTS = env.list("PARLEY_METRICS_ASSISTANTS", default=["assistant"])

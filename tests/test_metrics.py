@@ -152,10 +152,10 @@ async def test_one_reply_per_transport_shows_in_every_family(daphne_factory, llm
     assert value(m, "parley_replays_total", source="recent") == 1
 
     # Replies, labelled by the configured model (on the allow-list by default).
-    assert value(m, "parley_replies_started_total", model="fake-model", assistant="default") == 3
+    assert value(m, "parley_replies_started_total", model="fake-model", assistant="assistant") == 3
     ended = "parley_replies_ended_total"
     assert (
-        value(m, ended, state="complete", reason="", model="fake-model", assistant="default") == 3
+        value(m, ended, state="complete", reason="", model="fake-model", assistant="assistant") == 3
     )
     assert value(m, "parley_reply_ttft_seconds_count", model="fake-model") == 3
     assert value(m, "parley_reply_duration_seconds_count", model="fake-model") == 3
@@ -195,7 +195,7 @@ async def test_a_model_failure_counts_as_an_upstream_error(daphne_factory, llm, 
             state="failed",
             reason="upstream_status",
             model="fake-model",
-            assistant="default",
+            assistant="assistant",
         )
         == 1
     )

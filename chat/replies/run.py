@@ -117,6 +117,13 @@ class ReplyRun:
         return self.backend if self.backend is not None else get_backend()
 
     @property
+    def model_name(self) -> str:
+        """The model this reply asks (its assistant's, else its backend's)."""
+        if self.options is not None and self.options.model:
+            return self.options.model
+        return self.model_backend.model
+
+    @property
     def message_key(self) -> str:
         return str(self.message_id)
 
@@ -170,7 +177,7 @@ class ReplyRun:
             if self.done.done() or self.manager.runs.get(self.message_id) is not self:
                 return  # stopped meanwhile, or its announcement failed and it was dropped
             self.started = True
-            parley_metrics.reply_started(model=get_backend().model)
+            parley_metrics.reply_started(model=self.model_name, assistant=self.handle or None)
             if self.paused:
                 self.paused_at = self.started_at
                 await self._set_state(Status.PAUSED, by=None, reason=None)
@@ -461,7 +468,8 @@ class ReplyRun:
             parley_metrics.reply_ended(
                 state=state,
                 reason=code or reason,
-                model=get_backend().model,
+                model=self.model_name,
+                assistant=self.handle or None,
                 metrics=metrics,
                 prompt_tokens=self.usage.prompt_tokens,
                 completion_tokens=self.usage.completion_tokens,

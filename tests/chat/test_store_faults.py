@@ -162,6 +162,38 @@ async def test_outage_longer_than_the_retry_ends_the_reply_with_an_event_once_ba
         await ann.close()
 
 
+async def test_a_handshake_into_a_warm_room_during_an_outage_is_told_to_try_again(
+    daphne_factory, private_redis, members
+):
+    """The room is open in the process (a member is in it) when its store goes away: a
+    new member is refused as for a cold room (1013; SSE 503 with Retry-After), not
+    welcomed with a hello and then left in silence for the whole outage."""
+    room, tokens = members
+    server = daphne_factory(REDIS_URL=private_redis.url, **FAST)
+    ann = await connect(server, room, tokens["ann"])
+    try:
+        private_redis.kill()
+        bob = await RoomClient.connect(server.ws_url, room.slug, token=tokens["bob"])
+        assert await bob.wait_closed(20) == 1013
+        assert bob.of_type("hello") == []
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=20) as http:
+            response = await http.get(
+                f"/api/rooms/{room.slug}/events",
+                headers={"Authorization": f"Bearer {tokens['cat']}"},
+            )
+        assert (response.status_code, response.json()["code"]) == (503, "busy")
+        assert int(response.headers["Retry-After"]) >= 1
+        # The member already in is not cut off by the refusals.
+        await ann.send(action="ping", id="still-in")
+        await ann.wait_type("pong", id="still-in")
+        private_redis.start()
+        # Once the store is back, the same handshake is welcomed.
+        again = await connect(server, room, tokens["bob"])
+        await again.close()
+    finally:
+        await ann.close()
+
+
 def count_sent(room: Room, client_id: str) -> int:
     return Message.objects.filter(room=room, role=Role.USER, client_id=client_id).count()
 

@@ -144,10 +144,14 @@ async def test_outage_longer_than_the_retry_ends_the_reply_with_an_event_once_ba
         # The reply gives up on the store (its process logs why) while the store is away.
         await asyncio.to_thread(server.wait_log, f"reply {reply}", 30)
         private_redis.start()
-        await until_ended(ann, reply)
+        # The member connected throughout resynchronises across the outage (its log is
+        # gone) and still gets the reply's one terminal event, not only a snapshot.
+        end = await ann.wait_terminal(reply, timeout=60)
         saved = await stored(reply)
         assert saved.status == "failed"
+        assert "event store" in end["reason"]
         assert view_of(ann, reply) == (saved.text, "failed")
+        assert len(terminal_events(ann, reply)) == 1
         # The end was recorded once the store came back: a member replaying from the
         # store's return gets it, with a reason to show.
         late = await connect(server, room, tokens["bob"], after=floor)

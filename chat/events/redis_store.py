@@ -8,8 +8,8 @@ step, so the log never has a gap and a snapshot read in one step is exact at its
 Redis here keeps nothing on disk. When it restarts, the seq key is gone: it is seeded
 again from ``Room.seq_reserved`` in the database, which every process raises above each
 seq before publishing it, so seqs keep increasing across the restart (with a jump, and
-clients resynchronise from a snapshot because the log is gone too: the new log opens
-with the room's snapshot, so they replay it and every event after it, ``_APPEND``). The live copies of
+clients resynchronise because the log is gone too: the new log opens with the room's
+snapshot, so they replay it and every event after it, ``_APPEND``). The live copies of
 running replies are gone too: the next event of each reply brings its owner's whole text
 back, in the same step, and skips one seq so that members resynchronise again (``_APPEND``).
 """

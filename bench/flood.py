@@ -53,6 +53,8 @@ def _setup(db_path: Path) -> tuple[str, str, str]:
     from chat.services import room_create, room_join
 
     call_command("migrate", verbosity=0)
+    # daphne refuses to start without the static manifest (core/checks.py).
+    call_command("collectstatic", "--noinput", verbosity=0)
     users = get_user_model().objects
     flooder = users.create_user(username="flooder", password="flood-pass-123")
     bystander = users.create_user(username="bystander", password="flood-pass-123")

@@ -52,6 +52,8 @@ def _setup_django(db_path: Path) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    # daphne refuses to start without the static manifest (core/checks.py).
+    call_command("collectstatic", "--noinput", verbosity=0)
 
 
 def _users(count: int) -> tuple[str, list[str]]:
@@ -223,6 +225,13 @@ class Bench:
             subprocess.run(
                 ["git", "worktree", "add", "--detach", str(self.checkout), args.before],
                 cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            # Its daphne serves its own static files (and refuses to start without them).
+            subprocess.run(
+                [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+                cwd=self.checkout,
                 check=True,
                 capture_output=True,
             )

@@ -59,6 +59,8 @@ def _setup(db_path: Path, listeners: int) -> tuple[str, str, list[str]]:
     from chat.services import room_create, room_join
 
     call_command("migrate", verbosity=0)
+    # daphne refuses to start without the static manifest (core/checks.py).
+    call_command("collectstatic", "--noinput", verbosity=0)
     users = get_user_model().objects
     asker = users.create_user(username="asker", password="voice-bench-123")
     room = room_create(owner=asker, name="Spoken bench", voice="streaming", assistant="mention")

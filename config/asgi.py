@@ -19,10 +19,12 @@ from chat import llm  # noqa: E402
 from chat.replies.manager import start_with_server  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.static import StaticFilesHandler  # noqa: E402
-from core import fastpath  # noqa: E402
+from core import checks, fastpath  # noqa: E402
 from voice import registry as voice_registry  # noqa: E402
 from voice import stt  # noqa: E402
 
+# A misdeployment that would fail every request fails the start instead, saying what to run.
+checks.run_startup_checks()
 fastpath.install(settings.PARLEY_WS_MAX_BUFFER)
 llm.preload()
 voice_registry.preload()

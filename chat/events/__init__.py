@@ -157,7 +157,9 @@ class EventHub:
         attempt = 0
         while True:
             try:
-                event = await self.store.append(room_id, body, key=key, live=live)
+                event = await self.store.append(
+                    room_id, body, key=key, live=live, opening=lambda: self.snapshot(room_id)
+                )
                 break
             except StoreUnavailable:
                 if not until_stored and time.monotonic() >= deadline:
@@ -182,7 +184,17 @@ class EventHub:
         return await self.store.head(room_id)
 
     async def replay(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
-        return await self.store.since(room_id, after)
+        """Every event after ``after``, or None (the caller takes a snapshot instead).
+
+        Across a restart that emptied the log, the snapshot it opens with and what follows
+        it, so a reply that ended meanwhile reaches the member with its terminal event;
+        then a fresh snapshot if a skipped seq stopped that run short of the head.
+        """
+        events = await self.store.since(room_id, after)
+        if events and events[0]["type"] == "snapshot" and events[0]["seq"] > after + 1:
+            if events[-1]["seq"] < await self.store.head(room_id):
+                events.append(dict(await self.snapshot(room_id)))
+        return events
 
     async def snapshot(self, room_id: int, *, limit: int | None = None) -> SnapshotEvent:
         """The room's latest messages as they stood at one seq, with live replies' text.

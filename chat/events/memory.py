@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
-from chat.events.store import EventStore, LiveState, live_change
+from chat.events.store import EventStore, LiveState, Opening, live_change
 from chat.models import Room
 
 
@@ -53,10 +53,17 @@ class MemoryEventStore(EventStore):
             _heads[room_id] = reserved
 
     async def append(
-        self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
+        self,
+        room_id: int,
+        body: Mapping[str, Any],
+        *,
+        key: str,
+        live: LiveState | None = None,
+        opening: Opening | None = None,
     ) -> dict[str, Any]:
         # In process, an append cannot half-succeed, so ``key`` needs no record here; and
-        # the live view is lost only with the process itself, so ``live`` is never needed.
+        # the live view and the log are lost only with the process itself, so ``live`` and
+        # ``opening`` are never needed.
         log = self._log(room_id)
         async with log.lock:
             await self._load(room_id, log)

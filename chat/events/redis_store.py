@@ -8,7 +8,8 @@ step, so the log never has a gap and a snapshot read in one step is exact at its
 Redis here keeps nothing on disk. When it restarts, the seq key is gone: it is seeded
 again from ``Room.seq_reserved`` in the database, which every process raises above each
 seq before publishing it, so seqs keep increasing across the restart (with a jump, and
-clients resynchronise from a snapshot because the log is gone too). The live copies of
+clients resynchronise because the log is gone too: the new log opens with the room's
+snapshot, so they replay it and every event after it, ``_APPEND``). The live copies of
 running replies are gone too: the next event of each reply brings its owner's whole text
 back, in the same step, and skips one seq so that members resynchronise again (``_APPEND``).
 """
@@ -16,6 +17,7 @@ back, in the same step, and skips one seq so that members resynchronise again (`
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,7 +26,7 @@ from django.conf import settings
 from django.db.models import F
 from django.db.models.functions import Greatest
 
-from chat.events.store import EventStore, LiveState, StoreUnavailable, live_change
+from chat.events.store import EventStore, LiveState, Opening, StoreUnavailable, live_change
 from chat.models import Room
 from chat.redis import UNAVAILABLE, get_redis, get_sync_redis
 from core import metrics
@@ -40,10 +42,20 @@ from core import metrics
 # one seq, with no log entry, before the event: a member whose snapshot since the restart
 # showed the database's older copy sees a gap the log cannot fill and takes a new
 # snapshot, which has the whole text. ARGV[6] = 'none': no owner to ask, leave it missing.
+#
+# A log emptied under a room that had events (a restart, or an idle room's keys expired)
+# opens with a snapshot: the first append into it returns -3 (ARGV[9] = 'ask'), the caller
+# appends the room's snapshot (ARGV[9] = 'opening': only into a still empty log, else -4:
+# another process's went first), then its event (ARGV[9] = 'none'). So a member who
+# resynchronises across the loss replays that snapshot and every event after it, the
+# terminal `generation` of a reply that ended during the outage among them (``since``).
 _APPEND = """
 local eid = redis.call('GET', KEYS[5])
 if eid then return tonumber(eid) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local empty = redis.call('XLEN', KEYS[2]) == 0 and tonumber(redis.call('GET', KEYS[1])) > 0
+if ARGV[9] == 'opening' and not empty then return -4 end
+if ARGV[9] == 'ask' and empty then return -3 end
 local kind = ARGV[2]
 local lost = false
 if kind == 'append' or kind == 'status' or kind == 'end' then
@@ -121,8 +133,42 @@ class RedisEventStore(EventStore):
         self._floors.pop(room_id, None)
 
     async def append(
-        self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
+        self,
+        room_id: int,
+        body: Mapping[str, Any],
+        *,
+        key: str,
+        live: LiveState | None = None,
+        opening: Opening | None = None,
     ) -> dict[str, Any]:
+        seq = await self._append(
+            room_id, body, key=key, live=live, first="ask" if opening else "none"
+        )
+        if seq == -3 and opening is not None:
+            # The log was emptied: it opens with the room's snapshot, then this event.
+            snapshot = await opening()
+            await self._append(room_id, snapshot, key=uuid.uuid4().hex, live=None, first="opening")
+            seq = await self._append(room_id, body, key=key, live=live, first="none")
+        if seq < 0:  # pragma: no cover - seeded, and opened, just above
+            raise StoreUnavailable("the room's seq could not be seeded")
+        if seq > self._floors.get(room_id, 0):
+            # Keep the database's floor above every seq that goes out (see module doc).
+            self._floors[room_id] = await database_sync_to_async(_raise_floor)(
+                room_id, seq + settings.PARLEY_SEQ_BLOCK
+            )
+        return {**body, "seq": seq}
+
+    async def _append(
+        self,
+        room_id: int,
+        body: Mapping[str, Any],
+        *,
+        key: str,
+        live: LiveState | None,
+        first: str,
+    ) -> int:
+        """Run the append script; the seq, or -3 (the log needs its opening snapshot) or
+        -4 (an opening snapshot that another process's went before)."""
         payload = json.dumps(body, separators=(",", ":"))
         change = live_change(body)
         message_id, kind, value = change if change else ("-", "none", "")
@@ -134,7 +180,7 @@ class RedisEventStore(EventStore):
             f"parley:eid:{key}",
         ]
         ttl, maxlen = settings.PARLEY_REDIS_TTL, settings.PARLEY_LOG_MAX_EVENTS
-        args = [payload, kind, value, ttl, maxlen, "ask" if live else "none", "", ""]
+        args = [payload, kind, value, ttl, maxlen, "ask" if live else "none", "", "", first]
         try:
             client = get_redis()
             seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
@@ -144,20 +190,13 @@ class RedisEventStore(EventStore):
             if seq == -2 and live is not None:
                 # The store lost the reply's live copy: re-create it from the owner's.
                 text, status = live()
-                args[5:] = ["seed", text, status]
+                args[5:8] = ["seed", text, status]
                 seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
         except UNAVAILABLE as exc:
             metrics.store_error("append")
             raise StoreUnavailable(str(exc)) from exc
         metrics.store_ok()
-        if seq < 0:  # pragma: no cover - seeded just above
-            raise StoreUnavailable("the room's seq could not be seeded")
-        if seq > self._floors.get(room_id, 0):
-            # Keep the database's floor above every seq that goes out (see module doc).
-            self._floors[room_id] = await database_sync_to_async(_raise_floor)(
-                room_id, seq + settings.PARLEY_SEQ_BLOCK
-            )
-        return {**body, "seq": seq}
+        return seq
 
     async def _seed(self, room_id: int) -> int:
         floor = await database_sync_to_async(_read_floor)(room_id)
@@ -194,9 +233,19 @@ class RedisEventStore(EventStore):
         if after > head or not entries:
             return None
         events = [_decode(entry_id, fields) for entry_id, fields in entries]
-        if events[0]["seq"] != after + 1:
-            return None  # the log was trimmed (or lost in a restart) past ``after``
-        return events
+        if events[0]["seq"] == after + 1:
+            return events
+        if events[0]["type"] == "snapshot":
+            # Lost in a restart past ``after``, and the log opens with a snapshot: it,
+            # and what follows it without a gap (a seq skipped since for a re-created live
+            # copy ends the run; the hub then adds a fresh snapshot).
+            run = events[:1]
+            for event in events[1:]:
+                if event["seq"] != run[-1]["seq"] + 1:
+                    break
+                run.append(event)
+            return run
+        return None  # the log was trimmed past ``after``
 
     async def live_view(
         self, room_id: int, message_ids: Iterable[str]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from chat.errors import Busy
@@ -12,6 +12,10 @@ from chat.models import TERMINAL_STATUSES, Room
 # The visible (text, status) of a live reply right after the event being appended, as its
 # owner knows it: the store asks for it only when it lost its own copy (a restart).
 LiveState = Callable[[], tuple[str, str]]
+
+# The room's snapshot, for a store whose log was emptied under it (a restart): the log
+# opens with it, so members resynchronising across the loss replay every event after it.
+Opening = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 class StoreUnavailable(Busy):
@@ -59,7 +63,13 @@ class EventStore(ABC):
 
     @abstractmethod
     async def append(
-        self, room_id: int, body: Mapping[str, Any], *, key: str, live: LiveState | None = None
+        self,
+        room_id: int,
+        body: Mapping[str, Any],
+        *,
+        key: str,
+        live: LiveState | None = None,
+        opening: Opening | None = None,
     ) -> dict[str, Any]:
         """Give ``body`` the room's next seq and record it; return the event.
 
@@ -68,6 +78,8 @@ class EventStore(ABC):
         first append's event when the same key is appended again (the hub's retry), not
         record a second one. An in-process store cannot lose its answer and may ignore it.
         ``live`` gives the reply's whole visible state, for a store that lost its copy.
+        ``opening`` gives the room's snapshot, for a store whose log was emptied under the
+        room (a restart): the log then opens with it (``since``).
         """
 
     @abstractmethod
@@ -76,7 +88,12 @@ class EventStore(ABC):
 
     @abstractmethod
     async def since(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
-        """Every event after ``after``, or None when they are no longer all held."""
+        """Every event after ``after``, or None when they are no longer all held.
+
+        Or, when a restart lost them and the log opens with a snapshot past ``after``:
+        that snapshot and the events after it without a gap, which may stop short of the
+        head (``EventHub.replay`` then adds a fresh snapshot).
+        """
 
     @abstractmethod
     async def live_view(

@@ -234,3 +234,42 @@ async def test_an_emit_retried_after_a_lost_answer_is_recorded_once(
         logging.getLogger("chat.events").removeHandler(seen)
         await proxy.stop()
         server.kill()
+
+
+@pytest.mark.redis
+async def test_a_log_emptied_by_a_restart_opens_with_a_snapshot_that_replays_on(
+    room: Any, settings: Any
+) -> None:
+    """After a restart the log no longer reaches back to a member's last seq. It opens with
+    the room's snapshot, so the member's replay is that snapshot and every event after it
+    (a reply's terminal event among them), not a snapshot that swallowed them."""
+    server = RedisServer().start()
+    settings.REDIS_URL = server.url
+    try:
+        hub = EventHub(RedisEventStore())
+        seen = await hub.emit(room.pk, note(0))  # the member's last seq
+        server.restart()  # log, seq and live copies gone
+        end = await hub.emit(
+            room.pk, generation_body(message_id="1", state="failed"), until_stored=True
+        )
+        replay = await hub.replay(room.pk, seen["seq"])
+        assert replay is not None
+        assert [e["type"] for e in replay] == ["snapshot", "generation"]
+        assert replay[0]["seq"] > seen["seq"]
+        assert replay[1] == end
+        assert end["seq"] == replay[0]["seq"] + 1
+        # The log opens once: the next event follows without another snapshot.
+        after_end = await hub.emit(room.pk, note(1))
+        assert await hub.replay(room.pk, end["seq"]) == [after_end]
+        # A running reply whose live copy was lost skips a seq when it re-creates it: the
+        # run stops there and a fresh snapshot at the head follows.
+        delta = await hub.emit(
+            room.pk, delta_body(message_id="2", text="x"), live=lambda: ("all of x", "streaming")
+        )
+        again = await hub.replay(room.pk, seen["seq"])
+        assert again is not None
+        assert [e["type"] for e in again] == ["snapshot", "generation", "note", "snapshot"]
+        assert again[-1]["seq"] == delta["seq"] == await hub.head(room.pk)
+        await hub.aclose()
+    finally:
+        server.kill()

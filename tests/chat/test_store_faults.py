@@ -144,10 +144,14 @@ async def test_outage_longer_than_the_retry_ends_the_reply_with_an_event_once_ba
         # The reply gives up on the store (its process logs why) while the store is away.
         await asyncio.to_thread(server.wait_log, f"reply {reply}", 30)
         private_redis.start()
-        await until_ended(ann, reply)
+        # The member connected throughout resynchronises across the outage (its log is
+        # gone) and still gets the reply's one terminal event, not only a snapshot.
+        end = await ann.wait_terminal(reply, timeout=60)
         saved = await stored(reply)
         assert saved.status == "failed"
+        assert "event store" in end["reason"]
         assert view_of(ann, reply) == (saved.text, "failed")
+        assert len(terminal_events(ann, reply)) == 1
         # The end was recorded once the store came back: a member replaying from the
         # store's return gets it, with a reason to show.
         late = await connect(server, room, tokens["bob"], after=floor)
@@ -158,6 +162,38 @@ async def test_outage_longer_than_the_retry_ends_the_reply_with_an_event_once_ba
             assert len(terminal_events(late, reply)) == 1
         finally:
             await late.close()
+    finally:
+        await ann.close()
+
+
+async def test_a_handshake_into_a_warm_room_during_an_outage_is_told_to_try_again(
+    daphne_factory, private_redis, members
+):
+    """The room is open in the process (a member is in it) when its store goes away: a
+    new member is refused as for a cold room (1013; SSE 503 with Retry-After), not
+    welcomed with a hello and then left in silence for the whole outage."""
+    room, tokens = members
+    server = daphne_factory(REDIS_URL=private_redis.url, **FAST)
+    ann = await connect(server, room, tokens["ann"])
+    try:
+        private_redis.kill()
+        bob = await RoomClient.connect(server.ws_url, room.slug, token=tokens["bob"])
+        assert await bob.wait_closed(20) == 1013
+        assert bob.of_type("hello") == []
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=20) as http:
+            response = await http.get(
+                f"/api/rooms/{room.slug}/events",
+                headers={"Authorization": f"Bearer {tokens['cat']}"},
+            )
+        assert (response.status_code, response.json()["code"]) == (503, "busy")
+        assert int(response.headers["Retry-After"]) >= 1
+        # The member already in is not cut off by the refusals.
+        await ann.send(action="ping", id="still-in")
+        await ann.wait_type("pong", id="still-in")
+        private_redis.start()
+        # Once the store is back, the same handshake is welcomed.
+        again = await connect(server, room, tokens["bob"])
+        await again.close()
     finally:
         await ann.close()
 

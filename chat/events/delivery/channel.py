@@ -82,6 +82,14 @@ class RoomChannel:
             self._started = asyncio.create_task(self._start(), name=f"room-{self.room_id}")
         await asyncio.shield(self._started)
 
+    def is_open(self) -> bool:
+        """Subscribed and running (its start went through)."""
+        return bool(self._tasks)
+
+    async def check_store(self) -> None:
+        """``StoreUnavailable`` unless the store answers now (one read of the head)."""
+        await self.hub.head(self.room_id)
+
     async def _start(self) -> None:
         layer = get_channel_layer()
         assert layer is not None

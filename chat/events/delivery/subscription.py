@@ -109,20 +109,28 @@ class Subscription:
     async def prepare(self) -> RoomChannel:
         """Make sure this process is subscribed to the room; ``StoreUnavailable`` when the
         store cannot give the room's head (nothing is registered then)."""
+        if self.channel is not None:
+            return self.channel  # prepared already (the SSE view prepares before ``open``)
         fanout = get_fanout()
         channel = fanout.room(self.room.pk)
+        warm = channel.is_open()
         try:
             await channel.ready()
         except BaseException:
             fanout.discard(channel)
             raise
+        if warm:
+            # Open here already: that proves nothing about the store now. One read of the
+            # head, so an outage refuses this handshake as it refuses a cold room's (1013 /
+            # 503) rather than a hello and then silence; the room stays open for the others.
+            await channel.check_store()
+        self.channel = channel
         return channel
 
     async def open(self) -> dict[str, Any]:
         from chat.serializers import room_to_dict
 
         channel = await self.prepare()
-        self.channel = channel
         self.head = channel.add(self.sub)
         self.sub.last_seq = self.head
         presence = get_presence()

@@ -101,6 +101,12 @@ def make_store() -> EventStore:
     return MemoryEventStore()
 
 
+def _loop_time(monotonic_deadline: float) -> float:
+    """A time.monotonic() deadline on the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
+
+
 class EventHub:
     def __init__(self, store: EventStore | None = None) -> None:
         self.store = store or make_store()
@@ -138,8 +144,23 @@ class EventHub:
         lock, users = entry
         users[0] += 1
         try:
-            async with lock:
+            if until_stored:
+                await lock.acquire()
+            else:
+                # The lock may be held by a terminal event waiting out a long outage
+                # (until_stored): the retry bound counts the wait for it too, so a send
+                # is told `busy` in time instead of hanging for the whole outage.
+                try:
+                    async with asyncio.timeout_at(_loop_time(deadline)):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise StoreUnavailable(
+                        "the event store is away; this room's events are waiting for it"
+                    ) from None
+            try:
                 return await self._emit_locked(room_id, body, key, live, until_stored, deadline)
+            finally:
+                lock.release()
         finally:
             users[0] -= 1
             if not users[0]:

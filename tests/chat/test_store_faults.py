@@ -143,6 +143,18 @@ async def test_outage_longer_than_the_retry_ends_the_reply_with_an_event_once_ba
         )()
         # The reply gives up on the store (its process logs why) while the store is away.
         await asyncio.to_thread(server.wait_log, f"reply {reply}", 30)
+        # Its terminal event now waits for the store for as long as it takes; a member's
+        # send meanwhile is still told to try again within the retry bound, and stores
+        # nothing (it used to wait behind that event for the whole outage).
+        before = await sync_to_async(Message.objects.filter(room=room).count)()
+        async with httpx.AsyncClient(base_url=server.http_url, timeout=20) as http:
+            refused = await http.post(
+                f"/api/rooms/{room.slug}/messages",
+                headers={"Authorization": f"Bearer {tokens['bob']}"},
+                json={"text": "anyone there?"},
+            )
+        assert (refused.status_code, refused.json()["code"]) == (503, "busy"), refused.text
+        assert await sync_to_async(Message.objects.filter(room=room).count)() == before
         private_redis.start()
         # The member connected throughout resynchronises across the outage (its log is
         # gone) and still gets the reply's one terminal event, not only a snapshot.

@@ -72,17 +72,17 @@ async def test_join_send_watch_pause_resume_stop_and_quit(daphne, llm, members):
             await bob.send("hi ann")
             await wait(term, "bob: hi ann")
             # The room answers everyone: bob's short reply, printed whole with its metrics.
-            await wait(term, "assistant: Hello, bob.")
+            await wait(term, "Assistant: Hello, bob.")
             await wait(term, "(complete · 2 tokens · first token")
 
         term.send("tell me @assistant\r")
         await wait(term, "ann: tell me @assistant")
-        screen = await wait(term, "assistant (streaming)")
+        screen = await wait(term, "Assistant (streaming)")
         await wait(term, "word3")
         term.send("/pause\r")
-        await wait(term, "assistant (paused)")
+        await wait(term, "Assistant (paused)")
         term.send("/resume\r")
-        await wait(term, "assistant (streaming)")
+        await wait(term, "Assistant (streaming)")
         await wait(term, "word10")
         term.send("\x03")  # Ctrl-C once: stop the reply
         screen = await wait(term, "(stopped by ann · ")
@@ -90,8 +90,8 @@ async def test_join_send_watch_pause_resume_stop_and_quit(daphne, llm, members):
         reply = stored(daphne, tokens["ann"], reply_id)
         assert reply["status"] == "stopped"
         # What the chat printed is exactly what was delivered and stored.
-        assert squash(f"assistant: {reply['text']}") in squash(screen)
-        assert "assistant (streaming)" not in screen
+        assert squash(f"Assistant: {reply['text']}") in squash(screen)
+        assert "Assistant (streaming)" not in screen
         term.send("\x03\x03")  # twice: quit
         assert await asyncio.to_thread(term.wait_exit) == 0
         assert "Traceback" not in term.plain()
@@ -110,14 +110,14 @@ async def test_a_waiting_reply_shows_its_place_in_line(daphne, llm, members):
             bob_client.room(room.slug) as bob,
         ):
             await bob.send("first")
-            await wait(term, "assistant (streaming)")
+            await wait(term, "Assistant (streaming)")
             await bob.send("second")
-            await wait(term, "assistant (queued · 2nd in line)")
+            await wait(term, "Assistant (queued · 2nd in line)")
             llm.step()
-            await wait(term, "assistant: Done one.")
+            await wait(term, "Assistant: Done one.")
             llm.step()
-            screen = await wait(term, "assistant: Done two.")
-            assert "in line" not in screen.rsplit("assistant: Done two.", 1)[1]
+            screen = await wait(term, "Assistant: Done two.")
+            assert "in line" not in screen.rsplit("Assistant: Done two.", 1)[1]
         term.send("\x03\x03")
         assert await asyncio.to_thread(term.wait_exit) == 0
     finally:
@@ -137,7 +137,7 @@ async def test_a_drop_mid_reply_goes_on_without_a_gap(daphne, llm, members, prox
         screen = await wait(term, "(complete")
         reply = stored(daphne, tokens["ann"], last_reply_id(daphne, tokens["ann"], room.slug))
         assert reply["text"] == "".join(WORDS[:40])
-        assert squash(f"assistant: {reply['text']}") in squash(screen)
+        assert squash(f"Assistant: {reply['text']}") in squash(screen)
         term.send("/quit\r")
         assert await asyncio.to_thread(term.wait_exit) == 0
     finally:

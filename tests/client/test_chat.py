@@ -176,8 +176,9 @@ async def test_long_lines_wrap_at_word_boundaries_and_spoken_messages_are_marked
     )
     try:
         await wait(term, "joined Client tests")
-        screen = await wait(term, "cat (spoken): this one was spoken aloud")
-        assert "bob: typed" in screen  # a typed message has no mark
+        await wait(term, "cat (spoken): this one was spoken aloud")
+        # The history prints in order; wait for its last line (not just the first).
+        screen = await wait(term, "bob: typed")  # a typed message has no mark
         assert "bob (spoken)" not in screen
         async with (
             Client(daphne.http_url, token=tokens["bob"]) as bob_client,
@@ -328,5 +329,68 @@ async def test_a_token_revoked_mid_chat_ends_it_with_one_line(daphne, members, p
         assert await asyncio.to_thread(term.wait_exit) == 4
         assert f"parley-chat: {proxy.url} refused the token (wrong or revoked?)" in term.plain()
         assert "Traceback" not in term.plain()
+    finally:
+        term.close()
+
+
+async def test_assistants_lists_the_room_s_assistants(daphne, llm, members):
+    from tests.support.assistants import add_assistant
+
+    room, tokens = members
+    await asyncio.to_thread(
+        add_assistant, room, "coder", "Coder", model="fake-model", mode="mention"
+    )
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["ann"])
+    try:
+        await wait(term, "joined Client tests")
+        term.send("/assistants\r")
+        screen = await wait(term, "@coder")
+        assert "Assistant · default/fake-model · answers every message" in screen
+        assert "Coder · default/fake-model · answers when mentioned" in screen
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
+    finally:
+        term.close()
+
+
+async def test_a_mentioned_assistant_s_reply_is_labelled_with_its_name(daphne, llm, members):
+    """Needs issue 18's routing (the mentioned assistant answers, not the room's first)."""
+    from tests.support.assistants import add_assistant
+
+    room, tokens = members
+    await asyncio.to_thread(
+        add_assistant, room, "coder", "Coder", model="fake-model", mode="mention"
+    )
+    llm.set_default(Scenario.normal(["Looks ", "fine."]))
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["ann"])
+    try:
+        await wait(term, "joined Client tests")
+        term.send("review this @coder\r")
+        screen = await wait(term, "Coder (@coder): Looks fine.")
+        # Only coder answered: the room's first assistant stays quiet when another is asked.
+        assert "Assistant: Looks fine." not in screen
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
+    finally:
+        term.close()
+
+
+async def test_a_room_event_updates_the_assistants(daphne, llm, members):
+    """Needs the room assistants API and its ``room`` event (issue 18's settings work)."""
+    room, tokens = members
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["bob"])
+    try:
+        await wait(term, "joined Client tests")
+        async with Client(daphne.http_url, token=tokens["ann"]) as ann:
+            await ann.create_assistant(
+                room.slug, "translator", name="Translator", model="default/fake-model"
+            )
+            await wait(term, "@translator (Translator) joined the room")
+            term.send("/assistants\r")
+            await wait(term, "Translator · default/fake-model · answers when mentioned")
+            await ann.delete_assistant(room.slug, "translator")
+            await wait(term, "@translator (Translator) left the room")
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
     finally:
         term.close()

@@ -45,6 +45,7 @@ from chat.models import (
 from chat.replies import reply_control
 from chat.transcripts import (
     generation_of,
+    reply_author,
     reply_facts,
     room_transcript,
     transcript_json,
@@ -126,6 +127,7 @@ class RoomAdmin(admin.ModelAdmin):
                     "m": message,
                     "spoken": message.input == InputKind.SPEECH,
                     "facts": reply_facts(gen) if gen is not None else [],
+                    "author": reply_author(gen),
                     "heard_text": gen.heard_text if gen is not None else None,
                     "heard_ms": gen.heard_ms if gen is not None else None,
                 }

@@ -483,3 +483,19 @@ def test_the_reply_figures_take_the_same_queries_for_1_and_50_replies(
         assert f"A{n} (@a{n})" in _figures(response)
         counts.append(len(queries))
     assert counts[0] == counts[1], counts
+
+
+def test_transcripts_name_each_reply_s_assistant(admin_client, conversation):
+    room, _, reply = conversation
+    Generation.objects.filter(message=reply).update(
+        handle="coder", assistant_name="Coder", provider="fast"
+    )
+    html = admin_client.get(f"/admin/chat/room/{room.pk}/transcript/").content.decode()
+    assert "Coder (@coder)" in html
+    body = admin_client.get(f"/admin/chat/room/{room.pk}/export.json").json()
+    assert [a["handle"] for a in body["room"]["assistants"]] == ["assistant"]
+    made = body["messages"][1]
+    assert made["assistant"] == {"handle": "coder", "name": "Coder", "model": "fast/m1"}
+    assert made["generation"]["provider"] == "fast"
+    text = admin_client.get(f"/admin/chat/room/{room.pk}/export.md").content.decode()
+    assert "### Coder (@coder) · " in text

@@ -14,18 +14,20 @@ has its own tests).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, WebSocketRoute, expect
 
 from tests.browser.test_room_page import (  # noqa: F401 (fixtures)
     browser,
     contexts,
-    send,
+    login,
+    open_room,
     shot,
     trio,
     user_in,
@@ -177,3 +179,54 @@ def test_a_room_event_updates_the_page(daphne, contexts, trio):
     expect(options(bob).first.locator(".mention__avatar")).to_have_css(
         "background-color", re.compile(r"rgb\(51, 102, 153\)")
     )
+
+
+def test_the_page_applies_a_room_event_and_ignores_unknown_ones(daphne, contexts, trio):
+    """The page's side of ``room``, whoever emits it: the frame is added to bob's real
+    connection (Playwright passes the server's frames through and sends this one after
+    them, at the next seq), so this runs on its own. The end-to-end version, with the
+    event emitted by the server, is test_a_room_event_updates_the_page."""
+    room, _ = trio
+    bob = login(contexts(), daphne, "bob")
+    sockets: list[WebSocketRoute] = []
+
+    def passed_through(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()  # every frame both ways, as without the route
+        sockets.append(ws)
+
+    bob.route_web_socket(re.compile(r"/ws/rooms/"), passed_through)
+    open_room(bob, daphne, room.slug)
+    seq = bob.evaluate("window.parley.store.lastSeq")
+    now = bob.evaluate("window.parley.room")
+    translator = {
+        "handle": "translator",
+        "name": "Translator",
+        "avatar": "#336699",
+        "model": "default/fake-model",
+        "mode": "mention",
+        "shared": False,
+    }
+    changed = {
+        **now,
+        "name": "Renamed room",
+        "voice": "streaming",
+        "assistants": [*now["assistants"], translator],
+    }
+    sockets[0].send(json.dumps({"type": "room", "seq": seq + 1, "room": changed}))
+    expect(bob.locator(".room__title h1")).to_have_text("Renamed room")
+    expect(bob).to_have_title("Renamed room · Parley")
+    expect(bob.locator("#room-voice")).to_have_text("Spoken: sentence by sentence")
+    expect(bob.locator("#room-answers")).to_have_text(
+        "Assistant answers every message · @translator when mentioned"
+    )
+    # Durable: it took its seq. Event types the page does not know change nothing.
+    assert bob.evaluate("window.parley.store.lastSeq") == seq + 1
+    sockets[0].send(json.dumps({"type": "later_durable", "seq": seq + 2, "x": 1}))
+    sockets[0].send(json.dumps({"type": "later_live", "x": 1}))
+    box = composer(bob)
+    box.press_sequentially("@tr")
+    expect(options(bob)).to_have_count(1)
+    avatar = options(bob).first.locator(".mention__avatar")
+    expect(avatar).to_have_text("T")
+    expect(avatar).to_have_css("background-color", "rgb(51, 102, 153)")
+    expect(bob.locator("#conn")).to_have_attribute("data-state", "open")

@@ -97,9 +97,7 @@ def test_a_room_event_is_typed_and_an_unknown_one_still_passes():
     assert isinstance(event, RoomEvent)
     assert (event.seq, event.room.name) == (9, "Renamed")
     assert event.room.assistants == (
-        Assistant(
-            handle="coder", name="Coder", avatar="#336699", model="fast/qwen", mode="always"
-        ),
+        Assistant(handle="coder", name="Coder", avatar="#336699", model="fast/qwen", mode="always"),
     )
     assert event.room.assistants[0].provider == "fast"
     assert event.room.answers("anything")  # coder answers every message
@@ -141,7 +139,9 @@ async def test_rooms_and_hello_list_the_room_s_assistants(daphne, llm, members):
             shared=False,
         )
         # The room's first assistant answers every message (the fixture's room).
-        assert fetched.assistant_named("assistant").mode == "always"
+        first = fetched.assistant_named("assistant")
+        assert first is not None
+        assert first.mode == "always"
         assert fetched.answers("hi")
         async with client.room(room.slug) as session:
             hello = await next_of(session, Hello)
@@ -210,7 +210,9 @@ async def test_the_assistants_api_and_the_room_event(daphne, llm, members):
         changed = await ann.update_assistant(room.slug, "coder", name="Reviewer")
         assert changed.name == "Reviewer"
         renamed = await next_of(session, RoomEvent)
-        assert renamed.room.assistant_named("coder").name == "Reviewer"
+        reviewer = renamed.room.assistant_named("coder")
+        assert reviewer is not None
+        assert reviewer.name == "Reviewer"
 
         # Bad input: a clear error, and nothing changed.
         with pytest.raises(BadRequest):

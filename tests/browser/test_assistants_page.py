@@ -116,6 +116,12 @@ def test_at_offers_assistants_and_members_by_keyboard_and_mouse(daphne, contexts
     # Nothing matches: no list.
     box.press_sequentially("@zz")
     expect(listbox).to_be_hidden()
+    # A handle typed out in full has nothing left to complete: Enter sends.
+    box.fill("")
+    box.press_sequentially("thanks @cat")
+    expect(listbox).to_be_hidden()
+    box.press("Enter")
+    expect(bob.locator("article.msg--mine[data-id]")).to_contain_text("thanks @cat")
 
 
 def test_a_member_mentions_an_assistant_and_both_pages_show_its_reply(
@@ -152,10 +158,11 @@ def test_a_member_mentions_an_assistant_and_both_pages_show_its_reply(
     assert not [r for r in llm.requests if "please review the patch" in str(r.body)]
 
 
-def test_a_room_event_updates_the_page(daphne, contexts, trio):
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_a_room_event_updates_the_page(daphne, contexts, trio, transport):
     """Needs the room assistants API (issue 18's settings work), which emits ``room``."""
     room, tokens = trio
-    bob = user_in(daphne, contexts, "bob", room.slug)
+    bob = user_in(daphne, contexts, "bob", room.slug, f"?transport={transport}")
     r = httpx.post(
         f"{daphne.http_url}/api/rooms/{room.slug}/assistants",
         headers={"Authorization": f"Bearer {tokens['ann']}"},

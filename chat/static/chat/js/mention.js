@@ -56,13 +56,17 @@ export class MentionCompleter {
       seen.add(c.handle);
       const handle = c.handle.toLowerCase();
       const name = (c.name || "").toLowerCase();
-      if (handle.startsWith(query)) matches.push([0, c]);
+      if (handle === query) matches.push([-1, c]);
+      else if (handle.startsWith(query)) matches.push([0, c]);
       else if (query && (handle.includes(query) || name.includes(query))) matches.push([1, c]);
     }
-    // Prefix matches first, then assistants before members, each kept in their order.
+    // The exact handle, then prefix matches, then the rest; assistants before members,
+    // each kept in their order.
     matches.sort((a, b) => a[0] - b[0] || (a[1].kind === b[1].kind ? 0 : a[1].kind === "assistant" ? -1 : 1));
     this.options = matches.slice(0, SHOWN_MAX).map(([, c]) => c);
-    if (!this.options.length) return this.close();
+    // A handle typed out in full, with nothing longer to offer: nothing to complete, and
+    // Enter sends as it would without the list.
+    if (!this.options.length || (matches.length === 1 && matches[0][0] === -1)) return this.close();
     this.active = 0;
     this.render();
   }

@@ -620,12 +620,34 @@ function setRoom(next) {
     const label = VOICE_LABELS[room.voice] || room.voice;
     voice.textContent = room.voice === "off" ? "Voice off" : `Spoken: ${label.toLowerCase()}`;
   }
-  const answers = $("#room-answers");
-  if (answers) answers.textContent = answersText(room.assistants);
+  showAssistants();
   for (const [id, article] of elements) {
     const m = store.get(id);
     if (m && m.role === "assistant") renderAuthor(article, m);
   }
+}
+
+// The room's assistants in the header (who answers what) and in the details panel.
+function showAssistants() {
+  const assistants = room.assistants || [];
+  const answers = $("#room-answers");
+  if (answers) answers.textContent = answersText(assistants);
+  const list = $("#room-assistants");
+  if (!list) return;
+  list.replaceChildren();
+  for (const a of assistants) {
+    const row = document.createElement("span");
+    row.className = "fact-assistant";
+    const avatar = document.createElement("span");
+    avatar.className = "mention__avatar";
+    avatar.setAttribute("aria-hidden", "true");
+    paintAvatar(avatar, a);
+    const words = document.createElement("span");
+    words.textContent = `${a.name} (@${a.handle}) · ${a.mode === "always" ? "every message" : "when mentioned"}`;
+    row.append(avatar, words);
+    list.append(row);
+  }
+  if (!assistants.length) list.textContent = "None";
 }
 
 // Who answers what, in a few words for the header.
@@ -1071,8 +1093,7 @@ async function loadLatest() {
 
 async function start() {
   wire();
-  const answers = $("#room-answers");
-  if (answers) answers.textContent = answersText(room.assistants || []);
+  showAssistants();
   setHistory("more");
   const page = await loadLatest();
   if (page) {

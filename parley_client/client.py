@@ -280,8 +280,11 @@ class Client:
             request_timeout=WAIT_SEND_TIMEOUT if wait else None,
         )
         reply = body.get("reply")
+        replies = body.get("replies")
         return Sent(
-            Message.from_dict(body.get("message")), Message.from_dict(reply) if reply else None
+            Message.from_dict(body.get("message")),
+            Message.from_dict(reply) if reply else None,
+            tuple(Message.from_dict(r) for r in replies) if isinstance(replies, list) else (),
         )
 
     async def control(self, action: str, message_id: str) -> Message:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +49,7 @@ __all__ = [
     "Snapshot",
     "Typing",
     "UnknownEvent",
+    "mentions",
     "parse_event",
 ]
 
@@ -88,6 +90,16 @@ def _names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
     return tuple(v for v in value if isinstance(v, str))
+
+
+# A mention as the server counts one (docs/protocol.md "Assistants answer"): ``@handle``
+# as a word of its own, any case; ``bob@coder.io`` mentions nobody.
+_MENTION = re.compile(r"(?<![\w.@])@([A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)(?![\w@-]|\.\w)")
+
+
+def mentions(text: str) -> list[str]:
+    """The handles ``text`` mentions, lowercased, each once, in the order they first appear."""
+    return list(dict.fromkeys(m.group(1).lower() for m in _MENTION.finditer(text)))
 
 
 def _opt_num(d: Mapping[str, Any], key: str) -> float | None:
@@ -205,15 +217,20 @@ class Room:
         """The room's assistant with this handle, if it has one."""
         return next((a for a in self.assistants if a.handle == handle), None)
 
+    def answering(self, text: str) -> list[Assistant]:
+        """The room's assistants ``text`` mentions, in the order they will answer (the
+        server asks at most a few: docs/protocol.md "Assistants answer")."""
+        by_handle = {a.handle.lower(): a for a in self.assistants}
+        return [by_handle[h] for h in mentions(text) if h in by_handle]
+
     def answers(self, text: str, *, ask_ai: bool = False) -> bool:
         """Whether an assistant will answer ``text`` here (docs/protocol.md "Objects" and
-        "Assistants"): one answers every message, or one is mentioned, or ``ask_ai``."""
-        lowered = text.lower()
+        "Assistants answer"): one is mentioned, one answers every message, or ``ask_ai``."""
         if not self.assistants:  # a server before assistants: the one, as it was
-            return self.assistant == "always" or ask_ai or "@assistant" in lowered
+            return self.assistant == "always" or ask_ai or "@assistant" in text.lower()
         if ask_ai or any(a.mode == "always" for a in self.assistants):
             return True
-        return any(f"@{a.handle.lower()}" in lowered for a in self.assistants)
+        return bool(self.answering(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +311,13 @@ class Sent:
 
     message: Message
     reply: Message | None
+    #: Extension: every reply the send queued, in the order they answer (``reply`` is the
+    #: first); from an older server, or over the WebSocket, just ``reply``.
+    replies: tuple[Message, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.replies and self.reply is not None:
+            object.__setattr__(self, "replies", (self.reply,))
 
     @property
     def id(self) -> str:

@@ -106,6 +106,31 @@ def test_a_room_event_is_typed_and_an_unknown_one_still_passes():
     assert later.seq == 10
 
 
+def test_mentions_count_as_the_server_counts_them():
+    from parley_client.models import mentions
+
+    assert mentions("@Coder and @poet, then @coder again") == ["coder", "poet"]
+    assert mentions("mail bob@coder.io or see @coder.") == ["coder"]
+    assert mentions("@coder-x @coder_") == ["coder-x", "coder_"]
+    room = Room.from_dict(
+        {
+            **OLD_ROOM,
+            "assistants": [
+                {"handle": "assistant", "name": "Assistant", "mode": "mention"},
+                {"handle": "coder", "name": "Coder", "mode": "mention"},
+            ],
+        }
+    )
+    assert [a.handle for a in room.answering("@CODER, then @assistant")] == [
+        "coder",
+        "assistant",
+    ]
+    assert not room.answers("write to bob@coder.io")
+    assert not room.answers("hi @ann")  # a member: nobody answers
+    assert room.answers("hi @coder")
+    assert room.answers("hi", ask_ai=True)
+
+
 def test_the_models_list_reads_models_and_errors():
     models = Models.from_dict(
         {

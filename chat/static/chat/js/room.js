@@ -485,7 +485,6 @@ function onHello(hello, conn) {
   setRoom(hello.room);
   syncedConn = null;
   setPresence(hello.online);
-  refreshControls();
   if (connection.transport === "ws") {
     if (speakerOn) connection.send({ action: "audio", enabled: true });
     // The server replays before it reads our frames: this pong marks the end of the replay.
@@ -625,6 +624,7 @@ function setRoom(next) {
     const m = store.get(id);
     if (m && m.role === "assistant") renderAuthor(article, m);
   }
+  refreshControls(); // who may control a reply follows the room's owner
 }
 
 // The room's assistants in the header (who answers what) and in the details panel.

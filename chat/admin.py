@@ -177,6 +177,7 @@ class ProviderForm(forms.ModelForm):
     api_key = forms.CharField(
         label="API key",
         required=False,
+        max_length=Provider._meta.get_field("api_key").max_length,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text="Write-only: never shown again. Leave empty to keep the key that is set.",
@@ -234,6 +235,24 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(description="key set", boolean=True)
     def key_set(self, obj: Provider) -> bool:
         return bool(obj.api_key)
+
+    def get_fields(  # type: ignore[override]  # only plain field names here
+        self, request: HttpRequest, obj: Provider | None = None
+    ) -> list[str]:
+        # Staff who may only view providers get a read-only page, which would print each
+        # field's value: the key is not one of its fields.
+        if not self.has_change_permission(request, obj) and not (
+            obj is None and self.has_add_permission(request)
+        ):
+            return ["name", "base_url", "key_set"]
+        return ["name", "base_url", "api_key", "clear_key"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Provider | None = None
+    ) -> list[str] | tuple[str, ...]:
+        if "key_set" in self.get_fields(request, obj):
+            return ["key_set"]
+        return super().get_readonly_fields(request, obj)
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

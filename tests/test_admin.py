@@ -499,3 +499,21 @@ def test_transcripts_name_each_reply_s_assistant(admin_client, conversation):
     assert made["generation"]["provider"] == "fast"
     text = admin_client.get(f"/admin/chat/room/{room.pk}/export.md").content.decode()
     assert "### Coder (@coder) · " in text
+
+
+def test_staff_who_may_only_view_providers_never_see_a_key(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    from chat.models import Provider
+
+    provider = Provider.objects.create(
+        name="viewed", base_url="http://127.0.0.1:9/v1", api_key=SECRET
+    )
+    viewer = django_user_model.objects.create_user("viewer", password="pw-12345678", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_provider"))
+    client.login(username="viewer", password="pw-12345678")
+    for url in ("/admin/chat/provider/", f"/admin/chat/provider/{provider.pk}/change/"):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert SECRET not in response.content.decode(), url
+    assert "viewed" in client.get("/admin/chat/provider/").content.decode()

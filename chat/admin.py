@@ -1,5 +1,10 @@
 """The admin: rooms, members, messages and replies, for the people who run Parley.
 
+Providers (model servers) are added here with their key, which is write-only: the form
+never shows it, the list says only whether one is set. Staff's shared assistants live
+here too (a room's own are set up on its settings page), and a room's assistants show
+on its page. The reply list shows figures per assistant and per model for its filter.
+
 Statuses are read-only here: a reply's status belongs to the task running it, and the
 way to end one is the "Stop reply" action, which goes through ``reply_control`` like the
 asker's own stop. Reviewers read a room's transcript, or export it as JSON or Markdown,
@@ -8,7 +13,10 @@ from the room's page.
 
 from __future__ import annotations
 
+from typing import Any
+
 from asgiref.sync import async_to_sync
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
@@ -18,11 +26,26 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from chat.assistants.providers import forget_models
+from chat.assistants.providers import provider as provider_named
 from chat.errors import ParleyError
-from chat.models import LIVE_STATUSES, Generation, InputKind, Membership, Message, Role, Room
+from chat.figures import reply_figures
+from chat.models import (
+    LIVE_STATUSES,
+    Assistant,
+    Generation,
+    InputKind,
+    Membership,
+    Message,
+    Provider,
+    Role,
+    Room,
+    RoomAssistant,
+)
 from chat.replies import reply_control
 from chat.transcripts import (
     generation_of,
+    reply_author,
     reply_facts,
     room_transcript,
     transcript_json,
@@ -41,6 +64,17 @@ class MembershipInline(admin.TabularInline):
     raw_id_fields = ["user"]
 
 
+class RoomAssistantInline(admin.TabularInline):
+    """The room's assistants: which, under what handle, answering what. (A room's own
+    assistants are set up on its settings page; a shared one can be placed here.)"""
+
+    model = RoomAssistant
+    extra = 0
+    raw_id_fields = ["assistant"]
+    fields = ["handle", "assistant", "mode", "added"]
+    readonly_fields = ["added"]
+
+
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "owner", "visibility", "assistant", "voice", "created"]
@@ -48,7 +82,7 @@ class RoomAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     readonly_fields = ["seq_reserved", "created", "review"]
     list_select_related = ["owner"]
-    inlines = [MembershipInline]
+    inlines = [RoomAssistantInline, MembershipInline]
 
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
@@ -93,6 +127,7 @@ class RoomAdmin(admin.ModelAdmin):
                     "m": message,
                     "spoken": message.input == InputKind.SPEECH,
                     "facts": reply_facts(gen) if gen is not None else [],
+                    "author": reply_author(gen),
                     "heard_text": gen.heard_text if gen is not None else None,
                     "heard_ms": gen.heard_ms if gen is not None else None,
                 }
@@ -133,6 +168,177 @@ class MembershipAdmin(admin.ModelAdmin):
     list_display = ["room", "user", "role", "joined"]
     list_filter = ["role"]
     raw_id_fields = ["room", "user"]
+
+
+class ProviderForm(forms.ModelForm):
+    """The key is write-only: a password field that never renders what is stored. Left
+    empty on a change, the stored key is kept; "Remove the key" removes it."""
+
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        max_length=Provider._meta.get_field("api_key").max_length,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Write-only: never shown again. Leave empty to keep the key that is set.",
+    )
+    clear_key = forms.BooleanField(label="Remove the key", required=False)
+    base_url = forms.URLField(
+        label="Base URL",
+        max_length=300,
+        assume_scheme="https",
+        help_text="An OpenAI-compatible API, e.g. https://api.example.com/v1",
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "base_url", "api_key"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Not even as the field's initial value (a widget could be swapped to render it).
+        self.initial["api_key"] = ""
+
+    def clean_base_url(self) -> str:
+        url: str = self.cleaned_data["base_url"]
+        if not url.lower().startswith(("http://", "https://")):
+            raise forms.ValidationError("A provider's URL must be http:// or https://.")
+        return url
+
+    def save(self, commit: bool = True) -> Provider:
+        provider: Provider = super().save(commit=False)
+        key = self.cleaned_data.get("api_key") or ""
+        if self.cleaned_data.get("clear_key"):
+            provider.api_key = ""
+        elif key:
+            provider.api_key = key
+        elif provider.pk is not None:
+            provider.api_key = (
+                Provider.objects.filter(pk=provider.pk).values_list("api_key", flat=True).first()
+                or ""
+            )
+        if commit:
+            provider.save()
+        return provider
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    """Model servers beside the default one (and PARLEY_PROVIDERS). The key never leaves
+    the server: not in the list, not in the form, not in the change history's message."""
+
+    form = ProviderForm
+    list_display = ["name", "base_url", "key_set", "created"]
+    search_fields = ["name", "base_url"]
+    fields = ["name", "base_url", "api_key", "clear_key"]
+
+    @admin.display(description="key set", boolean=True)
+    def key_set(self, obj: Provider) -> bool:
+        return bool(obj.api_key)
+
+    def get_fields(  # type: ignore[override]  # only plain field names here
+        self, request: HttpRequest, obj: Provider | None = None
+    ) -> list[str]:
+        # Staff who may only view providers get a read-only page, which would print each
+        # field's value: the key is not one of its fields.
+        if not self.has_change_permission(request, obj) and not (
+            obj is None and self.has_add_permission(request)
+        ):
+            return ["name", "base_url", "key_set"]
+        return ["name", "base_url", "api_key", "clear_key"]
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Provider | None = None
+    ) -> list[str] | tuple[str, ...]:
+        if "key_set" in self.get_fields(request, obj):
+            return ["key_set"]
+        return super().get_readonly_fields(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        forget_models()  # its model list may differ now: read it again when next asked
+
+
+class SharedFilter(admin.SimpleListFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("shared", "Shared (any room may add)"), ("room", "A room's own")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Assistant]) -> QuerySet[Assistant]:
+        if self.value() == "shared":
+            return queryset.filter(room__isnull=True)
+        if self.value() == "room":
+            return queryset.filter(room__isnull=False)
+        return queryset
+
+
+# The range the OpenAI API accepts for temperature.
+TEMPERATURE_RANGE = (0.0, 2.0)
+
+
+class AssistantForm(forms.ModelForm):
+    class Meta:
+        model = Assistant
+        fields = [
+            "room",
+            "handle",
+            "name",
+            "avatar",
+            "provider",
+            "model",
+            "system_prompt",
+            "temperature",
+            "max_tokens",
+            "voice",
+            "created_by",
+        ]
+
+    def clean_provider(self) -> str:
+        name: str = self.cleaned_data["provider"]
+        try:
+            provider_named(name)
+        except ParleyError as exc:
+            raise forms.ValidationError(exc.detail) from exc
+        return name
+
+    def clean_temperature(self) -> float | None:
+        value: float | None = self.cleaned_data.get("temperature")
+        low, high = TEMPERATURE_RANGE
+        if value is not None and not low <= value <= high:
+            raise forms.ValidationError(f"The temperature must be from {low} to {high}.")
+        return value
+
+
+@admin.register(Assistant)
+class AssistantAdmin(admin.ModelAdmin):
+    """Assistants: staff's shared ones (no room: any room's owner may add them) and, to
+    review, rooms' own ones (filter by kind or by room)."""
+
+    form = AssistantForm
+    list_display = ["handle", "name", "avatar", "room", "provider", "model", "created"]
+    list_filter = [SharedFilter, "provider", ("room", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["handle", "name", "model", "room__slug"]
+    raw_id_fields = ["room", "created_by"]
+    list_select_related = ["room"]
+    fields = [
+        "room",
+        "handle",
+        "name",
+        "avatar",
+        "provider",
+        "model",
+        "system_prompt",
+        "temperature",
+        "max_tokens",
+        "voice",
+        "created_by",
+    ]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        # A new one here is a shared one, made by whoever is signed in.
+        return {**super().get_changeform_initial_data(request), "created_by": request.user.pk}
 
 
 class GenerationInline(admin.StackedInline):
@@ -199,7 +405,9 @@ class GenerationAdmin(admin.ModelAdmin):
 
     list_display = [
         "message",
+        "assistant_label",
         "backend",
+        "provider",
         "model",
         "status",
         "queued_at",
@@ -213,8 +421,16 @@ class GenerationAdmin(admin.ModelAdmin):
         "real_time_factor",
         "heard",
     ]
-    list_filter = ["backend", "message__status", "stop_reason", "voice"]
-    search_fields = ["message__text", "error", "model"]
+    list_filter = [
+        "assistant_name",
+        "provider",
+        "model",
+        "backend",
+        "message__status",
+        "stop_reason",
+        "voice",
+    ]
+    search_fields = ["message__text", "error", "model", "handle", "assistant_name"]
     raw_id_fields = ["message", "stopped_by"]
     date_hierarchy = "queued_at"
     readonly_fields = ["time_to_first_token", "duration", "heard"]
@@ -227,6 +443,27 @@ class GenerationAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Generation | None = None) -> bool:
         return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list, with figures per assistant and per model of the replies its filter
+        selects (chat.figures: one query, however many replies)."""
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        changelist = context.get("cl") if context else None
+        if context is not None and changelist is not None:
+            figures = reply_figures(changelist.queryset)
+            context["reply_figures"] = figures
+            context["reply_figures_tables"] = [
+                ("assistant", figures.by_assistant),
+                ("model", figures.by_model),
+            ]
+        return response
+
+    @admin.display(description="assistant", ordering="assistant_name")
+    def assistant_label(self, obj: Generation) -> str:
+        return f"{obj.assistant_name or 'Assistant'} (@{obj.handle or 'assistant'})"
 
     @admin.display(description="status", ordering="message__status")
     def status(self, obj: Generation) -> str:

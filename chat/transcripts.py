@@ -2,7 +2,8 @@
 
 ``room_transcript`` reads it in a fixed number of queries whatever its length; the
 renderers turn it into the JSON and Markdown exports. The JSON uses the wire's Message
-shape (docs/protocol.md) plus, on assistant replies, how each was made.
+shape (docs/protocol.md) plus, on assistant replies, how each was made; every reply is
+named by the assistant that wrote it, as it was then.
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from chat.models import Generation, InputKind, Message, Role, Room, Status
-from chat.serializers import ASSISTANT_NAME, message_to_dict
+from chat.serializers import (
+    ASSISTANT_NAME,
+    DEFAULT_PROVIDER,
+    ROOM_PREFETCH,
+    assistant_to_dict,
+    message_to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,9 @@ class Transcript:
 
 
 def room_transcript(*, room_id: int) -> Transcript:
-    """The room, its members and every message, oldest first (three queries)."""
-    room = Room.objects.select_related("owner").get(pk=room_id)
+    """The room with its assistants, its members and every message, oldest first (four
+    queries)."""
+    room = Room.objects.select_related("owner").prefetch_related(*ROOM_PREFETCH).get(pk=room_id)
     members = sorted(
         m.user.get_username() for m in room.memberships.select_related("user").order_by()
     )
@@ -43,6 +52,14 @@ def generation_of(message: Message) -> Generation | None:
         return message.generation
     except Generation.DoesNotExist:
         return None
+
+
+def reply_author(gen: Generation | None) -> str:
+    """Who wrote a reply, for a reader: "Coder (@coder)"; a record from before a room
+    had named assistants (no name kept), "assistant" as it was shown then."""
+    if gen is None or not gen.assistant_name:
+        return ASSISTANT_NAME
+    return f"{gen.assistant_name} (@{gen.handle or ASSISTANT_NAME})"
 
 
 def reply_facts(gen: Generation) -> list[str]:
@@ -63,6 +80,8 @@ def reply_facts(gen: Generation) -> list[str]:
 def _generation_dict(gen: Generation) -> dict[str, Any]:
     return {
         "backend": gen.backend,
+        "assistant": {"handle": gen.handle or ASSISTANT_NAME, "name": gen.assistant_name},
+        "provider": gen.provider or DEFAULT_PROVIDER,
         "model": gen.model,
         "queued_at": gen.queued_at.isoformat(),
         "ended_at": gen.ended_at.isoformat() if gen.ended_at else None,
@@ -98,6 +117,10 @@ def transcript_json(transcript: Transcript) -> dict[str, Any]:
             "assistant": room.assistant,
             "voice": room.voice,
             "system_prompt": room.system_prompt,
+            "assistants": [
+                assistant_to_dict(p, default_model=settings.LLM_MODEL)
+                for p in room.room_assistants.all()
+            ],
             "created": room.created.isoformat(),
         },
         "members": transcript.members,
@@ -126,7 +149,7 @@ def transcript_markdown(transcript: Transcript) -> str:
     ]
     for message in transcript.messages:
         if message.role == Role.ASSISTANT:
-            who = ASSISTANT_NAME
+            who = reply_author(generation_of(message))
         else:
             who = message.author.get_username() if message.author else "(deleted user)"
         when = message.created.isoformat(timespec="seconds")

@@ -34,6 +34,7 @@ from parley_client.errors import (
     Unreachable,
 )
 from parley_client.models import (
+    Assistant,
     AudioCancel,
     AudioChunk,
     AudioEnd,
@@ -47,12 +48,16 @@ from parley_client.models import (
     Message,
     MessageEvent,
     Metrics,
+    ModelChoice,
+    Models,
     Place,
     Pong,
     Presence,
     QueuePlaces,
     Reconnecting,
+    ReplyAssistant,
     Room,
+    RoomEvent,
     Sent,
     Snapshot,
     Typing,
@@ -63,6 +68,7 @@ from parley_client.room import Backoff, RoomSession, SessionClosed
 __version__ = "0.1.0"
 
 __all__ = [
+    "Assistant",
     "AudioCancel",
     "AudioChunk",
     "AudioClip",
@@ -84,6 +90,8 @@ __all__ = [
     "MessageEvent",
     "MessagePage",
     "Metrics",
+    "ModelChoice",
+    "Models",
     "NotFound",
     "NotGenerating",
     "NotMember",
@@ -94,7 +102,9 @@ __all__ = [
     "QueuePlaces",
     "RateLimited",
     "Reconnecting",
+    "ReplyAssistant",
     "Room",
+    "RoomEvent",
     "RoomSession",
     "Sent",
     "ServerError",

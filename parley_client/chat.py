@@ -33,6 +33,7 @@ from prompt_toolkit.styles import Style
 from parley_client.client import Client
 from parley_client.errors import NotMember, ParleyError
 from parley_client.models import (
+    Assistant,
     AudioCancel,
     AudioEnd,
     Delta,
@@ -47,6 +48,8 @@ from parley_client.models import (
     Presence,
     QueuePlaces,
     Reconnecting,
+    Room,
+    RoomEvent,
     Snapshot,
     Typing,
 )
@@ -97,6 +100,7 @@ HELP = """\
 /pause /resume /stop    control the reply being generated (Ctrl-C stops it too)
 /voice MODE             speak the next reply: normal, streaming, realtime or off
 /audio FILE.wav         save spoken replies (FILE-<id>.wav each); /audio off stops
+/assistants             list the room's assistants (mention one with @handle)
 /rooms                  list the rooms you can see
 /join SLUG              go to another room (joining it if it is public)
 /help                   this list
@@ -125,6 +129,33 @@ class LiveReply:
             if place.model_position is not None and place.model_position > 1:
                 return f"waiting for the model · {ordinal(place.model_position)} in line"
         return state
+
+
+def speaker(message: Message) -> str:
+    """Who a message is shown under: a person's username; an assistant's name, with its
+    handle when the name does not already say it ("Coder (@coder)", "Assistant"); a
+    reply from a server before assistants, "assistant"."""
+    if message.role != "assistant":
+        return message.author or "?"
+    who = message.assistant
+    if who is None:
+        return message.author or "assistant"
+    if who.name.casefold() == who.handle.casefold():
+        return who.name
+    return f"{who.name} (@{who.handle})"
+
+
+def describe_assistants(room: Room) -> list[str]:
+    """``/assistants``: one line per assistant of ``room``, as ``@handle`` can ask it."""
+    if not room.assistants:
+        return ["  no assistants in this room"]
+    width = max(len(a.handle) for a in room.assistants) + 1
+    lines = []
+    for a in room.assistants:
+        answers = "answers every message" if a.mode == "always" else "answers when mentioned"
+        shared = " · shared" if a.shared else ""
+        lines.append(f"  @{a.handle:<{width}} {a.name} · {a.model} · {answers}{shared}")
+    return lines
 
 
 def ordinal(n: int) -> str:
@@ -176,6 +207,8 @@ class ChatApp:
         self.history = history
         self.room: RoomSession | None = None
         self.live: dict[str, LiveReply] = {}
+        # The room's assistants as last known (what a `room` event is compared with).
+        self.assistants: tuple[Assistant, ...] = ()
         self.typing_until: dict[str, float] = {}
         self._note = ""
         self._note_until: float | None = 0.0
@@ -240,6 +273,7 @@ class ChatApp:
         await room.open()
         await self.leave()
         self.room, self.slug = room, slug
+        self.assistants = room.room.assistants
         self.live.clear()
         self.typing_until.clear()
         r = room.room
@@ -303,6 +337,8 @@ class ChatApp:
                     self.print_message(message)
                 else:
                     self.live[message.id] = LiveReply(message, message.text, message.status)
+        elif isinstance(event, RoomEvent):
+            self.on_room(event.room)
         elif isinstance(event, QueuePlaces):
             for place in event.replies:
                 if (waiting := self.live.get(place.message_id)) is not None:
@@ -321,6 +357,20 @@ class ChatApp:
         elif isinstance(event, AudioEnd | AudioCancel) and self.audio_path and event.message_id:
             self._spawn(self.save_audio(event.message_id))
         self.refresh()
+
+    def on_room(self, room: Room) -> None:
+        """The room's settings or assistants changed: say what changed in its assistants
+        (the session now lists them so; ``/assistants`` shows them)."""
+        before = {a.handle: a for a in self.assistants}
+        after = {a.handle: a for a in room.assistants}
+        for handle in after.keys() - before.keys():
+            self.say(("class:note", f"@{handle} ({after[handle].name}) joined the room"))
+        for handle in before.keys() - after.keys():
+            self.say(("class:note", f"@{handle} ({before[handle].name}) left the room"))
+        for handle in after.keys() & before.keys():
+            if after[handle] != before[handle]:
+                self.say(("class:note", f"@{handle} ({after[handle].name}) was changed"))
+        self.assistants = room.assistants
 
     async def on_generation(self, event: Generation) -> None:
         reply = self.live.get(event.message_id)
@@ -387,6 +437,9 @@ class ChatApp:
                     self.say(("class:note", f"the next reply: voice {arg}"))
             elif name == "audio":
                 await self.set_audio(arg)
+            elif name == "assistants":
+                for line in describe_assistants(room.room):
+                    self.say(("", line))
             elif name == "rooms":
                 await self.list_rooms()
             elif name == "join":
@@ -485,7 +538,7 @@ class ChatApp:
         lines indented under the first (the terminal's own wrap would cut words)."""
         self.printed.add(message.id)
         you = self.room.you if self.room else ""
-        author = message.author or "?"
+        author = speaker(message)
         style = (
             "class:assistant"
             if message.role == "assistant"
@@ -525,7 +578,7 @@ class ChatApp:
         for reply in self.live.values():
             state = reply.state_text() + (" · stopping" if reply.stopping else "")
             fragments.append(("class:time", f"[{clock(reply.message)}] "))
-            fragments.append(("class:assistant", "assistant"))
+            fragments.append(("class:assistant", speaker(reply.message)))
             fragments.append(("class:state", f" ({state})\n"))
             lines = _wrap(reply.text, width)[-LIVE_LINES:] if reply.text else []
             for line in lines:

@@ -28,7 +28,7 @@ from parley_client.errors import (
     error_from_body,
     network_reason,
 )
-from parley_client.models import Message, Room, Sent
+from parley_client.models import Assistant, Message, Models, Room, Sent
 from parley_client.room import DEFAULT_BUFFER, Backoff, RoomSession, Transport
 from parley_client.transport import room_path
 
@@ -168,6 +168,75 @@ class Client:
         path = f"/api/rooms/{room_path(slug)}/members"
         return Room.from_dict(await self._call("POST", path, json={"username": username}))
 
+    # --- models and assistants (extension, docs/protocol.md "Assistants") ---------------
+
+    async def models(self) -> Models:
+        """``GET /api/models``: the models the server's providers list, for an assistant's
+        ``model``, and the providers that could not be read."""
+        return Models.from_dict(await self._call("GET", "/api/models"))
+
+    async def assistants(self, slug: str) -> list[Assistant]:
+        """A room's assistants with their settings (members may read them)."""
+        path = f"/api/rooms/{room_path(slug)}/assistants"
+        body = await self._call("GET", path, room_scope=True)
+        return [Assistant.from_dict(a) for a in _field(body, "assistants", list)]
+
+    async def create_assistant(
+        self,
+        slug: str,
+        handle: str,
+        *,
+        name: str | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        mode: str | None = None,
+        avatar: str | None = None,
+        voice: str | None = None,
+    ) -> Assistant:
+        """Create a room assistant (the room's owner, or staff). ``model`` is
+        ``"<provider>/<model id>"`` as :meth:`models` lists it."""
+        payload = _drop_none(
+            handle=handle,
+            name=name,
+            model=model,
+            system_prompt=system_prompt,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            mode=mode,
+            avatar=avatar,
+            voice=voice,
+        )
+        return await self._assistant_call("POST", slug, None, payload)
+
+    async def add_shared_assistant(
+        self, slug: str, handle: str, *, mode: str | None = None
+    ) -> Assistant:
+        """Add one of staff's shared assistants to a room."""
+        return await self._assistant_call("POST", slug, None, _drop_none(shared=handle, mode=mode))
+
+    async def update_assistant(self, slug: str, handle: str, **changes: Any) -> Assistant:
+        """Change a room's assistant: any of the fields :meth:`create_assistant` takes
+        (a field given as None is left as it is)."""
+        return await self._assistant_call("PATCH", slug, handle, _drop_none(**changes))
+
+    async def delete_assistant(self, slug: str, handle: str) -> None:
+        """Remove an assistant from a room (its replies stay, under its name)."""
+        path = f"/api/rooms/{room_path(slug)}/assistants/{room_path(handle)}"
+        await self._raw("DELETE", path)
+
+    async def _assistant_call(
+        self, method: str, slug: str, handle: str | None, payload: dict[str, Any]
+    ) -> Assistant:
+        path = f"/api/rooms/{room_path(slug)}/assistants"
+        if handle is not None:
+            path += f"/{room_path(handle)}"
+        body = await self._call(method, path, json=payload)
+        # The assistant itself, or wrapped as {"assistant": {...}}: both read the same.
+        inner = body.get("assistant")
+        return Assistant.from_dict(inner if isinstance(inner, dict) else body)
+
     # --- messages ------------------------------------------------------------------------
 
     async def messages(
@@ -211,8 +280,11 @@ class Client:
             request_timeout=WAIT_SEND_TIMEOUT if wait else None,
         )
         reply = body.get("reply")
+        replies = body.get("replies")
         return Sent(
-            Message.from_dict(body.get("message")), Message.from_dict(reply) if reply else None
+            Message.from_dict(body.get("message")),
+            Message.from_dict(reply) if reply else None,
+            tuple(Message.from_dict(r) for r in replies) if isinstance(replies, list) else (),
         )
 
     async def control(self, action: str, message_id: str) -> Message:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "TERMINAL_STATES",
+    "Assistant",
     "AudioCancel",
     "AudioChunk",
     "AudioEnd",
@@ -33,16 +35,21 @@ __all__ = [
     "Message",
     "MessageEvent",
     "Metrics",
+    "ModelChoice",
+    "Models",
     "Place",
     "Pong",
     "Presence",
     "QueuePlaces",
     "Reconnecting",
+    "ReplyAssistant",
     "Room",
+    "RoomEvent",
     "Sent",
     "Snapshot",
     "Typing",
     "UnknownEvent",
+    "mentions",
     "parse_event",
 ]
 
@@ -85,9 +92,102 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str))
 
 
+# A mention as the server counts one (docs/protocol.md "Assistants answer"): ``@handle``
+# as a word of its own, any case; ``bob@coder.io`` mentions nobody.
+_MENTION = re.compile(r"(?<![\w.@])@([A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)(?![\w@-]|\.\w)")
+
+
+def mentions(text: str) -> list[str]:
+    """The handles ``text`` mentions, lowercased, each once, in the order they first appear."""
+    return list(dict.fromkeys(m.group(1).lower() for m in _MENTION.finditer(text)))
+
+
+def _opt_num(d: Mapping[str, Any], key: str) -> float | None:
+    value = d.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Assistant:
+    """An assistant of a room (extension, docs/protocol.md "Assistants"): ``handle`` (what
+    ``@`` mentions), ``name`` and ``avatar`` (an emoji, ``"#rrggbb"``, or ``""``), ``model``
+    as ``"<provider>/<model id>"``, ``mode`` (``"always"`` answers every message,
+    ``"mention"`` only when mentioned) and ``shared`` (staff's, added to the room).
+
+    The settings fields are what ``GET /api/rooms/<slug>/assistants`` adds (None from a
+    room object, which leaves them out)."""
+
+    handle: str
+    name: str
+    avatar: str = ""
+    model: str = ""
+    mode: str = "mention"
+    shared: bool = False
+    system_prompt: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    voice: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Assistant:
+        if not isinstance(d, Mapping):
+            raise MalformedEvent("an assistant must be a JSON object")
+        handle = _str(d, "handle")
+        max_tokens = d.get("max_tokens")
+        prompt = d.get("system_prompt")
+        voice = d.get("voice")
+        return cls(
+            handle=handle,
+            name=_str(d, "name", handle),
+            avatar=_str(d, "avatar", ""),
+            model=_str(d, "model", ""),
+            mode=_str(d, "mode", "mention"),
+            shared=d.get("shared") is True,
+            system_prompt=prompt if isinstance(prompt, str) else None,
+            temperature=_opt_num(d, "temperature"),
+            max_tokens=max_tokens
+            if isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+            else None,
+            voice=voice if isinstance(voice, str) else None,
+        )
+
+    @property
+    def provider(self) -> str:
+        """The provider part of ``model`` (``"default"`` if it names none)."""
+        provider, sep, _ = self.model.partition("/")
+        return provider if sep else "default"
+
+
+def _assistants(value: Any) -> tuple[Assistant, ...]:
+    """A room's assistants (none from a server before the extension)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(Assistant.from_dict(a) for a in value)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAssistant:
+    """Which assistant wrote a reply, as it was then: ``{"handle", "name", "model"}``."""
+
+    handle: str
+    name: str
+    model: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ReplyAssistant | None:
+        if not isinstance(d, Mapping) or not isinstance(d.get("handle"), str):
+            return None
+        return cls(
+            handle=d["handle"], name=_str(d, "name", d["handle"]), model=_str(d, "model", "")
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Room:
-    """A room: ``{"slug", "name", "owner", "visibility", "assistant", "voice", "head"}``."""
+    """A room: ``{"slug", "name", "owner", "visibility", "assistant", "voice", "head"}``,
+    and (extension) ``assistants``, empty from an older server."""
 
     slug: str
     name: str
@@ -96,6 +196,7 @@ class Room:
     assistant: str
     voice: str
     head: int
+    assistants: tuple[Assistant, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Room:
@@ -109,11 +210,27 @@ class Room:
             assistant=_str(d, "assistant", "always"),
             voice=_str(d, "voice", "off"),
             head=int(d.get("head") or 0),
+            assistants=_assistants(d.get("assistants")),
         )
 
+    def assistant_named(self, handle: str) -> Assistant | None:
+        """The room's assistant with this handle, if it has one."""
+        return next((a for a in self.assistants if a.handle == handle), None)
+
+    def answering(self, text: str) -> list[Assistant]:
+        """The room's assistants ``text`` mentions, in the order they will answer (the
+        server asks at most a few: docs/protocol.md "Assistants answer")."""
+        by_handle = {a.handle.lower(): a for a in self.assistants}
+        return [by_handle[h] for h in mentions(text) if h in by_handle]
+
     def answers(self, text: str, *, ask_ai: bool = False) -> bool:
-        """Whether the assistant will answer ``text`` here (docs/protocol.md "Objects")."""
-        return self.assistant == "always" or ask_ai or "@assistant" in text.lower()
+        """Whether an assistant will answer ``text`` here (docs/protocol.md "Objects" and
+        "Assistants answer"): one is mentioned, one answers every message, or ``ask_ai``."""
+        if not self.assistants:  # a server before assistants: the one, as it was
+            return self.assistant == "always" or ask_ai or "@assistant" in text.lower()
+        if ask_ai or any(a.mode == "always" for a in self.assistants):
+            return True
+        return bool(self.answering(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +248,9 @@ class Message:
     created: str
     # Extension: "speech" for the transcript of a spoken message, else "text".
     input: str = "text"
+    # Extension, on an assistant's message: which assistant wrote it (None from an
+    # older server, or on a person's message).
+    assistant: ReplyAssistant | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Message:
@@ -150,7 +270,16 @@ class Message:
             client_id=_opt_str(d, "client_id"),
             created=_str(d, "created", ""),
             input=_str(d, "input", "text"),
+            assistant=ReplyAssistant.from_dict(d.get("assistant")),
         )
+
+    @property
+    def assistant_name(self) -> str | None:
+        """The name an assistant's reply is shown under ("Assistant" from an older
+        server); None for a person's message."""
+        if self.role != "assistant":
+            return None
+        return self.assistant.name if self.assistant is not None else "Assistant"
 
     @property
     def spoken(self) -> bool:
@@ -182,6 +311,13 @@ class Sent:
 
     message: Message
     reply: Message | None
+    #: Extension: every reply the send queued, in the order they answer (``reply`` is the
+    #: first); from an older server, or over the WebSocket, just ``reply``.
+    replies: tuple[Message, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.replies and self.reply is not None:
+            object.__setattr__(self, "replies", (self.reply,))
 
     @property
     def id(self) -> str:
@@ -269,6 +405,17 @@ class Snapshot:
     messages: tuple[Message, ...]
     raw: dict[str, Any] = field(repr=False, compare=False)
     type: Literal["snapshot"] = "snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """``room`` (extension): the room's settings, members' roles or assistants changed;
+    ``room`` is the whole room as it is now."""
+
+    seq: int
+    room: Room
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["room"] = "room"
 
 
 # --- Live-only events -----------------------------------------------------------------
@@ -408,12 +555,13 @@ class Reconnecting:
     type: Literal["reconnecting"] = "reconnecting"
 
 
-DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot
+DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot | RoomEvent
 Event: TypeAlias = (
     MessageEvent
     | Delta
     | Generation
     | Snapshot
+    | RoomEvent
     | Hello
     | Presence
     | Typing
@@ -463,6 +611,8 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
         if not isinstance(messages, list):
             raise MalformedEvent("a snapshot needs a list of messages")
         return Snapshot(_int(raw, "seq"), tuple(Message.from_dict(m) for m in messages), raw)
+    if kind == "room":
+        return RoomEvent(_int(raw, "seq"), Room.from_dict(raw.get("room") or {}), raw)
     if kind == "hello":
         room = Room.from_dict(raw.get("room") or {})
         return Hello(
@@ -537,3 +687,42 @@ def _parse_audio(raw: dict[str, Any]) -> Event:
             raise MalformedEvent("an audio chunk's data is not base64") from exc
         return AudioChunk(stream=stream, index=_int(raw, "index"), pcm=pcm)
     return UnknownEvent("audio", None, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """A model a provider lists (``GET /api/models``): ``id`` is ``"<provider>/<model>"``,
+    what an assistant's ``model`` takes."""
+
+    id: str
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """``GET /api/models``: the models on offer, and the providers that could not be read
+    (``errors``: provider name -> the reason, never a key)."""
+
+    models: tuple[ModelChoice, ...]
+    errors: dict[str, str]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Models:
+        models = []
+        for entry in d.get("models") or ():
+            if isinstance(entry, Mapping) and isinstance(entry.get("id"), str):
+                provider, _, model = entry["id"].partition("/")
+                models.append(
+                    ModelChoice(
+                        id=entry["id"],
+                        provider=_str(entry, "provider", provider),
+                        model=_str(entry, "model", model),
+                    )
+                )
+        errors = {
+            e["provider"]: str(e.get("error", ""))
+            for e in d.get("errors") or ()
+            if isinstance(e, Mapping) and isinstance(e.get("provider"), str)
+        }
+        return cls(tuple(models), errors)

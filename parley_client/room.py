@@ -61,6 +61,7 @@ from parley_client.models import (
     Presence,
     Reconnecting,
     Room,
+    RoomEvent,
     Sent,
     Snapshot,
     UnknownEvent,
@@ -208,6 +209,7 @@ class RoomSession:
         #: Successful (re)connections so far (1 after the first).
         self.connects = 0
         self.hello: Hello | None = None
+        self._room: Room | None = None  # the room as the last hello or `room` event had it
         self.online: tuple[str, ...] = ()
         self._kind: Literal["websocket", "sse", "auto"] = transport
         self._buffer: _Buffer | None = _Buffer(buffer) if buffer else None
@@ -262,7 +264,10 @@ class RoomSession:
 
     @property
     def room(self) -> Room:
-        """The room as of the last hello."""
+        """The room as of the last hello or ``room`` event (its name, settings and
+        assistants as they are now)."""
+        if self._room is not None:
+            return self._room
         if self.hello is None:
             raise RuntimeError("the session is not open")
         return self.hello.room
@@ -481,6 +486,7 @@ class RoomSession:
             self._kind = "websocket"
         hello = conn.hello
         self.hello = hello
+        self._room = hello.room
         self.online = hello.online
         if self.last_seq is None:
             self.last_seq = hello.head  # live from head: resume from there after a drop
@@ -591,6 +597,8 @@ class RoomSession:
                 self._track(message)
                 if message.is_terminal:
                     self._resolve_terminal(message.id)
+        elif isinstance(event, RoomEvent):
+            self._room = event.room
         elif isinstance(event, Presence):
             self.online = event.online
         elif isinstance(event, ErrorEvent):

@@ -72,17 +72,17 @@ async def test_join_send_watch_pause_resume_stop_and_quit(daphne, llm, members):
             await bob.send("hi ann")
             await wait(term, "bob: hi ann")
             # The room answers everyone: bob's short reply, printed whole with its metrics.
-            await wait(term, "assistant: Hello, bob.")
+            await wait(term, "Assistant: Hello, bob.")
             await wait(term, "(complete · 2 tokens · first token")
 
         term.send("tell me @assistant\r")
         await wait(term, "ann: tell me @assistant")
-        screen = await wait(term, "assistant (streaming)")
+        screen = await wait(term, "Assistant (streaming)")
         await wait(term, "word3")
         term.send("/pause\r")
-        await wait(term, "assistant (paused)")
+        await wait(term, "Assistant (paused)")
         term.send("/resume\r")
-        await wait(term, "assistant (streaming)")
+        await wait(term, "Assistant (streaming)")
         await wait(term, "word10")
         term.send("\x03")  # Ctrl-C once: stop the reply
         screen = await wait(term, "(stopped by ann · ")
@@ -90,8 +90,8 @@ async def test_join_send_watch_pause_resume_stop_and_quit(daphne, llm, members):
         reply = stored(daphne, tokens["ann"], reply_id)
         assert reply["status"] == "stopped"
         # What the chat printed is exactly what was delivered and stored.
-        assert squash(f"assistant: {reply['text']}") in squash(screen)
-        assert "assistant (streaming)" not in screen
+        assert squash(f"Assistant: {reply['text']}") in squash(screen)
+        assert "Assistant (streaming)" not in screen
         term.send("\x03\x03")  # twice: quit
         assert await asyncio.to_thread(term.wait_exit) == 0
         assert "Traceback" not in term.plain()
@@ -110,14 +110,14 @@ async def test_a_waiting_reply_shows_its_place_in_line(daphne, llm, members):
             bob_client.room(room.slug) as bob,
         ):
             await bob.send("first")
-            await wait(term, "assistant (streaming)")
+            await wait(term, "Assistant (streaming)")
             await bob.send("second")
-            await wait(term, "assistant (queued · 2nd in line)")
+            await wait(term, "Assistant (queued · 2nd in line)")
             llm.step()
-            await wait(term, "assistant: Done one.")
+            await wait(term, "Assistant: Done one.")
             llm.step()
-            screen = await wait(term, "assistant: Done two.")
-            assert "in line" not in screen.rsplit("assistant: Done two.", 1)[1]
+            screen = await wait(term, "Assistant: Done two.")
+            assert "in line" not in screen.rsplit("Assistant: Done two.", 1)[1]
         term.send("\x03\x03")
         assert await asyncio.to_thread(term.wait_exit) == 0
     finally:
@@ -137,7 +137,7 @@ async def test_a_drop_mid_reply_goes_on_without_a_gap(daphne, llm, members, prox
         screen = await wait(term, "(complete")
         reply = stored(daphne, tokens["ann"], last_reply_id(daphne, tokens["ann"], room.slug))
         assert reply["text"] == "".join(WORDS[:40])
-        assert squash(f"assistant: {reply['text']}") in squash(screen)
+        assert squash(f"Assistant: {reply['text']}") in squash(screen)
         term.send("/quit\r")
         assert await asyncio.to_thread(term.wait_exit) == 0
     finally:
@@ -176,8 +176,9 @@ async def test_long_lines_wrap_at_word_boundaries_and_spoken_messages_are_marked
     )
     try:
         await wait(term, "joined Client tests")
-        screen = await wait(term, "cat (spoken): this one was spoken aloud")
-        assert "bob: typed" in screen  # a typed message has no mark
+        await wait(term, "cat (spoken): this one was spoken aloud")
+        # The history prints in order; wait for its last line (not just the first).
+        screen = await wait(term, "bob: typed")  # a typed message has no mark
         assert "bob (spoken)" not in screen
         async with (
             Client(daphne.http_url, token=tokens["bob"]) as bob_client,
@@ -328,5 +329,68 @@ async def test_a_token_revoked_mid_chat_ends_it_with_one_line(daphne, members, p
         assert await asyncio.to_thread(term.wait_exit) == 4
         assert f"parley-chat: {proxy.url} refused the token (wrong or revoked?)" in term.plain()
         assert "Traceback" not in term.plain()
+    finally:
+        term.close()
+
+
+async def test_assistants_lists_the_room_s_assistants(daphne, llm, members):
+    from tests.support.assistants import add_assistant
+
+    room, tokens = members
+    await asyncio.to_thread(
+        add_assistant, room, "coder", "Coder", model="fake-model", mode="mention"
+    )
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["ann"])
+    try:
+        await wait(term, "joined Client tests")
+        term.send("/assistants\r")
+        screen = await wait(term, "@coder")
+        assert "Assistant · default/fake-model · answers every message" in screen
+        assert "Coder · default/fake-model · answers when mentioned" in screen
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
+    finally:
+        term.close()
+
+
+async def test_a_mentioned_assistant_s_reply_is_labelled_with_its_name(daphne, llm, members):
+    """Needs issue 18's routing (the mentioned assistant answers, not the room's first)."""
+    from tests.support.assistants import add_assistant
+
+    room, tokens = members
+    await asyncio.to_thread(
+        add_assistant, room, "coder", "Coder", model="fake-model", mode="mention"
+    )
+    llm.set_default(Scenario.normal(["Looks ", "fine."]))
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["ann"])
+    try:
+        await wait(term, "joined Client tests")
+        term.send("review this @coder\r")
+        screen = await wait(term, "Coder (@coder): Looks fine.")
+        # Only coder answered: the room's first assistant stays quiet when another is asked.
+        assert "Assistant: Looks fine." not in screen
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
+    finally:
+        term.close()
+
+
+async def test_a_room_event_updates_the_assistants(daphne, llm, members):
+    """Needs the room assistants API and its ``room`` event (issue 18's settings work)."""
+    room, tokens = members
+    term = chat("--url", daphne.http_url, room.slug, token=tokens["bob"])
+    try:
+        await wait(term, "joined Client tests")
+        async with Client(daphne.http_url, token=tokens["ann"]) as ann:
+            await ann.create_assistant(
+                room.slug, "translator", name="Translator", model="default/fake-model"
+            )
+            await wait(term, "@translator (Translator) joined the room")
+            term.send("/assistants\r")
+            await wait(term, "Translator · default/fake-model · answers when mentioned")
+            await ann.delete_assistant(room.slug, "translator")
+            await wait(term, "@translator (Translator) left the room")
+        term.send("/quit\r")
+        assert await asyncio.to_thread(term.wait_exit) == 0
     finally:
         term.close()

@@ -18,8 +18,11 @@ const WS_FAILURES_BEFORE_SSE = 2;
 const PING_EVERY_MS = 20000;
 const PONG_WITHIN_MS = 10000;
 
+// An EventSource hears only the event names it listens for: a durable type missing here
+// would never reach the store, and the next event would look like a gap (a resync that
+// replays the same missed event). Every durable type the server sends must be listed.
 const SSE_EVENT_TYPES = [
-  "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "error", "audio", "pong",
+  "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "room", "error", "audio", "pong",
 ];
 
 // Close codes after which trying again cannot help (the server's list, with its reasons,

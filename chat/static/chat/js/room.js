@@ -10,11 +10,13 @@
 // there), then older pages as the reader scrolls up, to the room's first message.
 
 import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
+import { hue, paintAvatar, replyAssistant } from "./assistants.js";
 import { AudioPlayer } from "./audio.js";
 import { Backoff, Connection } from "./connection.js";
 import { wireDrawer } from "./drawer.js";
 import { renderMarkdown } from "./markdown.js";
 import { wireMembers } from "./members.js";
+import { MentionCompleter } from "./mention.js";
 import { PushToTalk } from "./speech.js";
 import { LIVE, RoomStore } from "./store.js";
 
@@ -111,12 +113,6 @@ function formatTime(iso) {
   return sameDay ? time : `${date.toLocaleDateString([], { month: "short", day: "numeric" })} ${time}`;
 }
 
-function hue(name) {
-  let h = 0;
-  for (const c of String(name)) h = (h * 31 + c.codePointAt(0)) % 360;
-  return h;
-}
-
 function announce(text) {
   els.announcer.textContent = text;
 }
@@ -169,7 +165,7 @@ function buildArticle(m, pending) {
   avatar.className = "msg__avatar";
   avatar.setAttribute("aria-hidden", "true");
   if (m.role === "assistant") {
-    avatar.textContent = "✦";
+    paintAvatar(avatar, replyAssistant(m, room.assistants));
   } else {
     avatar.textContent = (m.author || "?").slice(0, 1).toUpperCase();
     avatar.style.setProperty("--hue", hue(m.author || "?"));
@@ -181,7 +177,14 @@ function buildArticle(m, pending) {
   meta.className = "msg__meta";
   const author = document.createElement("span");
   author.className = "msg__author";
-  author.textContent = m.role === "assistant" ? "Assistant" : m.author || "someone";
+  if (m.role === "assistant") {
+    const who = replyAssistant(m, room.assistants);
+    author.textContent = who.name;
+    article.dataset.assistant = who.handle;
+    author.title = `@${who.handle}`;
+  } else {
+    author.textContent = m.author || "someone";
+  }
   const time = document.createElement("time");
   time.className = "msg__time";
   time.dateTime = m.created;
@@ -344,6 +347,7 @@ function badgeText(m) {
 
 function renderMessage(article, m) {
   article.dataset.status = m.status;
+  if (m.role === "assistant") renderAuthor(article, m);
   renderBody(article, m);
   const badge = article.querySelector(".badge");
   const badged = BADGED.has(m.status);
@@ -370,6 +374,17 @@ function renderMessage(article, m) {
       button.title = allowed ? "" : "Only the asker, the room owner or staff can control this reply";
     }
   }
+}
+
+// Who wrote a reply: its assistant's name and avatar (set again as a replay or a `room`
+// event may bring them later than the article was made).
+function renderAuthor(article, m) {
+  const who = replyAssistant(m, room.assistants);
+  article.dataset.assistant = who.handle;
+  const author = article.querySelector(".msg__author");
+  author.textContent = who.name;
+  author.title = `@${who.handle}`;
+  paintAvatar(article.querySelector(".msg__avatar"), who);
 }
 
 function renderPending(article, p) {
@@ -467,10 +482,9 @@ function refreshControls() {
 let syncedConn = null; // the connection whose replay is known to be complete
 
 function onHello(hello, conn) {
-  Object.assign(room, hello.room);
+  setRoom(hello.room);
   syncedConn = null;
   setPresence(hello.online);
-  refreshControls();
   if (connection.transport === "ws") {
     if (speakerOn) connection.send({ action: "audio", enabled: true });
     // The server replays before it reads our frames: this pong marks the end of the replay.
@@ -534,6 +548,9 @@ function onDurable(event) {
     case "duplicate":
     case "unknown":
       return;
+    case "room":
+      setRoom(change.room);
+      return;
     case "snapshot":
       // A conversation that starts again at the snapshot may have older messages again.
       if (!change.keptOlder) setHistory("more");
@@ -551,7 +568,7 @@ function onDurable(event) {
         else insertMessage(change.id);
       });
       if (m.role === "user") clearTyping(m.author);
-      if (m.role === "assistant" && change.isNew) announce("The assistant is replying.");
+      if (m.role === "assistant" && change.isNew) announce(`${replyAssistant(m, room.assistants).name} is replying.`);
       return;
     }
     case "delta":
@@ -579,6 +596,86 @@ function onDurable(event) {
   }
 }
 
+// --- the room's settings, live ---
+
+// The voice mode in words, as the composer's select names them.
+const VOICE_LABELS = { off: "Off", normal: "After the reply", streaming: "Sentence by sentence", realtime: "Real time" };
+
+// The room as `hello` or a `room` event (docs/protocol.md "room") has it: its name, voice
+// and assistants on the page, and for `@` completion.
+function setRoom(next) {
+  if (!next) return;
+  Object.assign(room, next);
+  room.assistants = next.assistants || room.assistants || [];
+  const title = $(".room__title h1");
+  if (title && title.textContent !== room.name) {
+    title.textContent = room.name;
+    document.title = `${room.name} · Parley`;
+    els.input.placeholder = `Message ${room.name}`;
+  }
+  const voice = $("#room-voice");
+  if (voice && room.voice && voice.dataset.voice !== room.voice) {
+    voice.dataset.voice = room.voice;
+    const label = VOICE_LABELS[room.voice] || room.voice;
+    voice.textContent = room.voice === "off" ? "Voice off" : `Spoken: ${label.toLowerCase()}`;
+  }
+  showAssistants();
+  for (const [id, article] of elements) {
+    const m = store.get(id);
+    if (m && m.role === "assistant") renderAuthor(article, m);
+  }
+  refreshControls(); // who may control a reply follows the room's owner
+}
+
+// The room's assistants in the header (who answers what) and in the details panel.
+function showAssistants() {
+  const assistants = room.assistants || [];
+  const answers = $("#room-answers");
+  if (answers) answers.textContent = answersText(assistants);
+  const list = $("#room-assistants");
+  if (!list) return;
+  list.replaceChildren();
+  for (const a of assistants) {
+    const row = document.createElement("span");
+    row.className = "fact-assistant";
+    const avatar = document.createElement("span");
+    avatar.className = "mention__avatar";
+    avatar.setAttribute("aria-hidden", "true");
+    paintAvatar(avatar, a);
+    const words = document.createElement("span");
+    words.textContent = `${a.name} (@${a.handle}) · ${a.mode === "always" ? "every message" : "when mentioned"}`;
+    row.append(avatar, words);
+    list.append(row);
+  }
+  if (!assistants.length) list.textContent = "None";
+}
+
+// Who answers what, in a few words for the header.
+function answersText(assistants) {
+  if (!assistants.length) return "No assistant";
+  const always = assistants.find((a) => a.mode === "always");
+  const others = assistants.filter((a) => a !== always).map((a) => `@${a.handle}`);
+  if (always && !others.length) return `${always.name} answers every message`;
+  if (always) return `${always.name} answers every message · ${others.join(", ")} when mentioned`;
+  return `Mention ${others.join(", ")} to ask`;
+}
+
+// Who `@` offers: the room's assistants, then the members (the page's list and whoever
+// is here now).
+let online = [];
+function mentionCandidates() {
+  const list = (room.assistants || []).map((a) => ({ kind: "assistant", ...a }));
+  const here = new Set(online);
+  const members = new Set(here);
+  for (const li of document.querySelectorAll("#members [data-username]")) members.add(li.dataset.username);
+  for (const name of members) {
+    if (name !== config.me) list.push({ kind: "member", handle: name, name, avatar: "", online: here.has(name) });
+  }
+  return list;
+}
+
+const mentions = new MentionCompleter({ input: els.input, list: $("#mention-list"), candidates: mentionCandidates });
+
 function onError(event) {
   if (talk.onError(event)) return;
   const pending = event.id ? store.pending.get(event.id) : null;
@@ -595,9 +692,10 @@ function onError(event) {
 
 // --- presence and typing ---
 
-function setPresence(online) {
+function setPresence(here) {
+  online = here;
   els.presence.replaceChildren();
-  const names = [...new Set(online)].sort((a, b) =>
+  const names = [...new Set(here)].sort((a, b) =>
     a === config.me ? -1 : b === config.me ? 1 : a.localeCompare(b),
   );
   for (const name of names) {
@@ -912,6 +1010,7 @@ function wire() {
     submit();
   });
   els.input.addEventListener("keydown", (e) => {
+    if (mentions.onKeydown(e)) return;
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       submit();
@@ -969,6 +1068,7 @@ function wire() {
   document.addEventListener("pointerdown", unlock, { once: true });
   document.addEventListener("keydown", unlock, { once: true });
   talk.wire();
+  mentions.wire();
   wireMembers({ slug, onError: (detail) => showError(detail) });
   onInput();
 }
@@ -993,6 +1093,7 @@ async function loadLatest() {
 
 async function start() {
   wire();
+  showAssistants();
   setHistory("more");
   const page = await loadLatest();
   if (page) {
@@ -1007,6 +1108,7 @@ async function start() {
 
 window.parley = {
   store,
+  room,
   player,
   get speech() {
     return talk;

@@ -4,7 +4,8 @@
 // the last seq is a duplicate and is dropped; one that skips a seq reports a gap so the
 // connection can resume from the last seq it holds. A `message` event replaces the whole
 // message (a replay rebuilds a reply from its empty start), `delta` appends, `generation`
-// sets the status, `snapshot` replaces the latest messages.
+// sets the status, `snapshot` replaces the latest messages, `room` carries the room's new
+// settings and assistants for the view.
 //
 // The conversation is kept in id order, whatever order its messages arrive in: the first
 // page, an older page as the reader scrolls up, a replay, a live event, a snapshot.
@@ -81,7 +82,7 @@ export class RoomStore {
     return added;
   }
 
-  // What happened, for the view: {kind: "duplicate"|"gap"|"message"|"delta"|"generation"|"snapshot", ...}
+  // What happened, for the view: {kind: "duplicate"|"gap"|"message"|"delta"|"generation"|"snapshot"|"room", ...}
   apply(event) {
     if (this.lastSeq !== null && event.type !== "snapshot") {
       if (event.seq <= this.lastSeq) return { kind: "duplicate" };
@@ -122,6 +123,10 @@ export class RoomStore {
         for (const m of event.messages) if (m.client_id) this.pending.delete(m.client_id);
         return { kind: "snapshot", keptOlder };
       }
+      case "room":
+        // The room's settings or assistants changed (docs/protocol.md "room"): durable,
+        // so it takes its seq like the others; the view shows the new room.
+        return { kind: "room", room: event.room };
       default:
         return { kind: "unknown" };
     }

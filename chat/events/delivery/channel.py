@@ -52,6 +52,7 @@ class RoomChannel:
         hub: EventHub,
         presence: Presence,
         on_idle: Callable[[RoomChannel], Awaitable[None]],
+        on_room_changed: Callable[[int], None] | None = None,
     ) -> None:
         self.room_id = room_id
         self.hub = hub
@@ -72,6 +73,10 @@ class RoomChannel:
         self._empty_since: float | None = None
         self._behind_at: int | None = None
         self._on_idle = on_idle
+        # Told when a ``room`` event passes, before its seq becomes the head a hello
+        # gives: the process's cached Room row is dropped, so no later hello pairs an
+        # older room with a newer head (Fanout: Admission.forget_room).
+        self._on_room_changed = on_room_changed
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
 
@@ -246,6 +251,9 @@ class RoomChannel:
             # Never hold more than the log does: every process answers a resume alike.
             while len(self.recent) > settings.PARLEY_LOG_MAX_EVENTS:
                 self.recent.popleft()
+        if frame.type in ("room", "snapshot") and self._on_room_changed is not None:
+            # A snapshot may stand for room events the log lost.
+            self._on_room_changed(self.room_id)
         self.last_seq = frame.seq
         await self._fan(frame, self.subscribers.values())
         self.progress.set()

@@ -35,7 +35,11 @@ class Fanout:
         channel = self.rooms.get(room_id)
         if channel is None:
             channel = self.rooms[room_id] = RoomChannel(
-                room_id, hub=self.hub, presence=self.presence, on_idle=self._close_idle
+                room_id,
+                hub=self.hub,
+                presence=self.presence,
+                on_idle=self._close_idle,
+                on_room_changed=self.admission.forget_room,
             )
         return channel
 

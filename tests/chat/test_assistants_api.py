@@ -619,3 +619,10 @@ async def test_room_events_reach_websocket_and_sse_and_replay_and_hello_are_curr
     await resumed.close()
     await ws.close()
     assert await sync_to_async(lambda: Room.objects.get(pk=room.pk).name)() == "Renamed"
+
+
+def test_room_body_is_the_room_object_without_its_head():
+    from chat.events import room_body
+
+    room = {"slug": "s", "name": "N", "head": 9, "assistants": []}
+    assert room_body(room) == {"type": "room", "room": {"slug": "s", "name": "N", "assistants": []}}

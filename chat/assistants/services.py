@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
@@ -110,7 +111,7 @@ def shared_to_dict(a: Assistant) -> SharedDict:
 # --- Checks ----------------------------------------------------------------------------------
 
 
-def _manager(room: Room, by: User) -> None:
+def manager_check(*, room: Room, by: User) -> None:
     if not selectors.can_manage(room=room, user=by):
         raise Forbidden("only the room's owners can change its assistants")
 
@@ -155,14 +156,18 @@ def _max_tokens(value: object) -> int | None:
     return value
 
 
-def _model(value: object) -> tuple[str, str]:
-    """``"<provider>/<model id>"`` → (provider, model), if the provider lists the model."""
+async def model_check(value: object) -> tuple[str, str]:
+    """``"<provider>/<model id>"`` → (provider, model), if the provider lists the model.
+
+    Async: it may ask the provider (cached for PARLEY_MODELS_TTL), which must not hold the
+    thread every sync view and ORM call of the process shares. The views await it and hand
+    the result to the sync writes below (``model=``)."""
     name, model = split_model(value)
-    config = provider(name)
+    config = await database_sync_to_async(provider)(name)
     if model == default_model(config) and model:
         return name, model
     try:
-        listed = async_to_sync(list_models)(config)
+        listed = await list_models(config)
     except ProviderError as exc:
         raise BadRequest(
             f"could not check the model: provider {name!r} did not list its models: {exc.reason}"
@@ -178,7 +183,7 @@ class _Settings:
     mode: str | None
 
 
-def _settings(data: dict[str, Any], *, creating: bool) -> _Settings:
+def _settings(data: dict[str, Any], *, creating: bool, model: tuple[str, str] | None) -> _Settings:
     """The settings in ``data``, each checked; nothing is stored here."""
     fields: dict[str, Any] = {}
     if "name" in data or creating:
@@ -217,7 +222,9 @@ def _settings(data: dict[str, Any], *, creating: bool) -> _Settings:
     mode = _mode(data["mode"]) if "mode" in data else None
     # The model last: it may ask the provider, so only a body that is otherwise good waits.
     if "model" in data:
-        fields["provider"], fields["model"] = _model(data["model"])
+        # Checked by the caller (model_check), or here for callers outside a view.
+        checked = model or async_to_sync(model_check)(data["model"])
+        fields["provider"], fields["model"] = checked
     elif creating:
         fields["provider"], fields["model"] = "default", ""
     return _Settings(fields, mode)
@@ -242,12 +249,15 @@ def _placement(room: Room, handle: object) -> RoomAssistant:
 # --- Writes ----------------------------------------------------------------------------------
 
 
-def assistant_create(*, room: Room, by: User, data: dict[str, Any]) -> RoomAssistant:
-    """A room assistant, made by one of the room's owners (or staff) and placed in it."""
-    _manager(room, by)
+def assistant_create(
+    *, room: Room, by: User, data: dict[str, Any], model: tuple[str, str] | None = None
+) -> RoomAssistant:
+    """A room assistant, made by one of the room's owners (or staff) and placed in it.
+    ``model``: ``data["model"]`` as ``model_check`` passed it."""
+    manager_check(room=room, by=by)
     _unknown(data, ("handle", *SETTINGS))
     handle = _handle(room, data.get("handle"))
-    checked = _settings(data, creating=True)
+    checked = _settings(data, creating=True, model=model)
     mode = checked.mode or AssistantMode.MENTION
     try:
         with transaction.atomic():
@@ -268,7 +278,7 @@ def assistant_create(*, room: Room, by: User, data: dict[str, Any]) -> RoomAssis
 
 def assistant_add_shared(*, room: Room, by: User, handle: object, mode: object) -> RoomAssistant:
     """One of the staff's shared assistants joins the room, under its own handle."""
-    _manager(room, by)
+    manager_check(room=room, by=by)
     if not isinstance(handle, str) or not HANDLE.fullmatch(handle):
         raise BadRequest(f"shared must be the handle of a shared assistant: {HANDLE_RULE}")
     assistant = Assistant.objects.filter(room__isnull=True, handle=handle).first()
@@ -293,12 +303,17 @@ def assistant_add_shared(*, room: Room, by: User, handle: object, mode: object) 
 
 
 def assistant_update(
-    *, room: Room, by: User, handle: object, data: dict[str, Any]
+    *,
+    room: Room,
+    by: User,
+    handle: object,
+    data: dict[str, Any],
+    model: tuple[str, str] | None = None,
 ) -> RoomAssistant:
     """Change a room assistant's settings, or any placement's mode. A handle never
     changes; a shared assistant's settings are staff's (the admin), only its mode here
     is the room's."""
-    _manager(room, by)
+    manager_check(room=room, by=by)
     placement = _placement(room, handle)
     if "handle" in data and data["handle"] != placement.handle:
         raise BadRequest("an assistant's handle cannot change: remove it and create another")
@@ -310,7 +325,7 @@ def assistant_update(
             f"@{placement.handle} is a shared assistant: only its mode is this room's "
             "(staff change the rest in the admin)"
         )
-    checked = _settings(data, creating=False)
+    checked = _settings(data, creating=False, model=model)
     try:
         with transaction.atomic():
             if checked.mode is not None and checked.mode != placement.mode:
@@ -337,7 +352,7 @@ def assistant_update(
 def assistant_remove(*, room: Room, by: User, handle: object) -> None:
     """The assistant leaves the room: a room assistant is deleted with it (its replies
     keep their handle and name), a shared one stays for other rooms."""
-    _manager(room, by)
+    manager_check(room=room, by=by)
     placement = _placement(room, handle)
     with transaction.atomic():
         if placement.assistant.room_id is None:

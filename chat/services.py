@@ -262,7 +262,8 @@ def room_update(*, room: Room, by: User, data: dict[str, Any]) -> Room:
             for name, value in fields.items():
                 setattr(room, name, value)
             room.save(update_fields=list(fields))
-        room_changed(room_id=room.pk)
+        if fields or mode is not None or prompt is not None:
+            room_changed(room_id=room.pk)
     return room
 
 

@@ -343,7 +343,8 @@ def assistant_update(
                     Room.objects.filter(pk=room.pk).update(
                         system_prompt=checked.fields["system_prompt"]
                     )
-            room_changed(room_id=room.pk)
+            if checked.fields or checked.mode is not None:
+                room_changed(room_id=room.pk)
     except IntegrityError:
         raise BadRequest("another assistant was just set to answer every message") from None
     return placement

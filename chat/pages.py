@@ -89,7 +89,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             "members_more": member_count - len(members),
             # The owner and staff may remove members (services.room_member_remove).
             "can_remove": selectors.can_manage(room=found, user=user),
-            "is_owner": selectors.is_owner(room=found, user=user),
+            # The creator cannot leave (services.room_leave); co-owners can.
+            "is_owner": found.owner_id == user.pk,
             "voice_label": VOICE_LABELS.get(found.voice, found.voice),
             # The bundled model answers here: say plainly that it is a demo.
             "demo_model": settings.LLM_BACKEND == "local" and settings.LLM_MODEL == BUNDLED_MODEL,

@@ -100,9 +100,7 @@ class RoomChannel:
         except redis_conn.UNAVAILABLE as exc:  # the pub/sub layer cannot reach Redis
             raise StoreUnavailable(str(exc)) from exc
         try:
-            # Subscribed first: whatever follows this head arrives live. A room event at or
-            # below it never passes here: rows read before this moment count as older.
-            self.room_changed_at = time.monotonic()
+            # Subscribed first: whatever follows this head arrives live.
             self.last_seq = await self.hub.head(self.room_id)
         except BaseException:
             with contextlib.suppress(Exception):

@@ -11,7 +11,12 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
 from chat.models import Membership
-from tests.browser.test_room_page import browser, contexts, login  # noqa: F401 - fixtures
+from tests.browser.test_room_page import (  # noqa: F401 - fixtures
+    ARTIFACTS,
+    browser,
+    contexts,
+    login,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -82,6 +87,9 @@ def test_owner_edits_and_a_members_page_follows_live(
     owner.locator("#invite-create").click()
     expect(owner.locator("#invites li")).to_have_count(1)
     link = owner.locator("#invites input").input_value()
+    ARTIFACTS.mkdir(exist_ok=True)
+    owner.screenshot(path=str(ARTIFACTS / "settings-owner.png"), full_page=True)
+    member.screenshot(path=str(ARTIFACTS / "settings-member.png"), full_page=True)
     assert link.startswith(f"{daphne.http_url}/invite/")
 
     # The browser logs the refused create's 400; nothing else went wrong on either page.

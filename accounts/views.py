@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts.services import user_signup
+from chat.models import Assistant
 from chat.serializers import ASSISTANT_NAME
 
 
@@ -15,6 +16,10 @@ class SignupForm(UserCreationForm):
         username: str = super().clean_username()
         if username.lower() == ASSISTANT_NAME:
             raise ValidationError("That name is reserved for the assistant.")
+        # An assistant's handle, shared or a room's, is an @name that already means that
+        # assistant: a member with it would make "@name" mean two things in its room.
+        if Assistant.objects.filter(handle__iexact=username).exists():
+            raise ValidationError("That name is an assistant's handle.")
         return username
 
 

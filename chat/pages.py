@@ -18,8 +18,8 @@ from django.shortcuts import render
 from django.templatetags.static import static
 from django.views.decorators.http import require_safe
 
-from chat import events, selectors
-from chat.errors import NotFound
+from chat import events, selectors, services
+from chat.errors import BadRequest, Forbidden, NotFound
 from chat.http import request_user
 from chat.llm.local import BUNDLED_MODEL
 from chat.serializers import room_to_dict
@@ -88,10 +88,58 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             "members": members,
             "members_more": member_count - len(members),
             # The owner and staff may remove members (services.room_member_remove).
-            "can_remove": user.is_staff or found.owner_id == user.pk,
+            "can_remove": selectors.can_manage(room=found, user=user),
+            # The creator cannot leave (services.room_leave); co-owners can.
             "is_owner": found.owner_id == user.pk,
             "voice_label": VOICE_LABELS.get(found.voice, found.voice),
             # The bundled model answers here: say plainly that it is a demo.
             "demo_model": settings.LLM_BACKEND == "local" and settings.LLM_MODEL == BUNDLED_MODEL,
         },
     )
+
+
+@login_required
+def room_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """The room's settings: owners and staff edit them, members read them (the page's
+    script, chat/static/chat/js/settings.js, works through the JSON API and re-reads
+    when a ``room`` event says the room changed)."""
+    user = request_user(request)
+    try:
+        found = selectors.room_get_for_member(slug=slug, user=user)
+    except NotFound:
+        raise Http404("no such room") from None
+    except Forbidden:
+        return HttpResponseRedirect(f"/rooms/{found_slug(slug)}/")
+    can_edit = selectors.can_manage(room=found, user=user)
+    config: dict[str, Any] = {
+        "room": room_to_dict(found, head=events.room_head_sync(found)),
+        "me": user.get_username(),
+        "can_edit": can_edit,
+    }
+    return render(
+        request,
+        "chat/room_settings.html",
+        {"room": found, "config": config, "can_edit": can_edit},
+    )
+
+
+def found_slug(slug: str) -> str:
+    from urllib.parse import quote
+
+    return quote(slug, safe="")
+
+
+@login_required
+def invite(request: HttpRequest, token: str) -> HttpResponse:
+    """A signed-in user opens an invite link: they join and land in the room. An expired
+    or revoked link is a page that says so (410); an unknown one is a 404."""
+    user = request_user(request)
+    try:
+        room = services.invite_accept(token=token, user=user)
+    except services.InviteGone as exc:
+        return render(request, "chat/invite_gone.html", {"reason": exc.detail}, status=410)
+    except NotFound:
+        raise Http404("no such invite link") from None
+    except BadRequest as exc:
+        return render(request, "chat/invite_gone.html", {"reason": exc.detail}, status=400)
+    return HttpResponseRedirect(f"/rooms/{found_slug(room.slug)}/")

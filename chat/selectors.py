@@ -54,6 +54,42 @@ def is_member(*, room: Room, user: AnyUser) -> bool:
     return Membership.objects.filter(room=room, user=user.pk).exists()
 
 
+def is_owner(*, room: Room, user: AnyUser) -> bool:
+    """``user`` owns ``room``: its creator (``Room.owner``), or a member the owner made
+    an owner too (``Membership.role`` = owner). Owners change the room's settings,
+    assistants and members, and control any reply in it."""
+    if not user.is_authenticated:
+        return False
+    if room.owner_id == user.pk:
+        return True
+    return Membership.objects.filter(room=room, user=user.pk, role=Membership.Role.OWNER).exists()
+
+
+def can_manage(*, room: Room, user: AnyUser) -> bool:
+    """``user`` may change ``room``'s settings, assistants and members: an owner or staff."""
+    return bool(user.is_authenticated and (user.is_staff or is_owner(room=room, user=user)))
+
+
+def room_member_roles(*, room: Room, limit: int) -> tuple[list[tuple[str, str]], int]:
+    """Up to ``limit`` of the room's members as (username, role), the creator first, then
+    owners, then by name; and how many members it has in all. The creator is always
+    ``owner`` whatever their membership row says."""
+    rows = (
+        Membership.objects.filter(room=room)
+        .order_by(
+            Case(When(user_id=room.owner_id, then=Value(0)), default=Value(1)),
+            "role",  # "member" sorts after "owner"
+            "user__username",
+        )
+        .values_list("user_id", "user__username", "role")
+    )
+    found = [
+        (name, Membership.Role.OWNER if uid == room.owner_id else role)
+        for uid, name, role in rows[:limit]
+    ]
+    return found, Membership.objects.filter(room=room).count()
+
+
 def room_get(*, slug: str, user: AnyUser) -> Room:
     """The room, if ``user`` may see it; a private room is invisible to non-members."""
     if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
@@ -94,19 +130,22 @@ def message_get(*, message_id: str | int, user: AnyUser) -> Message:
     return message
 
 
-def can_control_reply(*, user: AnyUser, message: Message, member: bool) -> bool:
+def can_control_reply(
+    *, user: AnyUser, message: Message, member: bool, owner: bool = False
+) -> bool:
     """Who may pause, resume or stop a reply (docs/protocol.md, "Who controls a reply").
 
     Staff may control any reply, in any room, whether or not they are members of it (they
     moderate the whole server). Otherwise the asker (the author of the message the reply
-    answers) and the room's owner may, while they are members of the room.
+    answers) and the room's owners (its creator, and ``owner`` as a member whose
+    membership's role is owner) may, while they are members of the room.
     """
     if not user.is_authenticated or not user.is_active:
         return False
     if user.is_staff:
         return True
     asker_id = message.reply_to.author_id if message.reply_to else None
-    return member and user.pk in (asker_id, message.room.owner_id)
+    return member and (owner or user.pk in (asker_id, message.room.owner_id))
 
 
 def reply_for_control(*, message_id: object, user: AnyUser) -> Message:
@@ -124,12 +163,18 @@ def reply_for_control(*, message_id: object, user: AnyUser) -> Message:
     )
     if message is None:
         raise NotFound("no such message")
-    member = is_member(room=message.room, user=user)
+    role = (
+        Membership.objects.filter(room=message.room, user=user.pk)
+        .values_list("role", flat=True)
+        .first()
+    )
+    member = role is not None
     if not member and not user.is_staff:
         raise NotFound("no such message")
     if message.role != Role.ASSISTANT:
         raise BadRequest("only assistant replies can be controlled")
-    if not can_control_reply(user=user, message=message, member=member):
+    owner = role == Membership.Role.OWNER
+    if not can_control_reply(user=user, message=message, member=member, owner=owner):
         raise Forbidden("only the asker, the room owner or staff can control this reply")
     return message
 

@@ -6,12 +6,14 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import events, replies, selectors, services
 from chat.errors import BadRequest
 from chat.extensions import EXTENSIONS
 from chat.http import api, async_api, query_int, read_json, request_user
+from chat.models import Invite
 from chat.serializers import MessageDict, message_to_dict, room_to_dict
 
 
@@ -35,10 +37,15 @@ def rooms(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"rooms": [room_to_dict(r, head=events.room_head_sync(r)) for r in found]})
 
 
-@require_GET
+@require_http_methods(["GET", "PATCH"])
 @api
 def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    room = selectors.room_get(slug=slug, user=request_user(request))
+    """GET the room; PATCH its settings (Extension: owners and staff)."""
+    user = request_user(request)
+    room = selectors.room_get(slug=slug, user=user)
+    if request.method == "PATCH":
+        services.room_update(room=room, by=user, data=read_json(request))
+        room = selectors.room_get(slug=slug, user=user)  # its assistants as they are now
     return JsonResponse(room_to_dict(room, head=events.room_head_sync(room)))
 
 
@@ -51,10 +58,20 @@ def room_join(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse(room_to_dict(room, head=events.room_head_sync(room)))
 
 
-@require_POST
+# GET /api/rooms/<slug>/members lists at most this many (the creator and owners first).
+MEMBERS_LISTED = 500
+
+
+@require_http_methods(["GET", "POST"])
 @api
 def room_members(request: HttpRequest, slug: str) -> HttpResponse:
+    """POST adds a member (owners); GET lists members with their roles (Extension)."""
     user = request_user(request)
+    if request.method == "GET":
+        room = selectors.room_get_for_member(slug=slug, user=user)
+        found, count = selectors.room_member_roles(room=room, limit=MEMBERS_LISTED)
+        members = [{"username": name, "role": role} for name, role in found]
+        return JsonResponse({"members": members, "count": count})
     room = selectors.room_get(slug=slug, user=user)
     data = read_json(request)
     services.room_member_add(room=room, by=user, username=data.get("username"))
@@ -71,13 +88,52 @@ def room_leave(request: HttpRequest, slug: str) -> HttpResponse:
     return HttpResponse(status=204)
 
 
-@require_http_methods(["DELETE"])
+@require_http_methods(["DELETE", "PATCH"])
 @api
 def room_member(request: HttpRequest, slug: str, username: str) -> HttpResponse:
-    """Extension: the owner removes a member (docs/protocol.md "Leaving a room")."""
+    """Extension: an owner removes a member (docs/protocol.md "Leaving a room"), or
+    PATCHes their ``role`` (owner / member)."""
     user = request_user(request)
     room = selectors.room_get(slug=slug, user=user)
+    if request.method == "PATCH":
+        data = read_json(request)
+        membership = services.room_member_role(
+            room=room, by=user, username=username, role=data.get("role")
+        )
+        return JsonResponse({"username": username, "role": membership.role})
     services.room_member_remove(room=room, by=user, username=username)
+    return HttpResponse(status=204)
+
+
+def invite_to_dict(invite: Invite, request: HttpRequest) -> dict[str, str]:
+    path = reverse("invite", kwargs={"token": invite.token})
+    return {
+        "token": invite.token,
+        "url": request.build_absolute_uri(path),
+        "expires": invite.expires.isoformat().replace("+00:00", "Z"),
+    }
+
+
+@require_http_methods(["GET", "POST"])
+@api
+def room_invites(request: HttpRequest, slug: str) -> HttpResponse:
+    """Extension: an owner makes an invite link (POST) or lists the live ones (GET)."""
+    user = request_user(request)
+    room = selectors.room_get(slug=slug, user=user)
+    if request.method == "POST":
+        invite = services.invite_create(room=room, by=user)
+        return JsonResponse(invite_to_dict(invite, request), status=201)
+    found = services.invites_live(room=room, by=user)
+    return JsonResponse({"invites": [invite_to_dict(i, request) for i in found]})
+
+
+@require_http_methods(["DELETE"])
+@api
+def room_invite(request: HttpRequest, slug: str, token: str) -> HttpResponse:
+    """Extension: an owner revokes an invite link."""
+    user = request_user(request)
+    room = selectors.room_get(slug=slug, user=user)
+    services.invite_revoke(room=room, by=user, token=token)
     return HttpResponse(status=204)
 
 

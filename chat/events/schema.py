@@ -9,9 +9,10 @@ except ``queue``, whose schema is here beside the reply events it speaks of.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict, cast, get_args
+from collections.abc import Mapping
+from typing import Any, Literal, NotRequired, TypedDict, cast, get_args
 
-from chat.serializers import MessageDict
+from chat.serializers import MessageDict, RoomDict
 from core.contract import LIVE_QUEUE
 
 # chat.models.Status's non-queued values; the terminal ones are chat.models.TERMINAL_STATUSES.
@@ -40,6 +41,15 @@ class GenerationBody(TypedDict):
     metrics: NotRequired[dict[str, float | int | None]]
 
 
+class RoomBody(TypedDict):
+    """Extension: the room's settings, members' roles or assistants changed. ``room`` is
+    the whole Room object less its ``head`` (an event's place in the stream is its own
+    ``seq``; a head inside it would say nothing more)."""
+
+    type: Literal["room"]
+    room: dict[str, Any]
+
+
 class MessageEvent(MessageBody):
     seq: int
 
@@ -52,18 +62,27 @@ class GenerationEvent(GenerationBody):
     seq: int
 
 
+class RoomEvent(RoomBody):
+    seq: int
+
+
 class SnapshotEvent(TypedDict):
     type: Literal["snapshot"]
     seq: int
     messages: list[MessageDict]
 
 
-DurableEvent = MessageEvent | DeltaEvent | GenerationEvent | SnapshotEvent
+DurableEvent = MessageEvent | DeltaEvent | GenerationEvent | RoomEvent | SnapshotEvent
 
 
 def message_body(message: MessageDict) -> MessageBody:
     """A new message (a user's, or an assistant reply starting with ``text: ""``)."""
     return {"type": "message", "message": message}
+
+
+def room_body(room: RoomDict | Mapping[str, Any]) -> RoomBody:
+    """The room as it is now (``room_to_dict``'s object; its ``head`` is left out)."""
+    return {"type": "room", "room": {k: v for k, v in room.items() if k != "head"}}
 
 
 def delta_body(*, message_id: str, text: str) -> DeltaBody:

@@ -51,7 +51,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         return read
 
     monkeypatch.setattr(access, "_members", counted("members", access._members))
-    monkeypatch.setattr(access, "_room", counted("room", access._room))
+    monkeypatch.setattr(access, "room_row", counted("room", access.room_row))
     monkeypatch.setattr(
         selectors, "room_get_for_member", counted("one member", selectors.room_get_for_member)
     )

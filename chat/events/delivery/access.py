@@ -121,17 +121,36 @@ def _members(room_id: int) -> set[int]:
     )
 
 
-def _room(room_id: int) -> Any | None:
-    """The Room row as ``selectors.room_get`` reads it (its owner and assistants with it)."""
+def room_row(room_id: int) -> Any | None:
+    """The Room row as ``selectors.room_get`` reads it (its owner and assistants with it),
+    stamped with when the read began (``read_at``)."""
     from chat.models import Room
     from chat.serializers import ROOM_PREFETCH
 
-    return (
+    began = time.monotonic()
+    room = (
         Room.objects.select_related("owner")
         .prefetch_related(*ROOM_PREFETCH)
         .filter(pk=room_id)
         .first()
     )
+    if room is not None:
+        stamp(room, began)
+    return room
+
+
+# The attribute a Room row read for a handshake carries: when its read began (monotonic).
+_READ_AT = "_parley_read_at"
+
+
+def stamp(room: Any, began: float) -> None:
+    setattr(room, _READ_AT, began)
+
+
+def read_at(room: Any) -> float | None:
+    """When ``room``'s row was read for a handshake (None: not read by admission)."""
+    value = getattr(room, _READ_AT, None)
+    return value if isinstance(value, float) else None
 
 
 def _unindex(index: dict[int, dict[str, Subscriber]], key: int, sub_id: str) -> None:
@@ -166,7 +185,7 @@ class Admission:
         async with access.reading:
             room = self.cached(slug)
             if room is None:
-                room = await database_sync_to_async(_room)(access.room_id)
+                room = await database_sync_to_async(room_row)(access.room_id)
                 if room is None or room.slug != slug:
                     self.rooms.pop(slug, None)
                     return None

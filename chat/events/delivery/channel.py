@@ -52,6 +52,7 @@ class RoomChannel:
         hub: EventHub,
         presence: Presence,
         on_idle: Callable[[RoomChannel], Awaitable[None]],
+        on_room_changed: Callable[[int], None] | None = None,
     ) -> None:
         self.room_id = room_id
         self.hub = hub
@@ -72,6 +73,14 @@ class RoomChannel:
         self._empty_since: float | None = None
         self._behind_at: int | None = None
         self._on_idle = on_idle
+        # Told when a ``room`` event passes, before its seq becomes the head a hello
+        # gives: the process's cached Room row is dropped, so no later hello pairs an
+        # older room with a newer head (Fanout: Admission.forget_room).
+        self._on_room_changed = on_room_changed
+        # When a ``room`` event (or a snapshot, which may stand for some) last passed: a
+        # Room row read before then may be older than the head a hello would give with
+        # it, so the subscription reads it again (Subscription.open).
+        self.room_changed_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
 
@@ -262,6 +271,11 @@ class RoomChannel:
             # Never hold more than the log does: every process answers a resume alike.
             while len(self.recent) > settings.PARLEY_LOG_MAX_EVENTS:
                 self.recent.popleft()
+        if frame.type in ("room", "snapshot"):
+            # A snapshot may stand for room events the log lost.
+            self.room_changed_at = time.monotonic()
+            if self._on_room_changed is not None:
+                self._on_room_changed(self.room_id)
         self.last_seq = frame.seq
         await self._fan(frame, self.subscribers.values())
         self.progress.set()

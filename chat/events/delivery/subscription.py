@@ -10,12 +10,14 @@ room has been empty for ``PARLEY_ROOM_LINGER``, dropping what was kept for the r
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
 
 from chat.events import EventHub, get_hub
-from chat.events.delivery.access import Admission
+from chat.events.delivery import access
+from chat.events.delivery.access import Admission, read_at, stamp
 from chat.events.delivery.channel import RoomChannel
 from chat.events.delivery.subscribers import Subscriber
 from chat.presence import Presence, get_presence, online_fields_with
@@ -35,7 +37,11 @@ class Fanout:
         channel = self.rooms.get(room_id)
         if channel is None:
             channel = self.rooms[room_id] = RoomChannel(
-                room_id, hub=self.hub, presence=self.presence, on_idle=self._close_idle
+                room_id,
+                hub=self.hub,
+                presence=self.presence,
+                on_idle=self._close_idle,
+                on_room_changed=self.admission.forget_room,
             )
         return channel
 
@@ -83,7 +89,9 @@ async def admit(*, slug: str, user: Any) -> Any:
         room = await fanout.admission.refreshed(slug, channel.access)
         if room is not None and channel.access.knows_member(user.pk):
             return room
+    began = time.monotonic()
     room = await database_sync_to_async(selectors.room_get_for_member)(slug=slug, user=user)
+    stamp(room, began)
     fanout.admission.remember(slug, room)
     return room
 
@@ -133,6 +141,13 @@ class Subscription:
         channel = await self.prepare()
         self.head = channel.add(self.sub)
         self.sub.last_seq = self.head
+        began = read_at(self.room)
+        if began is not None and began <= channel.room_changed_at:
+            # A `room` event passed since this row was read: the hello's room must not be
+            # older than its head. (Later events reach the subscriber live.)
+            fresh = await database_sync_to_async(access.room_row)(self.room.pk)
+            if fresh is not None:
+                self.room = fresh
         presence = get_presence()
         came_online = await presence.join(self.room.pk, self.sub.username)
         self._joined = True

@@ -4,12 +4,10 @@ the composer, replies under their assistant's name and avatar, and the page foll
 the room's settings live (the ``room`` event).
 
 Fixtures and helpers are test_room_page.py's; waiting is Playwright's ``expect`` (or
-``wait_js``), never a sleep. The assistants are made with the ORM here (the settings page
-has its own tests).
+``wait_js``), never a sleep. Most assistants are made with the ORM here (the settings
+page has its own tests).
 
-- test_a_member_mentions_an_assistant_and_both_pages_show_its_reply needs issue 18's
-  routing (the mentioned assistant answers, on its own provider);
-- test_a_room_event_updates_the_page needs the room assistants API, which emits it.
+The end-to-end test makes its assistant on the settings page, as an owner would.
 """
 
 from __future__ import annotations
@@ -124,15 +122,32 @@ def test_at_offers_assistants_and_members_by_keyboard_and_mouse(daphne, contexts
     expect(bob.locator("article.msg--mine[data-id]")).to_contain_text("thanks @cat")
 
 
-def test_a_member_mentions_an_assistant_and_both_pages_show_its_reply(
-    daphne, llm, coder_llm, contexts, coder_room
+def test_the_owner_adds_an_assistant_a_member_mentions_it_and_both_pages_show_its_reply(
+    daphne, llm, coder_llm, contexts, trio
 ):
-    """Needs issue 18's routing: the mentioned assistant answers, on its own provider."""
-    room, _ = coder_room
+    """The whole path: the owner creates `coder` on the settings page, on a provider the
+    admin added; bob's page, open all along, learns of it live (the room event); bob asks
+    it with `@` completion; both pages stream its reply under its name and avatar."""
+    room, _ = trio
+    add_provider("coderhost", coder_llm.base_url, api_key=CODER_KEY)
     coder_llm.set_default(Scenario.slow(["Looks ", "good ", "to me."], delay=0.1))
     llm.set_default(Scenario.normal(["wrong model"]))
-    ann = user_in(daphne, contexts, "ann", room.slug)
     bob = user_in(daphne, contexts, "bob", room.slug)
+    ann = user_in(daphne, contexts, "ann", room.slug)
+
+    ann.locator("#room-settings").click()
+    expect(ann).to_have_url(f"{daphne.http_url}/rooms/{room.slug}/settings")
+    ann.locator("#assistant-new summary").click()
+    form = ann.locator("#assistant-form")
+    form.locator("input[name=handle]").fill("coder")
+    form.locator("input[name=name]").fill("Coder")
+    form.locator("input[name=avatar]").fill("🛠")
+    # The model list is the provider's own GET /v1/models.
+    form.locator("select[name=model]").select_option("coderhost/coder-model")
+    form.get_by_role("button", name="Create").click()
+    expect(ann.locator("#assistants li[data-handle=coder]")).to_contain_text("Coder")
+    assert CODER_KEY not in ann.content()
+    open_room(ann, daphne, room.slug)
 
     box = composer(bob)
     box.press_sequentially("@co")
@@ -151,7 +166,7 @@ def test_a_member_mentions_an_assistant_and_both_pages_show_its_reply(
         expect(reply.locator(".msg__body")).to_have_text("Looks good to me.")
     shot(ann, "room-assistant-reply")
     # It came from the coder's model server, asked for the coder's model.
-    asked = coder_llm.requests
+    asked = [r for r in coder_llm.requests if r.method == "POST"]
     assert len(asked) == 1
     assert asked[0].body["model"] == "coder-model"
     assert "please review the patch" in str(asked[0].body["messages"])
@@ -160,7 +175,8 @@ def test_a_member_mentions_an_assistant_and_both_pages_show_its_reply(
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 def test_a_room_event_updates_the_page(daphne, contexts, trio, transport):
-    """Needs the room assistants API (issue 18's settings work), which emits ``room``."""
+    """An assistant added through the API reaches an open page live, over either
+    transport."""
     room, tokens = trio
     bob = user_in(daphne, contexts, "bob", room.slug, f"?transport={transport}")
     r = httpx.post(

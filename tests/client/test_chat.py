@@ -354,19 +354,20 @@ async def test_assistants_lists_the_room_s_assistants(daphne, llm, members):
 
 
 async def test_a_mentioned_assistant_s_reply_is_labelled_with_its_name(daphne, llm, members):
-    """Needs issue 18's routing (the mentioned assistant answers, not the room's first)."""
+    """The mentioned assistant answers, not the room's first, under its own name."""
     from tests.support.assistants import add_assistant
 
     room, tokens = members
     await asyncio.to_thread(
-        add_assistant, room, "coder", "Coder", model="fake-model", mode="mention"
+        add_assistant, room, "coder", "Code Reviewer", model="fake-model", mode="mention"
     )
     llm.set_default(Scenario.normal(["Looks ", "fine."]))
     term = chat("--url", daphne.http_url, room.slug, token=tokens["ann"])
     try:
         await wait(term, "joined Client tests")
         term.send("review this @coder\r")
-        screen = await wait(term, "Coder (@coder): Looks fine.")
+        # Its name, and the handle that asks it (a name that is its handle is not repeated).
+        screen = await wait(term, "Code Reviewer (@coder): Looks fine.")
         # Only coder answered: the room's first assistant stays quiet when another is asked.
         assert "Assistant: Looks fine." not in screen
         term.send("/quit\r")
@@ -376,7 +377,7 @@ async def test_a_mentioned_assistant_s_reply_is_labelled_with_its_name(daphne, l
 
 
 async def test_a_room_event_updates_the_assistants(daphne, llm, members):
-    """Needs the room assistants API and its ``room`` event (issue 18's settings work)."""
+    """Assistants added and removed through the API reach an open session live."""
     room, tokens = members
     term = chat("--url", daphne.http_url, room.slug, token=tokens["bob"])
     try:

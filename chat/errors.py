@@ -46,6 +46,11 @@ class NotFound(ParleyError):
     status = 404
 
 
+class MethodNotAllowed(ParleyError):
+    code = "method_not_allowed"
+    status = 405
+
+
 class NotGenerating(ParleyError):
     code = "not_generating"
     status = 409

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
@@ -15,6 +16,7 @@ from chat.errors import (
     BadJson,
     BadRequest,
     Forbidden,
+    MethodNotAllowed,
     NotFound,
     ParleyError,
     RateLimited,
@@ -123,3 +125,42 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Exception("not found"))
+
+
+class ApiMethodNotAllowedMiddleware:
+    """A 405 under /api/ as the API's JSON error, with its Allow header: Django's
+    ``require_http_methods`` answers an empty body, which an API client cannot read (and
+    a URL such as ``/api/rooms/./leave``, which clients normalise to ``/api/rooms/leave``,
+    reaches a view that does not take its method). Async and sync, so it adds no thread
+    hop to the async views."""
+
+    async_capable = True
+    sync_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        return self._json(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        return self._json(request, await self.get_response(request))
+
+    @staticmethod
+    def _json(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if response.status_code != 405 or not request.path.startswith("/api/"):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        allowed = response.get("Allow", "")
+        use = allowed or "another method"
+        refused = MethodNotAllowed(f"{request.method} is not allowed here; use {use}")
+        answer = error_response(refused)
+        if allowed:
+            answer["Allow"] = allowed
+        return answer

@@ -39,6 +39,7 @@ MIDDLEWARE = [
     "config.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "chat.http.ApiMethodNotAllowedMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # After the session user, before CSRF: a valid bearer token replaces the session
     # user and exempts the request from CSRF (docs/protocol.md "Identity").

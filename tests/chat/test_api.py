@@ -127,7 +127,12 @@ def test_create_room_and_validation_errors(daphne, make_user):
         r = c.post("/api/rooms", content=b'{"name": "' + b"a" * 70000 + b'"}')
         assert (r.status_code, r.json()["code"]) == (413, "too_long")
         r = c.delete("/api/rooms")
-        assert r.status_code == 405
+        assert (r.status_code, r.json()["code"]) == (405, "method_not_allowed")
+        assert set(r.headers["Allow"].split(", ")) == {"GET", "POST"}
+        # A path a client normalises ("/api/rooms/./leave" is sent as "/api/rooms/leave")
+        # meets a view that does not take its method: still the API's JSON error.
+        r = c.post("/api/rooms/./leave")
+        assert (r.status_code, r.json()["code"]) == (405, "method_not_allowed")
 
 
 def test_private_rooms_are_invisible_to_non_members(daphne, make_user, make_room):

@@ -28,6 +28,7 @@ from django.utils.html import format_html
 
 from chat.assistants.providers import forget_models
 from chat.assistants.providers import provider as provider_named
+from chat.assistants.services import HANDLE, HANDLE_RULE
 from chat.errors import ParleyError
 from chat.figures import reply_figures
 from chat.models import (
@@ -43,6 +44,7 @@ from chat.models import (
     RoomAssistant,
 )
 from chat.replies import reply_control
+from chat.services import DEFAULT_HANDLE
 from chat.transcripts import (
     generation_of,
     reply_author,
@@ -278,22 +280,40 @@ class SharedFilter(admin.SimpleListFilter):
 TEMPERATURE_RANGE = (0.0, 2.0)
 
 
+# What staff set on an assistant (the form and the page show the same, in this order).
+ASSISTANT_FIELDS = (
+    "room",
+    "handle",
+    "name",
+    "avatar",
+    "provider",
+    "model",
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "voice",
+    "created_by",
+)
+
+
 class AssistantForm(forms.ModelForm):
     class Meta:
         model = Assistant
-        fields = [
-            "room",
-            "handle",
-            "name",
-            "avatar",
-            "provider",
-            "model",
-            "system_prompt",
-            "temperature",
-            "max_tokens",
-            "voice",
-            "created_by",
-        ]
+        fields = ASSISTANT_FIELDS
+
+    def clean_handle(self) -> str:
+        """The API's handle rule (chat/assistants/services.py): its syntax, and
+        ``assistant`` is kept for each room's first assistant."""
+        handle: str = self.cleaned_data["handle"]
+        if not HANDLE.fullmatch(handle):
+            raise forms.ValidationError(f"A handle is {HANDLE_RULE}.")
+        if handle == DEFAULT_HANDLE and (
+            self.instance.pk is None or self.instance.handle != handle
+        ):
+            raise forms.ValidationError(
+                f"The handle {handle!r} is kept for rooms' first assistants."
+            )
+        return handle
 
     def clean_provider(self) -> str:
         name: str = self.cleaned_data["provider"]
@@ -322,19 +342,7 @@ class AssistantAdmin(admin.ModelAdmin):
     search_fields = ["handle", "name", "model", "room__slug"]
     raw_id_fields = ["room", "created_by"]
     list_select_related = ["room"]
-    fields = [
-        "room",
-        "handle",
-        "name",
-        "avatar",
-        "provider",
-        "model",
-        "system_prompt",
-        "temperature",
-        "max_tokens",
-        "voice",
-        "created_by",
-    ]
+    fields = ASSISTANT_FIELDS
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         # A new one here is a shared one, made by whoever is signed in.

@@ -388,11 +388,14 @@ def test_shared_assistants_are_made_here_and_rooms_own_are_filtered(
     for bad, words in (
         ({"provider": "nowhere"}, "no provider named"),
         ({"temperature": "7"}, "temperature must be from"),
+        ({"handle": "Not A Handle"}, "A handle is a lowercase letter"),
+        ({"handle": "assistant"}, "kept for rooms&#x27; first assistants"),
     ):
-        r = admin_client.post("/admin/chat/assistant/add/", {**fields, "handle": "other", **bad})
+        form = {**fields, "handle": "other", **bad}
+        r = admin_client.post("/admin/chat/assistant/add/", form)
         assert r.status_code == 200
         assert words in r.content.decode()
-        assert not Assistant.objects.filter(handle="other").exists()
+        assert not Assistant.objects.filter(handle=form["handle"], room=None).exists()
 
     shared_only = admin_client.get("/admin/chat/assistant/?kind=shared").content.decode()
     rooms_only = admin_client.get("/admin/chat/assistant/?kind=room").content.decode()

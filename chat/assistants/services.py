@@ -190,31 +190,21 @@ def _settings(data: dict[str, Any], *, creating: bool, model: tuple[str, str] | 
         fields["name"] = clean_text(
             data.get("name"), field="name", max_chars=NAME_MAX, single_line=True, strip=True
         )
-    if "avatar" in data:
-        fields["avatar"] = clean_text(
-            data["avatar"] if data["avatar"] is not None else "",
-            field="avatar",
-            max_chars=AVATAR_MAX,
-            required=False,
-            single_line=True,
-            strip=True,
-        )
-    if "system_prompt" in data:
-        fields["system_prompt"] = clean_text(
-            data["system_prompt"] if data["system_prompt"] is not None else "",
-            field="system_prompt",
-            max_chars=SYSTEM_PROMPT_MAX,
-            required=False,
-        )
-    if "voice" in data:
-        fields["voice"] = clean_text(
-            data["voice"] if data["voice"] is not None else "",
-            field="voice",
-            max_chars=VOICE_MAX,
-            required=False,
-            single_line=True,
-            strip=True,
-        )
+    for field, max_chars, one_line in (
+        ("avatar", AVATAR_MAX, True),
+        ("system_prompt", SYSTEM_PROMPT_MAX, False),
+        ("voice", VOICE_MAX, True),
+    ):
+        if field in data:
+            # Optional text: null or "" clears it.
+            fields[field] = clean_text(
+                data[field] if data[field] is not None else "",
+                field=field,
+                max_chars=max_chars,
+                required=False,
+                single_line=one_line,
+                strip=one_line,
+            )
     if "temperature" in data:
         fields["temperature"] = _temperature(data["temperature"])
     if "max_tokens" in data:

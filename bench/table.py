@@ -46,6 +46,8 @@ def tables(report: dict[str, Any]) -> str:
         ("parley_1p", "1 process", "Parley"),
         ("socketio_1p", "1 process", "python-socketio"),
         ("before_1p", "1 process", before),
+        ("parley_second_room", "1 process, a second room (its 1 assistant)", "Parley"),
+        ("parley_assistants", "1 process, a second room of 3 assistants", "Parley"),
         ("parley_mixed", "1 process, half of them SSE", "Parley"),
         ("parley_2p", "2 processes on Redis", "Parley"),
         ("socketio_2p", "2 processes on Redis", "python-socketio"),

@@ -21,11 +21,20 @@ from tests.support.openai_server import Scenario
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-def test_a_waiting_reply_shows_its_place_in_line_and_moves_up(daphne, llm, contexts, trio):  # noqa: F811
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_a_waiting_reply_shows_its_place_in_line_and_moves_up(
+    daphne,
+    llm,
+    contexts,  # noqa: F811
+    trio,  # noqa: F811
+    transport,
+):
+    """Bob follows over either transport: an EventSource hears only the event names the
+    page listens for, so `queue` must be one of them."""
     room, _ = trio
     llm.set_default(Scenario.stepped(["Done."]))
     ann = user_in(daphne, contexts, "ann", room.slug)
-    bob = user_in(daphne, contexts, "bob", room.slug)
+    bob = user_in(daphne, contexts, "bob", room.slug, f"?transport={transport}")
     send(ann, "first question")
     expect(bob.locator(".badge", has_text="streaming")).to_have_count(1)
     send(ann, "second question")
@@ -36,7 +45,8 @@ def test_a_waiting_reply_shows_its_place_in_line_and_moves_up(daphne, llm, conte
     third = bob.locator(".badge", has_text="queued · 3rd in line")
     expect(second).to_have_count(1)
     expect(third).to_have_count(1)
-    shot(bob, "waiting-in-line")
+    if transport == "ws":
+        shot(bob, "waiting-in-line")
 
     llm.step()  # the first reply ends: the third question is now 2nd in line
     expect(third).to_have_count(0)

@@ -22,7 +22,8 @@ const PONG_WITHIN_MS = 10000;
 // would never reach the store, and the next event would look like a gap (a resync that
 // replays the same missed event). Every durable type the server sends must be listed.
 const SSE_EVENT_TYPES = [
-  "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "room", "error", "audio", "pong",
+  "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "room", "queue", "error", "audio",
+  "pong",
 ];
 
 // Close codes after which trying again cannot help (the server's list, with its reasons,

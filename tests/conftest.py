@@ -22,12 +22,15 @@ def pytest_configure(config: Any) -> None:
     settings.STT_PRELOAD = False
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _collected_static() -> None:
+def pytest_sessionstart(session: Any) -> None:
     """The pages name their JS and CSS by content hash (config/static.py): collect them
-    once per session, as ``make run`` and the Dockerfile do, before any page renders."""
+    once per session, as ``make run`` and the Dockerfile do. Before collection, not in a
+    fixture: modules that import config.asgi run its start-up checks as they are
+    collected, and a fresh clone has no manifest yet (parley.E001)."""
+    import django
     from django.core.management import call_command
 
+    django.setup()
     call_command("collectstatic", "--noinput", verbosity=0)
 
 

@@ -20,6 +20,7 @@ from asgiref.sync import sync_to_async
 
 from chat.models import Assistant, Invite, Membership, Room, RoomAssistant
 from tests.conftest import daphne_env
+from tests.support import web
 from tests.support.daphne import DaphneServer, free_port
 from tests.support.openai_server import FakeOpenAIServer
 from tests.support.sse import open_sse
@@ -27,7 +28,6 @@ from tests.support.wsclient import RoomClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PASSWORD = "pw-for-tests-123"
 KEYS = ("sk-ALPHA-7f3c-never-shown", "sk-BETA-91aa-never-shown", "sk-DOWN-0bad-never-shown")
 
 
@@ -95,16 +95,8 @@ def api(server: DaphneServer, token: str | None = None) -> httpx.Client:
 
 
 def logged_in(server: DaphneServer, username: str) -> httpx.Client:
-    client = httpx.Client(base_url=server.http_url, timeout=15, event_hooks={"response": [_no_key]})
-    form = client.get("/accounts/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
-    assert token
-    r = client.post(
-        "/accounts/login/",
-        data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token[1]},
-    )
-    assert r.status_code == 302, r.text
-    return client
+    """A signed-in browser-like client whose every answer is searched for the keys."""
+    return web.logged_in(server, username, event_hooks={"response": [_no_key]})
 
 
 @pytest.fixture

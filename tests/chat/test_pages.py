@@ -10,22 +10,9 @@ import pytest
 from django.test import RequestFactory
 from django.views.defaults import permission_denied
 
+from tests.support.web import logged_in
+
 pytestmark = pytest.mark.django_db(transaction=True)
-
-PASSWORD = "pw-for-tests-123"
-
-
-def logged_in(daphne, username: str) -> httpx.Client:
-    client = httpx.Client(base_url=daphne.http_url, timeout=10)
-    form = client.get("/accounts/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
-    assert token
-    r = client.post(
-        "/accounts/login/",
-        data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token[1]},
-    )
-    assert r.status_code == 302, r.text
-    return client
 
 
 def assert_styled_error(html: str, heading: str) -> None:

@@ -1,0 +1,205 @@
+"""How fast a message action reaches every member, beside how fast a delta does (issue 19).
+
+    python -m bench.actions --out bench/actions.json          (make bench)
+    python -m bench.actions --quick --out bench/actions-quick.json
+
+One daphne, one room of ``--members`` WebSocket members (bench/loadgen.py's cheap
+clients), one loopback model server (tests/support/openai_server.py). First a reply
+streams ``--tokens`` tokens at 50 tokens/s: a delta's latency is the time from the model
+server writing a token to a member receiving it. Then member 0 acts, ``--repeat`` times
+each: ``rate`` (the ``rating`` event), ``edit`` (``edit``), ``regenerate`` (``version``)
+and ``delete`` (``delete``); an action's latency is the time from member 0 writing the
+frame to a member receiving its event. Both are per member, so p99 is the slowest members'
+view, and the two are measured in the same process, room and run: the target is an
+action p99 within the delta's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.run import _setup_django, _users, percentile  # noqa: E402
+
+TOKEN = re.compile(rb"t(\d+) ")
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {
+        "samples": len(values),
+        "p50_ms": round(percentile(values, 0.5) * 1000, 1),
+        "p99_ms": round(percentile(values, 0.99) * 1000, 1),
+    }
+
+
+class Room:
+    """The members' connections and what each has received, stamped on arrival."""
+
+    def __init__(self, url: str, slug: str, tokens: list[str]) -> None:
+        self.url, self.slug, self.tokens = url, slug, tokens
+        self.members: list[Any] = []
+
+    async def open(self) -> None:
+        from bench.loadgen import ws_connect
+
+        gate = asyncio.Semaphore(50)
+
+        async def one(token: str) -> Any:
+            async with gate:
+                client = await ws_connect(
+                    self.url, f"/ws/rooms/{self.slug}/", {"Authorization": f"Bearer {token}"}
+                )
+                await self.until(client, lambda payload: b'"type":"hello"' in payload)
+                return client
+
+        self.members = list(await asyncio.gather(*(one(t) for t in self.tokens)))
+
+    @staticmethod
+    async def until(client: Any, match: Any, start: int = 0) -> tuple[float, bytes]:
+        """The first frame from index ``start`` on that ``match`` accepts (waits for it)."""
+        seen = start
+        while True:
+            for at, payload in client.frames[seen:]:
+                if match(payload):
+                    return at, payload
+            seen = len(client.frames)
+            client.changed.clear()
+            await asyncio.wait_for(client.changed.wait(), 60)
+
+    async def act(self, frame: dict[str, Any], event: str) -> tuple[list[float], dict[str, Any]]:
+        """Member 0 sends ``frame``; every member's latency to the ``event`` it causes."""
+        marks = [len(m.frames) for m in self.members]
+        needle = f'"type":"{event}"'.encode()
+        sent = time.monotonic()
+        self.members[0].send(json.dumps(frame).encode())
+        arrivals = await asyncio.gather(
+            *(
+                self.until(m, lambda p: needle in p, start)
+                for m, start in zip(self.members, marks, strict=True)
+            )
+        )
+        return [at - sent for at, _ in arrivals], json.loads(arrivals[0][1])
+
+    async def reply_done(self, message_id: str) -> None:
+        mine, done = f'"message_id":"{message_id}"'.encode(), b'"state":"complete"'
+        await asyncio.gather(
+            *(self.until(m, lambda p: mine in p and done in p) for m in self.members)
+        )
+
+    def close(self) -> None:
+        for m in self.members:
+            if m.transport is not None:
+                m.transport.close()
+
+
+async def measure(args: argparse.Namespace, url: str, slug: str, tokens: list[str], fake: Any):
+    from tests.support.openai_server import Scenario
+
+    pieces = [f"t{i} " for i in range(args.tokens)]
+    room = Room(url, slug, tokens)
+    await room.open()
+    try:
+        # The reply every action works on, streamed as the fan-out bench streams it.
+        fake.set_default(Scenario.slow(pieces, delay=1 / 50))
+        before = len(fake.requests)
+        _, created = await room.act({"action": "send", "text": "go", "ask_ai": True}, "message")
+        asked_id = created["message"]["id"]
+        record = await fake.await_request(before, timeout=60)
+        reply_id = None
+        for _, payload in room.members[0].frames:
+            event = json.loads(payload)
+            message = event.get("message") or {}
+            if event.get("type") == "message" and message.get("reply_to") == asked_id:
+                reply_id = message["id"]
+        assert reply_id is not None, "no reply was announced"
+        await room.reply_done(reply_id)
+        deltas = []
+        for member in room.members:
+            for at, payload in member.frames:
+                for match in TOKEN.finditer(payload):
+                    index = int(match.group(1))
+                    if index < len(record.piece_times):
+                        deltas.append(at - record.piece_times[index])
+        results: dict[str, list[float]] = {"rate": [], "edit": [], "regenerate": [], "delete": []}
+        fake.set_default(Scenario.normal(["again"]))
+        for i in range(args.repeat):
+            value = 1 if i % 2 == 0 else -1
+            lat, _ = await room.act(
+                {"action": "rate", "message_id": reply_id, "value": value}, "rating"
+            )
+            results["rate"] += lat
+            lat, _ = await room.act(
+                {"action": "edit", "message_id": asked_id, "text": f"go, take {i}"}, "edit"
+            )
+            results["edit"] += lat
+            lat, version = await room.act(
+                {"action": "regenerate", "message_id": reply_id}, "version"
+            )
+            results["regenerate"] += lat
+            await room.reply_done(version["current"])
+            _, said = await room.act({"action": "send", "text": f"note {i}"}, "message")
+            lat, _ = await room.act(
+                {"action": "delete", "message_id": said["message"]["id"]}, "delete"
+            )
+            results["delete"] += lat
+        row = {"members": len(room.members), "delta": _ms(deltas)}
+        for name, values in results.items():
+            row[name] = _ms(values)
+            row[name]["p99_vs_delta_p99"] = round(
+                row[name]["p99_ms"] / max(row["delta"]["p99_ms"], 0.1), 2
+            )
+        return row
+    finally:
+        room.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "actions.json")
+    parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=10, help="times each action is taken")
+    args = parser.parse_args()
+    if args.quick:
+        args.members, args.tokens, args.repeat = 20, 40, 2
+
+    from tests.support.daphne import DaphneServer
+    from tests.support.openai_server import FakeOpenAIServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="parley-actions-"))
+    db = tmp / "bench.sqlite3"
+    _setup_django(db)
+    slug, tokens = _users(args.members)
+    with FakeOpenAIServer() as fake:
+        env = {
+            "DATABASE_URL": f"sqlite:///{db}",
+            "LLM_BACKEND": "openai",
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": "bench",
+            "PARLEY_SEND_BURST": "100000",
+            "VOICE_PRELOAD": "0",
+        }
+        server = DaphneServer(env).start()
+        try:
+            row = asyncio.run(measure(args, server.http_url, slug, tokens, fake))
+        finally:
+            server.stop()
+    report = {"settings": {"members": args.members, "tokens": args.tokens}, "actions": row}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    worst = max(row[name]["p99_vs_delta_p99"] for name in ("rate", "edit", "regenerate", "delete"))
+    print(json.dumps({"delta_p99_ms": row["delta"]["p99_ms"], "worst_action_ratio": worst}))
+
+
+if __name__ == "__main__":
+    main()

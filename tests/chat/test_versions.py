@@ -236,7 +236,8 @@ async def test_who_may_regenerate_and_when(daphne, llm, members):
     question = (await stored(reply)).reply_to_id
     await bob.send(action="regenerate", message_id=str(question), id="b0")
     assert (await bob.wait_type("error", id="b0"))["code"] == "bad_request"
-    for bad in (None, True, [], {"x": 1}, "", "12ab", "\x00", -4):
+    bad_ids: list[object] = [None, True, [], {"x": 1}, "", "12ab", "\x00", -4]
+    for bad in bad_ids:
         await bob.send(action="regenerate", message_id=bad, id="bad")
         assert (await bob.wait_type("error", id="bad"))["code"] in ("bad_request", "not_found")
 

@@ -22,7 +22,7 @@ from chat.ratelimit import send_allow
 from chat.replies import db
 from chat.replies.asking import queue_replies
 from chat.replies.manager import get_manager
-from chat.selectors import parse_message_id, reply_for_versions, room_get_for_member
+from chat.selectors import is_member, parse_message_id, reply_for_versions
 from chat.serializers import MessageDict, message_to_dict
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ async def reply_regenerate_for_message(*, user: User, message_id: object) -> lis
         message = Message.objects.select_related("room").filter(pk=pk).first()
         if message is None:
             raise NotFound("no such message")
-        room_get_for_member(slug=message.room.slug, user=user)
+        if not user.is_staff and not is_member(room=message.room, user=user):
+            raise NotFound("no such message")  # as for reading it
         if message.role != Role.USER:
             raise BadRequest("only a member's message is rerun")
         heads = message.replies.filter(role=Role.ASSISTANT, version_of__isnull=True)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
+from chat.models import Message
 from chat.services import room_join, room_leave
 from tests.support.openai_server import Scenario
 from tests.support.rooms import ask, connect, stored
@@ -274,6 +275,15 @@ async def test_who_may_regenerate_and_when(daphne, llm, members):
         assert (gone.status_code, gone.json()["code"]) == (404, "not_found")
         gone = await client.post(f"/api/messages/{reply}/pick")
         assert gone.status_code == 404
+    assert (await stored(reply)).version_count == 2
+
+    # The question itself is gone (removed from the database): nothing to answer again.
+    await sync_to_async(Message.objects.filter(pk=question).delete)()
+    # (Its asker is no longer known: the room's owner asks.)
+    await ann.send(action="regenerate", message_id=reply, id="a2")
+    orphan = await ann.wait_type("error", id="a2")
+    assert orphan["code"] == "bad_request"
+    assert "gone" in orphan["detail"]
     assert (await stored(reply)).version_count == 2
     await ann.close()
     await bob.close()

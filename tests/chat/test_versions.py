@@ -235,6 +235,7 @@ async def test_who_may_regenerate_and_when(daphne, llm, members):
     assert (await carol.wait_type("error", id="c2"))["code"] == "forbidden"
     # A member's message has no versions.
     question = (await stored(reply)).reply_to_id
+    assert question is not None
     await bob.send(action="regenerate", message_id=str(question), id="b0")
     assert (await bob.wait_type("error", id="b0"))["code"] == "bad_request"
     bad_ids: list[object] = [None, True, [], {"x": 1}, "", "12ab", "\x00", -4]

@@ -27,7 +27,7 @@ from chat.events.delivery import Subscription, WebSocketSubscriber, admit
 from chat.events.frames import Frame
 from chat.extensions import EXTENSIONS
 from chat.models import Room
-from chat.replies import message_send, reply_control
+from chat.replies import message_send, reply_control, reply_regenerate, version_pick
 from core import contract, metrics
 
 logger = logging.getLogger(__name__)
@@ -217,6 +217,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def action_stop(self, frame: dict[str, Any], request_id: object) -> None:
         await self._control(frame, "stop")
 
+    # --- versions of a reply (docs/protocol.md "Versions of a reply") ---
+
+    async def action_regenerate(self, frame: dict[str, Any], request_id: object) -> None:
+        await reply_regenerate(user=self.user, message_id=_message_id(frame))
+
+    async def action_pick_version(self, frame: dict[str, Any], request_id: object) -> None:
+        await version_pick(user=self.user, message_id=_message_id(frame))
+
     async def action_typing(self, frame: dict[str, Any], request_id: object) -> None:
         now = time.monotonic()
         if now - self.last_typing < TYPING_MIN_INTERVAL:
@@ -256,3 +264,10 @@ def _parse_after(query_string: bytes) -> tuple[int | None, str | None]:
     if raw.isascii() and raw.isdigit() and len(raw) <= 18:
         return int(raw), None
     return None, "after must be a non-negative integer; going on live"
+
+
+def _message_id(frame: dict[str, Any]) -> str | int:
+    message_id = frame.get("message_id")
+    if not isinstance(message_id, str | int) or isinstance(message_id, bool):
+        raise BadRequest("message_id is required")
+    return message_id

@@ -242,6 +242,21 @@ class Message(models.Model):
     client_id = models.CharField(max_length=64, blank=True, default="")
     input = models.CharField(max_length=10, choices=InputKind.choices, default=InputKind.TEXT)
     created = models.DateTimeField(auto_now_add=True)
+    # --- Versions (issue 19 section 1, docs/protocol.md "Versions of a reply") ---
+    # A regenerated answer is a row of its own (so pause, resume, stop, heard text and
+    # voice work on it as on any reply): it points to the first reply ("the reply",
+    # ``version_of`` null, ``version`` 1), with the same ``reply_to`` and assistant. The
+    # reply row keeps the group's count and which version is current (null: itself), so a
+    # message's wire dict needs no extra query. Defaults in the database too, for a
+    # process of the release before (a rolling deploy) inserting replies.
+    version_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="later_versions"
+    )
+    version = models.PositiveIntegerField(default=1, db_default=1)
+    version_count = models.PositiveIntegerField(default=1, db_default=1)
+    current_version = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         indexes = [

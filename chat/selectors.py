@@ -179,6 +179,40 @@ def reply_for_control(*, message_id: object, user: AnyUser) -> Message:
     return message
 
 
+def reply_for_versions(*, message_id: object, user: AnyUser) -> Message:
+    """The reply (or later version of one) ``user`` asks to regenerate or to pick, if
+    they may: the rule of ``can_control_reply`` (the asker, the room's owners, staff), the
+    same for every version of a reply (they answer the same message). A member's message
+    is ``bad_request``; someone outside the room gets not_found."""
+    pk = parse_message_id(message_id if isinstance(message_id, str | int) else "")
+    message = Message.objects.select_related("room", "reply_to", "generation").filter(pk=pk).first()
+    if message is None:
+        raise NotFound("no such message")
+    role = (
+        Membership.objects.filter(room=message.room, user=user.pk)
+        .values_list("role", flat=True)
+        .first()
+    )
+    member = role is not None
+    if not member and not user.is_staff:
+        raise NotFound("no such message")
+    if message.role != Role.ASSISTANT:
+        raise BadRequest("only an assistant's reply has versions; regenerate its reply")
+    owner = role == Membership.Role.OWNER
+    if not can_control_reply(user=user, message=message, member=member, owner=owner):
+        raise Forbidden("only the asker, the room's owners or staff can do this to a reply")
+    return message
+
+
+def reply_versions(*, message: Message) -> list[Message]:
+    """The versions of the reply ``message`` belongs to (it, or the reply it is a later
+    version of), first to last."""
+    head_id = message.version_of_id or message.pk
+    return list(
+        Message.objects.filter(Q(pk=head_id) | Q(version_of=head_id)).order_by("version", "id")
+    )
+
+
 def parse_message_id(value: object) -> int:
     """Message ids are opaque strings on the wire; inside they are positive integers."""
     if isinstance(value, bool):

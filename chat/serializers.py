@@ -70,6 +70,13 @@ class MessageDict(TypedDict):
     by: NotRequired[str | None]
     reason: NotRequired[str | None]
     metrics: NotRequired[dict[str, float | int | None] | None]
+    # Extension, versions of a reply (docs/protocol.md "Versions of a reply"): a later
+    # version names the reply it is a version of and its number; the reply itself, once
+    # it has more than one, says how many and which is current (a message id).
+    version_of: NotRequired[str]
+    version: NotRequired[int]
+    versions: NotRequired[int]
+    current: NotRequired[str]
 
 
 # The fields above that only an ended reply carries.
@@ -149,6 +156,14 @@ def message_to_dict(message: Message, *, room_slug: str | None = None) -> Messag
             "name": gen.assistant_name or "Assistant",
             "model": f"{gen.provider or DEFAULT_PROVIDER}/{gen.model}",
         }
+    if message.role == Role.ASSISTANT:
+        if message.version_of_id is not None:
+            body["version_of"] = str(message.version_of_id)
+            body["version"] = message.version
+        elif message.version_count > 1:
+            body["version"] = 1
+            body["versions"] = message.version_count
+            body["current"] = str(message.current_version_id or message.pk)
     if message.role == Role.ASSISTANT and message.status in TERMINAL_STATUSES:
         by = gen.stopped_by if gen is not None and gen.stopped_by_id else None
         body["by"] = by.get_username() if by is not None else None

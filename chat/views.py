@@ -13,7 +13,7 @@ from chat import events, replies, selectors, services
 from chat.errors import BadRequest
 from chat.extensions import EXTENSIONS
 from chat.http import api, async_api, query_int, read_json, request_user
-from chat.models import Invite
+from chat.models import Invite, Role
 from chat.serializers import MessageDict, message_to_dict, room_to_dict
 
 
@@ -175,7 +175,19 @@ async def room_messages(request: HttpRequest, user: User, slug: str) -> HttpResp
 @api
 def message_detail(request: HttpRequest, message_id: str) -> HttpResponse:
     message = selectors.message_get(message_id=message_id, user=request_user(request))
-    return JsonResponse(message_to_dict(message))
+    body: dict[str, object] = dict(message_to_dict(message))
+    if message.role == Role.ASSISTANT:
+        # Extension: a reply's versions, each with its text and status, and which is
+        # current (docs/protocol.md "Versions of a reply").
+        found = selectors.reply_versions(message=message)
+        body["versions"] = [
+            {"id": str(v.pk), "version": v.version, "text": v.text, "status": v.status}
+            for v in found
+        ]
+        head = found[0]
+        body["current"] = str(head.current_version_id or head.pk)
+        body.setdefault("version", message.version)
+    return JsonResponse(body)
 
 
 # --- Sending and controlling over plain HTTP (the same services as the WebSocket) --------
@@ -238,3 +250,24 @@ async def message_control(
     await EXTENSIONS.stop_heard(user=user, message_id=message_id, heard_ms=heard_ms, room_id=None)
     stopped = await database_sync_to_async(selectors.message_get)(message_id=message_id, user=user)
     return JsonResponse({"message": message_to_dict(stopped)})
+
+
+# --- Versions of a reply (docs/protocol.md "Versions of a reply"; extension) ---------------
+
+
+@require_POST
+@async_api
+async def message_regenerate(request: HttpRequest, user: User, message_id: str) -> HttpResponseBase:
+    """Another answer: a new version of the reply (202, the version as queued)."""
+    read_json(request)  # a body, if any, must be JSON (nothing in it is read)
+    version = await replies.reply_regenerate(user=user, message_id=message_id)
+    return JsonResponse({"message": version}, status=202)
+
+
+@require_POST
+@async_api
+async def message_pick(request: HttpRequest, user: User, message_id: str) -> HttpResponseBase:
+    """Make this version its reply's current one (200, the reply as it is now)."""
+    read_json(request)
+    reply = await replies.version_pick(user=user, message_id=message_id)
+    return JsonResponse({"message": reply})

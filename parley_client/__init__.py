@@ -62,6 +62,8 @@ from parley_client.models import (
     Snapshot,
     Typing,
     UnknownEvent,
+    VersionEvent,
+    VersionInfo,
 )
 from parley_client.room import Backoff, RoomSession, SessionClosed
 
@@ -116,5 +118,7 @@ __all__ = [
     "Unauthorized",
     "UnknownEvent",
     "Unreachable",
+    "VersionEvent",
+    "VersionInfo",
     "write_wav",
 ]

@@ -52,6 +52,7 @@ from parley_client.models import (
     RoomEvent,
     Snapshot,
     Typing,
+    VersionEvent,
 )
 from parley_client.room import RoomSession, Transport
 
@@ -98,6 +99,7 @@ STYLE = Style.from_dict(
 
 HELP = """\
 /pause /resume /stop    control the reply being generated (Ctrl-C stops it too)
+/regen [ID]             another answer: a new version of the last reply (or reply ID)
 /voice MODE             speak the next reply: normal, streaming, realtime or off
 /audio FILE.wav         save spoken replies (FILE-<id>.wav each); /audio off stops
 /assistants             list the room's assistants (mention one with @handle)
@@ -215,6 +217,8 @@ class ChatApp:
         self.voice_next: str | None = None
         self.audio_path: Path | None = None
         self.printed: set[str] = set()
+        # The newest assistant reply seen: what a bare /regen asks again.
+        self.last_reply: str | None = None
         self.last_ctrl_c = 0.0
         self.last_typing_sent = 0.0
         self.exit_code = 0
@@ -318,6 +322,7 @@ class ChatApp:
             message = event.message
             if message.role == "assistant":
                 self.live[message.id] = LiveReply(message, message.text, message.status, whole=True)
+                self.last_reply = message.id
             else:
                 self.print_message(message)
         elif isinstance(event, Delta):
@@ -339,6 +344,15 @@ class ChatApp:
                     self.live[message.id] = LiveReply(message, message.text, message.status)
         elif isinstance(event, RoomEvent):
             self.on_room(event.room)
+        elif isinstance(event, VersionEvent):
+            who = f" by {event.by}" if event.by else ""
+            self.say(
+                (
+                    "class:note",
+                    f"(reply {event.message_id} has {event.versions} versions; "
+                    f"#{event.current} is current{who})",
+                )
+            )
         elif isinstance(event, QueuePlaces):
             for place in event.replies:
                 if (waiting := self.live.get(place.message_id)) is not None:
@@ -429,6 +443,12 @@ class ChatApp:
                 self.say(("", HELP))
             elif name in ("pause", "resume", "stop"):
                 await self.control(name, arg or None)
+            elif name in ("regen", "regenerate"):
+                target = arg or self.last_reply
+                if target is None:
+                    self.say(("class:note", "no reply to regenerate yet"))
+                else:
+                    await room.regenerate(target)
             elif name == "voice":
                 if arg not in VOICE_MODES:
                     self.say(("class:error", "usage: /voice normal|streaming|realtime|off"))
@@ -537,6 +557,8 @@ class ChatApp:
         """Print ``message`` wrapped at word boundaries to the terminal's width, its later
         lines indented under the first (the terminal's own wrap would cut words)."""
         self.printed.add(message.id)
+        if message.role == "assistant":
+            self.last_reply = message.id
         you = self.room.you if self.room else ""
         author = speaker(message)
         style = (

@@ -297,6 +297,19 @@ class Client:
     async def pause(self, message_id: str) -> Message:
         return await self.control("pause", message_id)
 
+    async def regenerate(self, message_id: str) -> Message:
+        """Extension: another answer, a new version of the reply ``message_id`` (the
+        reply's id or any version's); returns the new version as queued. It streams to
+        the room like any reply and becomes the current version."""
+        body = await self._call("POST", f"/api/messages/{_path_id(message_id)}/regenerate")
+        return Message.from_dict(_field(body, "message", dict))
+
+    async def pick_version(self, message_id: str) -> Message:
+        """Extension: make version ``message_id`` its reply's current one; returns the
+        reply as it now is (its ``current``)."""
+        body = await self._call("POST", f"/api/messages/{_path_id(message_id)}/pick")
+        return Message.from_dict(_field(body, "message", dict))
+
     async def resume(self, message_id: str) -> Message:
         return await self.control("resume", message_id)
 

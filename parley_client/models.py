@@ -233,6 +233,49 @@ class Room:
         return bool(self.answering(text))
 
 
+def _opt_count(d: Mapping[str, Any], key: str) -> int:
+    value = d.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+def _versions_count(value: Any) -> int:
+    """``versions``: a count on a message, a list on ``GET /api/messages/<id>``."""
+    if isinstance(value, list):
+        return max(1, len(value))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One version of a reply, as ``GET /api/messages/<id>`` lists them."""
+
+    id: str
+    version: int
+    text: str
+    status: str
+
+    @classmethod
+    def list_from(cls, value: Any) -> tuple[VersionInfo, ...]:
+        if not isinstance(value, list):
+            return ()
+        found = []
+        for entry in value:
+            if not isinstance(entry, Mapping):
+                continue
+            try:
+                found.append(
+                    cls(
+                        id=_opt_str(entry, "id") or "",
+                        version=_opt_count(entry, "version"),
+                        text=_str(entry, "text", ""),
+                        status=_str(entry, "status", ""),
+                    )
+                )
+            except MalformedEvent:
+                continue
+        return tuple(v for v in found if v.id)
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """A message. ``id`` is opaque: pass it back as given."""
@@ -251,6 +294,16 @@ class Message:
     # Extension, on an assistant's message: which assistant wrote it (None from an
     # older server, or on a person's message).
     assistant: ReplyAssistant | None = None
+    # Extension, versions of a reply (docs/protocol.md "Versions of a reply"): a later
+    # version names the reply it is a version of (``version_of``) and its ``version``;
+    # the reply itself, once regenerated, ``version`` 1, how many ``versions`` it has and
+    # which is ``current`` (a message id). ``version_list``: each version's id, number,
+    # text and status, as ``GET /api/messages/<id>`` gives them (else empty).
+    version_of: str | None = None
+    version: int = 1
+    versions: int = 1
+    current: str | None = None
+    version_list: tuple[VersionInfo, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Message:
@@ -271,6 +324,11 @@ class Message:
             created=_str(d, "created", ""),
             input=_str(d, "input", "text"),
             assistant=ReplyAssistant.from_dict(d.get("assistant")),
+            version_of=_opt_str(d, "version_of"),
+            version=_opt_count(d, "version"),
+            versions=_versions_count(d.get("versions")),
+            current=_opt_str(d, "current"),
+            version_list=VersionInfo.list_from(d.get("versions")),
         )
 
     @property
@@ -418,6 +476,21 @@ class RoomEvent:
     type: Literal["room"] = "room"
 
 
+@dataclass(frozen=True, slots=True)
+class VersionEvent:
+    """``version`` (extension): reply ``message_id`` got a new version, or another of its
+    versions was picked. ``current`` is the id of the version now shown, ``versions`` how
+    many it has, ``by`` who asked."""
+
+    seq: int
+    message_id: str
+    current: str
+    versions: int
+    by: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["version"] = "version"
+
+
 # --- Live-only events -----------------------------------------------------------------
 
 
@@ -555,13 +628,14 @@ class Reconnecting:
     type: Literal["reconnecting"] = "reconnecting"
 
 
-DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot | RoomEvent
+DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot | RoomEvent | VersionEvent
 Event: TypeAlias = (
     MessageEvent
     | Delta
     | Generation
     | Snapshot
     | RoomEvent
+    | VersionEvent
     | Hello
     | Presence
     | Typing
@@ -613,6 +687,19 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
         return Snapshot(_int(raw, "seq"), tuple(Message.from_dict(m) for m in messages), raw)
     if kind == "room":
         return RoomEvent(_int(raw, "seq"), Room.from_dict(raw.get("room") or {}), raw)
+    if kind == "version":
+        message_id = _opt_str(raw, "message_id")
+        current = _opt_str(raw, "current")
+        if message_id is None or current is None:
+            raise MalformedEvent("a version event needs a message_id and current")
+        return VersionEvent(
+            seq=_int(raw, "seq"),
+            message_id=message_id,
+            current=current,
+            versions=_int(raw, "versions"),
+            by=_opt_str(raw, "by"),
+            raw=raw,
+        )
     if kind == "hello":
         room = Room.from_dict(raw.get("room") or {})
         return Hello(

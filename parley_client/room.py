@@ -376,6 +376,24 @@ class RoomSession:
         """Stop a reply: the model request is closed, the text so far is kept."""
         await self._control("stop", message_id)
 
+    async def regenerate(self, message_id: str | Sent) -> None:
+        """Extension: ask for another answer to a reply (its id or any version's). The new
+        version comes as a ``MessageEvent`` (its ``message.version_of`` is the reply),
+        then a ``VersionEvent``, then streams like any reply."""
+        mid = _id(message_id)
+        if self.transport == "sse":
+            await self.client.regenerate(mid)
+            return
+        await self._acknowledged({"action": "regenerate", "message_id": mid})
+
+    async def pick_version(self, message_id: str) -> None:
+        """Extension: make version ``message_id`` its reply's current one (the room hears
+        a ``VersionEvent``)."""
+        if self.transport == "sse":
+            await self.client.pick_version(message_id)
+            return
+        await self._acknowledged({"action": "pick_version", "message_id": message_id})
+
     async def typing(self) -> None:
         """Tell the others you are typing (WebSocket only; SSE has no way to say it)."""
         if self.transport == "websocket" and self._conn is not None:

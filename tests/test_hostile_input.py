@@ -66,6 +66,7 @@ json_values = st.recursive(
 )
 FIELDS = ["text", "client_id", "ask_ai", "voice", "message_id", "enabled", "id", "wait"]
 ACTIONS = ["send", "pause", "resume", "stop", "typing", "audio", "ping", "__init__", "Send"]
+ACTIONS += ["regenerate", "pick_version"]  # versions of a reply (extension)
 
 
 @st.composite
@@ -146,6 +147,8 @@ def test_http_bodies_and_urls_never_give_500(target):
                     f"/api/rooms/{room.slug}/members",
                     f"/api/rooms/{room.slug}/join",
                     "/api/messages/1/stop",
+                    "/api/messages/1/regenerate",
+                    "/api/messages/1/pick",
                 ]
             ),
             # URLs stay short: a request line of many KiB is refused by the HTTP layer
@@ -158,6 +161,8 @@ def test_http_bodies_and_urls_never_give_500(target):
             for path in (f"/api/rooms/{name}", f"/api/rooms/{name}/messages"):
                 _check_response(http.get(path))
             _check_response(http.post(f"/api/rooms/{name}/leave"))
+            _check_response(http.post(f"/api/messages/{name}/regenerate", content=body))
+            _check_response(http.post(f"/api/messages/{name}/pick"))
             _check_response(http.delete(f"/api/rooms/{room.slug}/members/{name}"))
             _check_response(http.get(f"/api/rooms/{room.slug}/messages?limit={name}"))
 

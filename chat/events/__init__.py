@@ -38,12 +38,15 @@ from chat.events.schema import (
     RoomBody,
     RoomEvent,
     SnapshotEvent,
+    VersionBody,
+    VersionEvent,
     delta_body,
     generation_body,
     message_body,
     queue_event,
     room_body,
     snapshot_event,
+    version_body,
 )
 from chat.events.store import EventStore, LiveState, StoreUnavailable
 from chat.models import LIVE_STATUSES, Room
@@ -70,6 +73,9 @@ __all__ = [
     "message_body",
     "queue_event",
     "room_body",
+    "VersionBody",
+    "VersionEvent",
+    "version_body",
     "EventHub",
     "StoreUnavailable",
     "get_hub",

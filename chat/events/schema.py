@@ -50,6 +50,19 @@ class RoomBody(TypedDict):
     room: dict[str, Any]
 
 
+class VersionBody(TypedDict):
+    """Extension (docs/protocol.md "Versions of a reply"): a reply got a new version, or
+    another of its versions was picked. ``message_id`` is the reply (its first version),
+    ``current`` the id of the version now shown, ``versions`` how many it has, ``by`` who
+    asked (a username)."""
+
+    type: Literal["version"]
+    message_id: str
+    current: str
+    versions: int
+    by: str | None
+
+
 class MessageEvent(MessageBody):
     seq: int
 
@@ -66,13 +79,19 @@ class RoomEvent(RoomBody):
     seq: int
 
 
+class VersionEvent(VersionBody):
+    seq: int
+
+
 class SnapshotEvent(TypedDict):
     type: Literal["snapshot"]
     seq: int
     messages: list[MessageDict]
 
 
-DurableEvent = MessageEvent | DeltaEvent | GenerationEvent | RoomEvent | SnapshotEvent
+DurableEvent = (
+    MessageEvent | DeltaEvent | GenerationEvent | RoomEvent | VersionEvent | SnapshotEvent
+)
 
 
 def message_body(message: MessageDict) -> MessageBody:
@@ -83,6 +102,19 @@ def message_body(message: MessageDict) -> MessageBody:
 def room_body(room: RoomDict | Mapping[str, Any]) -> RoomBody:
     """The room as it is now (``room_to_dict``'s object; its ``head`` is left out)."""
     return {"type": "room", "room": {k: v for k, v in room.items() if k != "head"}}
+
+
+def version_body(*, message_id: str, current: str, versions: int, by: str | None) -> VersionBody:
+    """Reply ``message_id`` shows version ``current`` now, of ``versions``."""
+    if versions < 1:
+        raise ValueError(f"a reply has at least one version, not {versions}")
+    return {
+        "type": "version",
+        "message_id": message_id,
+        "current": current,
+        "versions": versions,
+        "by": by,
+    }
 
 
 def delta_body(*, message_id: str, text: str) -> DeltaBody:

@@ -22,6 +22,7 @@ from chat.ratelimit import send_allow
 from chat.replies import db
 from chat.replies.asking import queue_replies
 from chat.replies.manager import ReplyManager, get_manager
+from chat.replies.versions import reply_regenerate, reply_regenerate_for_message, version_pick
 from chat.selectors import reply_for_control
 from chat.serializers import MessageDict, message_to_dict
 from chat.text import clean_text
@@ -34,6 +35,9 @@ __all__ = [
     "reply_control_checked",
     "reply_wait",
     "replies_wait",
+    "reply_regenerate",
+    "reply_regenerate_for_message",
+    "version_pick",
 ]
 
 CLIENT_ID_MAX = 64

@@ -10,7 +10,8 @@ part of it, so the package's send and the manager both use it without an import 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from channels.db import database_sync_to_async
 
@@ -50,12 +51,18 @@ async def queue_replies(
     asker_id: int,
     voice: str,
     prompt: list[ChatMessage] | None = None,
+    then: Mapping[str, Any] | None = None,
 ) -> list[MessageDict]:
     """Run and announce ``queued`` (stored as queued, in the order they answer); their wire
     dicts. ``prompt``: the first one's, read with the send, used only if nothing waits
     before it. If an announcement cannot be stored, that reply and the ones after it are
     dropped (nobody saw them) and ``StoreUnavailable`` is raised; a resend with the same
-    client_id queues them (db.create_messages)."""
+    client_id queues them (db.create_messages).
+
+    ``then``: a durable event body announced right after the (single) reply's ``message``
+    event, before anything of its run (a new version's ``version`` event): members learn
+    which version is current as soon as it exists. If it cannot be stored, the version
+    stands (it was announced) and a reload shows it current."""
     dicts: list[MessageDict] = []
     for index, item in enumerate(queued):
         reply_dict = message_to_dict(item.reply, room_slug=room_slug)
@@ -86,7 +93,13 @@ async def queue_replies(
             manager.unregister(run)
             await manager.dequeue(run)
             await database_sync_to_async(db.discard)([q.reply.pk for q in queued[index:]])
+            run.announced.set()
             raise
+        try:
+            if then is not None:
+                await room_event_emit(room_id=room_id, body=then)
+        except StoreUnavailable:
+            logger.warning("reply %s: its announcement could not be recorded", item.reply.pk)
         finally:
             run.announced.set()
         dicts.append(reply_dict)

@@ -12,12 +12,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from chat.assistants import providers
 from chat.assistants.providers import ProviderConfig
 from chat.assistants.routing import DEFAULT_HANDLE, mentioned, route
-from chat.errors import Busy, Conflict
+from chat.errors import BadRequest, Busy, Conflict
 from chat.llm import Options, Usage
 from chat.llm.base import ChatMessage
 from chat.llm.prompt import Turn, build_messages, system_text
@@ -109,10 +110,23 @@ def speaker_for(
 
 
 def _queue_reply(
-    *, room: Room, reply_to: Message, speaker: Speaker, backend: str, worker: str
+    *,
+    room: Room,
+    reply_to: Message,
+    speaker: Speaker,
+    backend: str,
+    worker: str,
+    version_of: Message | None = None,
+    version: int = 1,
 ) -> Queued:
     reply = Message.objects.create(
-        room=room, role=Role.ASSISTANT, text="", status=Status.QUEUED, reply_to=reply_to
+        room=room,
+        role=Role.ASSISTANT,
+        text="",
+        status=Status.QUEUED,
+        reply_to=reply_to,
+        version_of=version_of,
+        version=version,
     )
     reply.generation = Generation.objects.create(
         message=reply,
@@ -190,7 +204,7 @@ def create_messages(
         existing: list[Message] = []
         if message is not None:
             existing = list(
-                message.replies.filter(role=Role.ASSISTANT)
+                message.replies.filter(role=Role.ASSISTANT, version_of__isnull=True)
                 .select_related("generation", "generation__stopped_by")
                 .order_by("id")
             )
@@ -248,9 +262,10 @@ def create_followups(
     configs = providers.providers()
     with transaction.atomic():
         earlier = list(
-            Message.objects.filter(reply_to=asker_message, role=Role.ASSISTANT).values_list(
-                "status", "generation__handle"
-            )
+            # Replies, not their later versions (a regenerated answer is the same reply).
+            Message.objects.filter(
+                reply_to=asker_message, role=Role.ASSISTANT, version_of__isnull=True
+            ).values_list("status", "generation__handle")
         )
         waiting = {h for status, h in earlier if status == Status.QUEUED}
         room_left = max(0, settings.PARLEY_ROOM_QUEUE_MAX - queued)
@@ -332,13 +347,19 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
         .order_by("id")
         .values_list("user__username", flat=True)[: PROMPT_MEMBERS_MAX + 1]
     )
+    # A later version of a reply sees what its first version saw: the conversation up to
+    # the reply's place, no earlier version of it. Each earlier reply is there once, at
+    # its place, as its current version (the one members picked, or the last made).
+    cutoff = reply.version_of_id or message_id
     history = (
-        Message.objects.filter(room_id=reply.room_id, pk__lt=message_id)
-        .select_related("author", "generation")
+        Message.objects.filter(room_id=reply.room_id, pk__lt=cutoff, version_of__isnull=True)
+        .select_related("author", "generation", "current_version__generation")
         .order_by("-id")[: settings.LLM_CONTEXT_MESSAGES]
     )
     turns = []
-    for m in reversed(list(history)):
+    for row in reversed(list(history)):
+        m = row.current_version if row.current_version_id is not None else row
+        assert m is not None
         text = m.text
         m_generation = getattr(m, "generation", None) if m.role == Role.ASSISTANT else None
         if room.prompt_heard_text and m.role == Role.ASSISTANT:
@@ -368,6 +389,120 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
         max_messages=settings.LLM_CONTEXT_MESSAGES,
         me=me,
     )
+
+
+# --- Versions of a reply (docs/protocol.md "Versions of a reply") ---------------------
+
+
+@dataclass
+class NewVersion:
+    """A new version stored as queued: the room, the reply it is a version of (its count
+    and current updated), and who asked for it and whom it answers."""
+
+    room: Room
+    head: Message
+    queued: Queued
+    asker_id: int | None
+
+
+def create_version(*, head_id: int, queued: int, worker: str) -> NewVersion:
+    """Store a new version of reply ``head_id`` (the first version; the caller checked
+    who may ask), queued, and make it current.
+
+    Refused with ``Busy`` while any version of the reply is queued, streaming or paused
+    (one answer at a time is written; stop it first), past the room's line bound, or past
+    the asker's share of it (``_check_waiting``: a version waits in line like any reply).
+    The version is written by the reply's assistant; one removed from the room since
+    cannot write another (``BadRequest``)."""
+    with transaction.atomic():
+        head = (
+            # Only the reply's row is locked (PostgreSQL cannot lock the nullable side of
+            # the outer joins select_related makes).
+            Message.objects.select_for_update(of=("self",))
+            .select_related("room", "reply_to__author", "generation")
+            .get(pk=head_id)
+        )
+        versions = Message.objects.filter(Q(pk=head.pk) | Q(version_of=head.pk))
+        if versions.filter(status__in=LIVE_STATUSES).exists():
+            raise Busy(
+                "a version of this reply is still being written; stop it or wait for it "
+                "to end, then regenerate"
+            )
+        if head.reply_to is None:
+            raise BadRequest("the message this reply answered is gone")
+        generation = getattr(head, "generation", None)
+        handle = (generation.handle if generation is not None else "") or DEFAULT_HANDLE
+        found = RoomAssistant.objects.select_related("assistant").filter(room_id=head.room_id)
+        placement = None
+        if generation is not None and generation.assistant_id is not None:
+            placement = found.filter(assistant_id=generation.assistant_id).first()
+        if placement is None:
+            placement = found.filter(handle=handle).first()
+        if placement is None:
+            raise BadRequest(f"@{handle} is no longer in this room, so it cannot answer again")
+        if queued + 1 > settings.PARLEY_ROOM_QUEUE_MAX:
+            raise Busy("the assistants have too many replies queued in this room; try again soon")
+        asker = head.reply_to.author
+        if asker is not None:
+            _check_waiting(room=head.room, user=asker)
+        speaker = speaker_for(placement)
+        made = _queue_reply(
+            room=head.room,
+            reply_to=head.reply_to,
+            speaker=speaker,
+            backend=backend_name(speaker.config),
+            worker=worker,
+            version_of=head,
+            version=head.version_count + 1,
+        )
+        head.version_count += 1
+        head.current_version = made.reply
+        head.save(update_fields=["version_count", "current_version"])
+    return NewVersion(room=head.room, head=head, queued=made, asker_id=head.reply_to.author_id)
+
+
+def create_replies_for(*, message: Message, queued: int, worker: str) -> list[Queued]:
+    """Queue the replies a member's stored ``message`` asks for, as a send of its text with
+    ``ask_ai`` would (a rerun of a message nobody answered: it wants an answer), within
+    the same bounds as a send."""
+    room = message.room
+    targets = route(message.text, placements(room.pk), ask_ai=True)
+    targets = targets[: settings.PARLEY_ASSISTANT_REPLIES_MAX]
+    if not targets:
+        raise BadRequest("this room has no assistant to answer that message")
+    configs = providers.providers()
+    with transaction.atomic():
+        if queued + len(targets) > settings.PARLEY_ROOM_QUEUE_MAX:
+            raise Busy("the assistants have too many replies queued in this room; try again soon")
+        if message.author is not None:
+            _check_waiting(room=room, user=message.author, asking=len(targets))
+        new = []
+        for placement in targets:
+            speaker = speaker_for(placement, configs)
+            new.append(
+                _queue_reply(
+                    room=room,
+                    reply_to=message,
+                    speaker=speaker,
+                    backend=backend_name(speaker.config),
+                    worker=worker,
+                )
+            )
+    return new
+
+
+def pick_version(*, version_id: int) -> tuple[Message, bool]:
+    """Make ``version_id`` (a reply or one of its later versions) its reply's current
+    version; (the reply, whether anything changed). Picking the current one is a no-op."""
+    with transaction.atomic():
+        target = Message.objects.get(pk=version_id)
+        head = Message.objects.select_for_update().get(pk=target.version_of_id or target.pk)
+        current = None if target.pk == head.pk else target.pk
+        if (head.current_version_id or None) == current:
+            return head, False
+        head.current_version_id = current
+        head.save(update_fields=["current_version"])
+    return head, True
 
 
 # Every write of a running reply is conditional on the reply still being live: once it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.events import delta_body, generation_body, message_body
+from chat.events import delta_body, generation_body, message_body, version_body
 from chat.events.schema import snapshot_event
 from tests.support.openai_server import Scenario
 from tests.support.rooms import ask, stored
@@ -32,6 +32,19 @@ def test_each_constructor_makes_the_contract_shape():
     )
     assert (end["usage"], end["metrics"]) == ({"prompt_tokens": 3}, {"tokens": 2})
     assert snapshot_event(seq=9, messages=[]) == {"type": "snapshot", "seq": 9, "messages": []}
+
+
+def test_the_version_event_has_the_agreed_shape():
+    # docs/protocol.md "Versions of a reply": the reply, the version shown, the count, who.
+    assert version_body(message_id="7", current="12", versions=2, by="ann") == {
+        "type": "version",
+        "message_id": "7",
+        "current": "12",
+        "versions": 2,
+        "by": "ann",
+    }
+    with pytest.raises(ValueError, match="at least one"):
+        version_body(message_id="7", current="7", versions=0, by=None)
 
 
 def test_a_generation_state_outside_the_contract_is_refused():

@@ -62,4 +62,6 @@ export const rooms = {
 
 export const messages = {
   control: (id, action) => api("POST", `/api/messages/${encodeURIComponent(id)}/${action}`),
+  regenerate: (id) => api("POST", `/api/messages/${encodeURIComponent(id)}/regenerate`),
+  pick: (id) => api("POST", `/api/messages/${encodeURIComponent(id)}/pick`),
 };

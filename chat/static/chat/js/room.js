@@ -19,6 +19,7 @@ import { wireMembers } from "./members.js";
 import { MentionCompleter } from "./mention.js";
 import { PushToTalk } from "./speech.js";
 import { LIVE, RoomStore } from "./store.js";
+import { VersionView, groupOf, renderVersions, versionsOf } from "./versions.js";
 
 // A typing indicator fades this long after the last `typing` event from that person.
 const TYPING_SHOWN_MS = 4000;
@@ -346,6 +347,10 @@ function badgeText(m) {
 }
 
 function renderMessage(article, m) {
+  // A reply shows the version the reader looks at (versions.js); its controls act on it.
+  const head = m;
+  if (m.role === "assistant") m = versionView.shown(store, head);
+  article.dataset.shown = m.id;
   article.dataset.status = m.status;
   if (m.role === "assistant") renderAuthor(article, m);
   renderBody(article, m);
@@ -373,6 +378,8 @@ function renderMessage(article, m) {
       button.disabled = !allowed || !enabled[button.dataset.control];
       button.title = allowed ? "" : "Only the asker, the room owner or staff can control this reply";
     }
+    const versions = versionsOf(store, head);
+    renderVersions(article, { head, shown: m, versions, allowed, live: versions.some((v) => LIVE.has(v.status)) });
   }
 }
 
@@ -416,6 +423,13 @@ function firstPendingArticle() {
 // after the last (and before our pending ones). `last`: known to be the last on the page.
 function insertMessage(id, { last = false } = {}) {
   const m = store.get(id);
+  if (m.version_of) {
+    // A later version shows in its reply's article (versions.js), not in one of its own.
+    const headArticle = elements.get(m.version_of);
+    const head = store.get(m.version_of);
+    if (headArticle && head) renderMessage(headArticle, head);
+    return;
+  }
   const article = buildArticle(m, false);
   elements.set(id, article);
   renderMessage(article, m);
@@ -463,7 +477,7 @@ function markDirty(id) {
       for (const dirtyId of dirty) {
         const article = elements.get(dirtyId);
         const m = store.get(dirtyId);
-        if (article && m) renderBody(article, m);
+        if (article && m) renderBody(article, m.role === "assistant" ? versionView.shown(store, m) : m);
       }
     });
     dirty.clear();
@@ -473,7 +487,7 @@ function markDirty(id) {
 function refreshControls() {
   for (const [id, article] of elements) {
     const m = store.get(id);
-    if (m && m.role === "assistant" && LIVE.has(m.status)) renderMessage(article, m);
+    if (m && m.role === "assistant" && LIVE.has(versionView.shown(store, m).status)) renderMessage(article, m);
   }
 }
 
@@ -558,6 +572,13 @@ function onDurable(event) {
       return;
     case "message": {
       const m = store.get(change.id);
+      if (m.version_of) {
+        // A new version of a reply: its article shows it, as it streams.
+        versionView.follow(m.version_of);
+        keepPinned(() => insertMessage(change.id));
+        if (change.isNew) announce(`${replyAssistant(m, room.assistants).name} is answering again.`);
+        return;
+      }
       keepPinned(() => {
         if (change.confirmed) {
           elements.get(change.confirmed)?.remove();
@@ -572,12 +593,20 @@ function onDurable(event) {
       return;
     }
     case "delta":
-      if (!change.missing) markDirty(change.id);
+      if (!change.missing) markDirty(groupOf(store.get(change.id)));
       return;
+    case "version": {
+      if (change.missing) return;
+      versionView.follow(change.id);
+      const article = elements.get(change.id);
+      if (article) keepPinned(() => renderMessage(article, store.get(change.id)));
+      return;
+    }
     case "generation": {
       if (change.missing) return;
-      const m = store.get(change.id);
-      const article = elements.get(change.id);
+      const headId = groupOf(store.get(change.id));
+      const m = store.get(headId);
+      const article = elements.get(headId);
       if (article) keepPinned(() => renderMessage(article, m));
       if (speakerOn) player.onGeneration(change.id, change.state);
       const by = change.by ? ` by ${change.by}` : "";
@@ -836,6 +865,26 @@ function control(messageId, action) {
     .catch((err) => showError(err instanceof ApiError ? err.detail : String(err)));
 }
 
+// --- versions of a reply (versions.js) ---
+
+const versionView = new VersionView();
+let versionActions = 0;
+function onVersionButton(article, kind) {
+  const head = store.get(article.dataset.id);
+  if (!head) return;
+  if (kind === "version-prev" || kind === "version-next") {
+    versionView.page(store, head, kind === "version-prev" ? -1 : 1);
+    renderMessage(article, head);
+    return;
+  }
+  const action = kind === "regenerate" ? "regenerate" : "pick_version";
+  const target = action === "regenerate" ? head.id : article.dataset.shown;
+  versionActions += 1;
+  if (connection.send({ action, message_id: target, id: `ver-${versionActions}` })) return;
+  messagesApi[action === "regenerate" ? "regenerate" : "pick"](target)
+    .catch((err) => showError(err instanceof ApiError ? err.detail : String(err)));
+}
+
 // --- the connection indicator ---
 
 let countdown = null;
@@ -1023,8 +1072,13 @@ function wire() {
   els.list.addEventListener("click", (e) => {
     const button = e.target.closest("button[data-control]");
     if (button) {
-      const id = button.closest(".msg").dataset.id;
-      control(id, button.dataset.control);
+      const article = button.closest(".msg");
+      control(article.dataset.shown || article.dataset.id, button.dataset.control);
+      return;
+    }
+    const versionButton = e.target.closest("button[data-version]");
+    if (versionButton) {
+      onVersionButton(versionButton.closest(".msg"), versionButton.dataset.version);
       return;
     }
     const copy = e.target.closest("button.copy");

@@ -123,6 +123,16 @@ export class RoomStore {
         for (const m of event.messages) if (m.client_id) this.pending.delete(m.client_id);
         return { kind: "snapshot", keptOlder };
       }
+      case "version": {
+        // Extension (docs/protocol.md "Versions of a reply"): the reply's count of
+        // versions and which is current; versions.js shows it.
+        const m = this.messages.get(event.message_id);
+        if (!m) return { kind: "version", id: event.message_id, missing: true };
+        m.version = 1;
+        m.versions = event.versions;
+        m.current = event.current;
+        return { kind: "version", id: m.id, current: event.current, by: event.by };
+      }
       case "room":
         // The room's settings or assistants changed (docs/protocol.md "room"): durable,
         // so it takes its seq like the others; the view shows the new room.

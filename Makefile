@@ -42,7 +42,7 @@ clean:
 # BEFORE: the revision measured beside this one (the last before the fan-out rewrite).
 BEFORE ?= ef8ce62
 bench: install
-	$(BIN)/python -m bench.run --before $(BEFORE) --assistants 3 --out bench/results.json
+	$(BIN)/python -m bench.run --before $(BEFORE) --assistants 3 --metrics-cost --out bench/results.json
 	$(BIN)/python -m bench.voice --out bench/voice.json
 	$(BIN)/python -m bench.model --out bench/model.json
 

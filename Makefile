@@ -48,6 +48,6 @@ bench: install
 
 # The same scenarios, small (under two minutes): CI runs it to prove it runs, no thresholds.
 bench-quick: install
-	$(BIN)/python -m bench.run --quick --out bench/results-quick.json
+	$(BIN)/python -m bench.run --quick --metrics-cost --out bench/results-quick.json
 	$(BIN)/python -m bench.voice --quick --out bench/voice-quick.json
 	$(BIN)/python -m bench.model --quick --out bench/model-quick.json

@@ -17,7 +17,10 @@ handshakes per second into one room, one quiet member (frames per token), and th
 from a ``send`` to the model server having the request. ``--assistants 3`` adds the
 200-member fan-out in a room of 3 assistants, each on its own loopback model server, each
 fan-out asking the next one by its ``@handle`` (``parley_assistants``, beside
-``parley_1p`` in the same process and run). The machine is shared and noisy
+``parley_1p`` in the same process and run). ``--metrics-cost`` adds the 200-member fan-out
+on a process with metrics on (``PARLEY_METRICS=on``, the default) and on one with them off,
+side by side in each repeat, which goes first alternating (``metrics_on``, ``metrics_off``;
+``--metrics-cost-only``: those rows alone). The machine is shared and noisy
 (2 cores for servers and generator): compare the ratios measured within one run.
 """
 
@@ -361,6 +364,21 @@ class Bench:
         for step in (assistants, one) if first else (one, assistants):
             step()
 
+    def metrics_rows(self, run: dict[str, Any], *, on_first: bool) -> None:
+        """The 200-member fan-out with metrics on and with them off (issue 20: the
+        instrumentation must cost nothing measurable per token), each on a fresh process
+        warmed by a quiet room first, the same way; which goes first alternates by repeat,
+        so neither always meets the machine as the other leaves it."""
+        for setting in ("on", "off") if on_first else ("off", "on"):
+            server = self.parley(PARLEY_METRICS=setting)[0]
+            try:
+                self.fanout("parley", [server.http_url], 1)  # warm, like parley_quiet
+                run[f"metrics_{setting}"] = self.fanout(
+                    "parley", [server.http_url], self.args.members
+                )
+            finally:
+                server.stop()
+
     def send_to_model(self, url: str, sends: int) -> dict[str, Any]:
         """From a member's ``send`` to the model server having the request."""
         from bench.loadgen import ws_connect
@@ -446,6 +464,12 @@ class Bench:
             try:
                 for rep in range(args.repeat):
                     run: dict[str, Any] = {}
+                    if args.metrics_cost or args.metrics_cost_only:
+                        self.metrics_rows(run, on_first=rep % 2 == 0)
+                    if args.metrics_cost_only:
+                        report["runs"].append(run)
+                        print(json.dumps({"run": rep, **_summary_line(run)}), flush=True)
+                        continue
                     # -- one process, side by side -- The earlier revision's crowds run
                     # right beside this one's, first on every other repeat, so neither
                     # side always meets the machine as the other leaves it.
@@ -554,11 +578,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if key == "parley_mixed" and "ws" in row:
             for side in ("ws", "sse"):
                 out[f"{key}.{side}.p99_ms"] = _stat([r[key][side]["p99_ms"] for r in runs])
+    ratios = {}
+    if "metrics_on" in runs[0]:
+        # Metrics on against off, same crowd, side by side in each run.
+        for metric in ("p50_ms", "p99_ms"):
+            ratios[f"metrics_on_{metric}_over_metrics_off"] = _stat(
+                [r["metrics_on"][metric] / r["metrics_off"][metric] for r in runs]
+            )
+    if "send_to_model" not in runs[0]:  # --metrics-cost-only
+        out["ratios"] = ratios
+        return out
     for key in ("first_ms", "warm_median_ms"):
         out[f"send_to_model.{key}"] = _stat([r["send_to_model"][key] for r in runs])
     for key in ("kb_per_member", "cpu_percent_of_core", "handshakes_per_second"):
         out[f"idle.{key}"] = _stat([r["idle"][key] for r in runs])
-    ratios = {}
     for parley, peer in (
         ("parley_1p", "socketio_1p"),
         ("parley_2p", "socketio_2p"),
@@ -663,6 +696,14 @@ def main() -> None:
         default=0,
         metavar="N",
         help="also fan out in a room of N assistants, each on its own model server",
+    )
+    parser.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="also fan out to the 200 members with metrics on and off, side by side",
+    )
+    parser.add_argument(
+        "--metrics-cost-only", action="store_true", help="only the metrics on/off rows"
     )
     args = parser.parse_args()
     if args.quick:

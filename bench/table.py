@@ -55,6 +55,8 @@ def tables(report: dict[str, Any]) -> str:
         ("socketio_large", "1 process", "python-socketio"),
         ("before_large", "1 process", before),
         ("parley_huge", "1 process", "Parley"),
+        ("metrics_on", "1 process, metrics on", "Parley"),
+        ("metrics_off", "1 process, metrics off", "Parley"),
     ]
     for key, where, server in rows:
         if f"{key}.p99_ms" not in s:
@@ -67,6 +69,8 @@ def tables(report: dict[str, Any]) -> str:
             f"{cell(s, key + '.frames_per_member')} | "
             f"{cell(s, key + '.handshakes_per_second')} |"
         )
+    if "send_to_model.warm_median_ms" not in s:  # --metrics-cost-only
+        return _ratios(lines, s)
     lines += [
         "",
         f"Mixed room, p99: WebSocket {cell(s, 'parley_mixed.ws.p99_ms', ' ms')}, "
@@ -86,10 +90,12 @@ def tables(report: dict[str, Any]) -> str:
         f"| idle members: handshakes per second into the room | "
         f"{cell(s, 'idle.handshakes_per_second')} | "
         f"{cell(s, 'before_idle.handshakes_per_second')} |",
-        "",
-        "| ratio | median (min-max) |",
-        "|---|---:|",
     ]
+    return _ratios(lines, s)
+
+
+def _ratios(lines: list[str], s: dict[str, Any]) -> str:
+    lines += ["", "| ratio | median (min-max) |", "|---|---:|"]
     for key in sorted(s["ratios"]):
         lines.append(f"| {key} | {ratio(s, key)} |")
     return "\n".join(lines) + "\n"

@@ -19,13 +19,16 @@ from chat import llm  # noqa: E402
 from chat.replies.manager import start_with_server  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from config.static import StaticFilesHandler  # noqa: E402
-from core import checks, fastpath  # noqa: E402
+from core import checks, fastpath, metrics, tracing  # noqa: E402
 from voice import registry as voice_registry  # noqa: E402
 from voice import stt  # noqa: E402
 
 # A misdeployment that would fail every request fails the start instead, saying what to run.
 checks.run_startup_checks()
 fastpath.install(settings.PARLEY_WS_MAX_BUFFER)
+# PARLEY_METRICS=off: every instrumentation call a no-op (core/metrics.py).
+metrics.configure(enabled=settings.PARLEY_METRICS)
+tracing.install()
 llm.preload()
 voice_registry.preload()
 stt.preload()

@@ -6,7 +6,8 @@ as a bearer token; otherwise only a direct scrape from loopback or from a networ
 the client address it reports may come from X-Forwarded-For, which any client can write.
 A request that carries a forwarding header is therefore never taken as local; Prometheus
 scrapes each daphne on its own port, not through nginx (deploy/nginx refuses /metrics).
-Refusals are 404s: to anyone else the endpoint does not exist.
+Refusals are 404s: to anyone else the endpoint does not exist. With ``PARLEY_METRICS=off``
+it does not exist for anyone.
 """
 
 from __future__ import annotations
@@ -77,7 +78,11 @@ metrics.set_live_view(_live_view)
 
 
 async def scrape(request: HttpRequest) -> HttpResponse:
-    if request.method not in ("GET", "HEAD") or not _allowed(request):
+    if (
+        not settings.PARLEY_METRICS  # off: nothing is collected, so nothing is served
+        or request.method not in ("GET", "HEAD")
+        or not _allowed(request)
+    ):
         return HttpResponseNotFound(b"not found\n", content_type="text/plain")
     metrics.refresh_live_view()
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

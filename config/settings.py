@@ -472,3 +472,18 @@ PARLEY_METRICS_ALLOW = env.list("PARLEY_METRICS_ALLOW", default=[])
 # model name typed into the admin cannot add a series per value.
 PARLEY_METRICS_MODELS = env.list("PARLEY_METRICS_MODELS", default=[LLM_MODEL])
 PARLEY_METRICS_ASSISTANTS = env.list("PARLEY_METRICS_ASSISTANTS", default=["assistant"])
+# off: collect nothing. Every instrumentation call becomes a no-op at start-up
+# (core.metrics.configure) and /metrics answers 404. For measuring what the metrics cost
+# (bench/run.py --metrics-cost) and for deployments that do not scrape; on by default.
+PARLEY_METRICS = env.bool("PARLEY_METRICS", default=True)
+
+# --- Tracing (OpenTelemetry, one trace per AI turn; core/tracing.py) ---------------------
+
+# on: each assistant reply is traced from the send to its end (needs the "otel" extra,
+# opentelemetry-api and -sdk; a start-up check says so when they are missing). Off by
+# default, and then opentelemetry is never imported.
+PARLEY_TRACING = env.bool("PARLEY_TRACING", default=False)
+# Where the spans go: "otel", the exporters named by the standard OTEL_TRACES_EXPORTER
+# (default otlp: install an exporter package, configured by its OTEL_EXPORTER_* variables);
+# "memory", the SDK's in-memory exporter, for the tests (read through the SIGUSR1 dump).
+PARLEY_TRACING_EXPORTER = env.str("PARLEY_TRACING_EXPORTER", default="otel")

@@ -5,6 +5,10 @@ CSS and JS through ``collectstatic``'s manifest; without one, each page is a 500
 admin login too). A deployment check, so ``migrate`` (which ``make run`` runs before
 ``collectstatic``) does not trip on it; ``manage.py check --deploy`` reports it, and
 config/asgi.py runs it before daphne serves anything (``run_startup_checks``).
+
+``tracing_installed``: ``PARLEY_TRACING=on`` without the OpenTelemetry SDK (or without the
+exporter ``OTEL_TRACES_EXPORTER`` names) would trace nothing, or fail every reply; it is
+refused at start with what to install instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from django.core.management.base import SystemCheckError
 TAG = "parley_startup"
 
 NO_MANIFEST = "parley.E001"
+NO_OPENTELEMETRY = "parley.E002"
+NO_EXPORTER = "parley.E003"
 
 
 def static_manifest(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -40,8 +46,42 @@ def static_manifest(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     ]
 
 
+def tracing_installed(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``PARLEY_TRACING=on`` needs the ``otel`` extra, and an exporter package for each
+    exporter ``OTEL_TRACES_EXPORTER`` names. Off, nothing is looked at (nor imported)."""
+    from django.conf import settings
+
+    if not settings.PARLEY_TRACING:
+        return []
+    from core.tracing import INSTALL_HINT
+
+    try:
+        from core.otel import missing_exporters
+    except ImportError as exc:
+        return [
+            checks.Error(
+                f"PARLEY_TRACING is on but OpenTelemetry is not installed ({exc}).",
+                hint=INSTALL_HINT,
+                id=NO_OPENTELEMETRY,
+            )
+        ]
+    missing = missing_exporters()
+    if missing:
+        return [
+            checks.Error(
+                f"PARLEY_TRACING is on but no installed package provides the trace "
+                f"exporter(s) OTEL_TRACES_EXPORTER names: {', '.join(missing)}.",
+                hint="Install one (pip install opentelemetry-exporter-otlp-proto-http for "
+                "otlp), or set OTEL_TRACES_EXPORTER to one that is (console, none).",
+                id=NO_EXPORTER,
+            )
+        ]
+    return []
+
+
 def register() -> None:
     checks.register(static_manifest, TAG, deploy=True)
+    checks.register(tracing_installed, TAG)
 
 
 def run_startup_checks() -> None:

@@ -47,7 +47,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from core import contract
@@ -142,6 +142,14 @@ def counters() -> dict[str, int]:
 # counters of a daphne subprocess this way; nothing else is exposed.
 STATS_ENV = "PARLEY_FASTPATH_STATS"
 STATS_LOG_PREFIX = "fastpath counters #"
+# Other parts' state, logged by the same dump, one line each after the counters' with the
+# same number: (prefix, what to log as JSON). core/tracing.py adds its own (config/asgi.py).
+_debug_dumps: list[tuple[str, Callable[[], object]]] = []
+
+
+def debug_dump(prefix: str, state: Callable[[], object]) -> None:
+    """Log ``state()`` as ``<prefix><n>: <json>`` with each SIGUSR1 dump."""
+    _debug_dumps.append((prefix, state))
 
 
 def _log_counters_on_sigusr1() -> None:
@@ -150,8 +158,11 @@ def _log_counters_on_sigusr1() -> None:
     dumps = itertools.count(1)
 
     def log_now() -> None:
+        number = next(dumps)
         snapshot = json.dumps(counters(), sort_keys=True)
-        logger.info("%s%d: %s", STATS_LOG_PREFIX, next(dumps), snapshot)
+        logger.info("%s%d: %s", STATS_LOG_PREFIX, number, snapshot)
+        for prefix, state in _debug_dumps:
+            logger.info("%s%d: %s", prefix, number, json.dumps(state(), sort_keys=True))
 
     def on_signal(signum: int, frame: object) -> None:
         # Not from inside the signal handler: it may have interrupted the loop mid-log.

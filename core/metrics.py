@@ -15,6 +15,10 @@ here. What it costs (issue 20: nothing measurable per token):
 - per event, per process: one counter increment by type, one histogram observation each
   for the fan-out and the channel-layer lag; per reply, a handful.
 
+``PARLEY_METRICS=off`` turns it all off (``configure``, at start-up): the calls become
+no-ops and /metrics a 404; ``make bench`` runs the 200-member fan-out both ways side by
+side (bench/run.py ``--metrics-cost``) to show the difference is within the run's spread.
+
 Labels are bounded: event types, transports, paths and states are the contract's own
 finite sets; models and assistants pass through an allow-list setting
 (``PARLEY_METRICS_MODELS``, ``PARLEY_METRICS_ASSISTANTS``), the rest are ``other``; a
@@ -225,7 +229,7 @@ def fanout_observe(started: float) -> None:
     FANOUT.observe(time.perf_counter() - started)
 
 
-def published_at() -> float:
+def published_at() -> float | None:
     """The wall-clock stamp a publish carries, for the receiver's ``layer_lag``."""
     return time.time()
 
@@ -314,6 +318,48 @@ def store_ok() -> None:
     if not _store["up"]:
         _store["up"] = True
         STORE_UP.set(1)
+
+
+# --- the switch (PARLEY_METRICS) -----------------------------------------------------------
+
+# Every call above that a caller makes on a hot or warm path. Callers look them up on the
+# module (``metrics.event_emitted(...)``) at each call, so rebinding the names here turns
+# them off everywhere.
+_CALLS = (
+    "event_emitted",
+    "handshake",
+    "sse_cut",
+    "fanout_observe",
+    "layer_lag",
+    "replayed",
+    "reply_started",
+    "reply_ended",
+    "upstream",
+    "tts_first_byte",
+    "stt_done",
+    "store_error",
+    "store_retry",
+    "store_ok",
+)
+_on: dict[str, Callable[..., Any]] = {}
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def configure(*, enabled: bool) -> None:
+    """``PARLEY_METRICS``, at start-up (config/asgi.py): off makes every instrumentation
+    call a no-op, and the publish stamp None (the receivers then take no lag). The fast
+    path's own plain-int counters (core/fastpath.py) still count: they are its debugging
+    counters too, and cost one integer increment per write. /metrics answers 404
+    (config/metrics.py)."""
+    module = globals()
+    if not _on:
+        _on.update({name: module[name] for name in (*_CALLS, "published_at")})
+    for name in _CALLS:
+        module[name] = _on[name] if enabled else _nothing
+    module["published_at"] = _on["published_at"] if enabled else _nothing
 
 
 # --- what is counted when scraped ----------------------------------------------------------

@@ -318,6 +318,48 @@ def test_labels_off_the_allow_list_are_other(settings):
     assert metrics.assistant_label("mallory") == "other"
 
 
+async def test_off_a_reply_is_served_as_ever_and_metrics_are_not(daphne_factory, llm, room_setup):
+    room, ann_token, _, _ = room_setup
+    server = daphne_factory(PARLEY_METRICS="off")
+    ws = await RoomClient.connect(server.ws_url, room.slug, token=ann_token)
+    try:
+        await ws.wait_type("hello")
+        await ws.send(action="send", text="one", ask_ai=True)
+        reply = await ws.wait_for(is_reply)
+        end = await ws.wait_terminal(reply["message"]["id"])
+        assert end["state"] == "complete"
+        assert ws.text_of(reply["message"]["id"]) == "Hello, world!"
+    finally:
+        await ws.close()
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=10) as http:
+        r = await http.get("/metrics")  # from loopback, which may scrape when metrics are on
+    assert r.status_code == 404
+
+
+def test_off_every_instrumentation_call_is_a_no_op_and_on_again_counts():
+    from prometheus_client import REGISTRY
+
+    from core import metrics
+
+    def emitted() -> float:
+        labels = {"type": "off-test"}
+        return REGISTRY.get_sample_value("parley_events_emitted_total", labels) or 0.0
+
+    try:
+        metrics.configure(enabled=False)
+        metrics.event_emitted("off-test")
+        metrics.reply_started(model="m", assistant="a")
+        metrics.store_error("append")
+        assert metrics.published_at() is None
+        assert emitted() == 0
+        assert REGISTRY.get_sample_value("parley_store_up") == 1
+    finally:
+        metrics.configure(enabled=True)
+    metrics.event_emitted("off-test")
+    assert emitted() == 1
+    assert isinstance(metrics.published_at(), float)
+
+
 @pytest.fixture
 def private_redis(sole_deployment: None) -> Iterator[Any]:
     """A redis-server this test kills and restarts (the session's daphne, on the same

@@ -10,6 +10,7 @@ in ``chat/replies/run.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -97,6 +98,7 @@ async def message_send(
     )
     if not rate_checked:
         await send_allow(user_id=user.pk)
+    accepted_ns = time.time_ns()  # where its replies' traces begin (core/tracing.py)
     manager = get_manager()
     await manager.ensure_started()
     # One thread hop: the room's assistants and their providers, the routing, the rows,
@@ -132,6 +134,7 @@ async def message_send(
         asker_id=user.pk,
         voice=voice or room.voice,
         prompt=prompt,
+        sent_ns=accepted_ns,
     )
     return message_dict, earlier + queued
 

@@ -10,6 +10,7 @@ part of it, so the package's send and the manager both use it without an import 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,7 @@ from chat.models import Status
 from chat.replies import db
 from chat.replies.run import ReplyRun, RunOwner
 from chat.serializers import MessageDict, message_to_dict
+from core import tracing
 
 if TYPE_CHECKING:
     from chat.replies.places import PlaceAnnouncer
@@ -52,17 +54,21 @@ async def queue_replies(
     voice: str,
     prompt: list[ChatMessage] | None = None,
     then: Mapping[str, Any] | None = None,
+    sent_ns: int | None = None,
 ) -> list[MessageDict]:
     """Run and announce ``queued`` (stored as queued, in the order they answer); their wire
     dicts. ``prompt``: the first one's, read with the send, used only if nothing waits
     before it. If an announcement cannot be stored, that reply and the ones after it are
     dropped (nobody saw them) and ``StoreUnavailable`` is raised; a resend with the same
-    client_id queues them (db.create_messages).
+    client_id queues them (db.create_messages). ``sent_ns``: when the send that asks them
+    was accepted (``time.time_ns()``; default now), where each one's trace begins.
 
     ``then``: a durable event body announced right after the (single) reply's ``message``
     event, before anything of its run (a new version's ``version`` event): members learn
     which version is current as soon as it exists. If it cannot be stored, the version
     stands (it was announced) and a reload shows it current."""
+    if sent_ns is None:
+        sent_ns = time.time_ns()
     dicts: list[MessageDict] = []
     for index, item in enumerate(queued):
         reply_dict = message_to_dict(item.reply, room_slug=room_slug)
@@ -81,6 +87,14 @@ async def queue_replies(
             # queued while this one was stored).
             prompt=prompt if index == 0 and manager.queue_length(room_id) == 0 else None,
         )
+        if tracing.enabled():  # off: this one check per turn (core/tracing.py)
+            run.trace = tracing.turn_begin(
+                sent_ns=sent_ns,
+                room_id=room_id,
+                message_id=run.message_id,
+                assistant=run.handle,
+                model=run.model_name,
+            )
         await manager.register(run)
         # Started before its announcement: the run opens the model request at once, while
         # the reply's `message` event is stored and published, and sends nothing to
@@ -90,6 +104,7 @@ async def queue_replies(
         try:
             await room_event_emit(room_id=room_id, body=message_body(reply_dict))
         except StoreUnavailable:
+            run.trace_end("discarded")  # nobody saw it
             manager.unregister(run)
             await manager.dequeue(run)
             await database_sync_to_async(db.discard)([q.reply.pk for q in queued[index:]])

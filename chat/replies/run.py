@@ -33,6 +33,7 @@ from core import metrics as parley_metrics
 
 if TYPE_CHECKING:
     from chat.events.delivery import Fanout
+    from core.otel import Turn
 
 
 class RunOwner(Protocol):
@@ -111,6 +112,9 @@ class ReplyRun:
     # Its place in line as last told to the room, (room position, model position):
     # chat/replies/places.py tells the room only when it changes.
     place: tuple[int, int | None] | None = None
+    # Its OpenTelemetry trace (core/tracing.py), begun by the send that asked for it; None
+    # while tracing is off, the one check each hook below pays, once per turn.
+    trace: Turn | None = None
 
     @property
     def model_backend(self) -> LLMBackend:
@@ -122,6 +126,16 @@ class ReplyRun:
         if self.options is not None and self.options.model:
             return self.options.model
         return self.model_backend.model
+
+    def trace_end(self, state: str, *, reason: str | None = None) -> None:
+        """End the turn's trace (if traced; a second end does nothing)."""
+        if self.trace is not None:
+            self.trace.end(
+                state=state,
+                reason=reason,
+                prompt_tokens=self.usage.prompt_tokens,
+                completion_tokens=self.usage.completion_tokens or self.pieces or None,
+            )
 
     @property
     def message_key(self) -> str:
@@ -167,11 +181,15 @@ class ReplyRun:
             return
         try:
             self.started_at = time.monotonic()
+            if self.trace is not None:
+                self.trace.started()
             messages = self.prompt
             if messages is None:
                 messages = await database_sync_to_async(db.prompt_for)(self.message_id)
             # The model request goes out now; what it sends waits in `pending` until the
             # reply's own `message` event is out.
+            if self.trace is not None:
+                self.trace.model_request(self.model_name)
             reader = asyncio.create_task(self._read(messages), name=f"reply-{self.message_id}")
             await self.announced.wait()
             if self.done.done() or self.manager.runs.get(self.message_id) is not self:
@@ -222,6 +240,7 @@ class ReplyRun:
             if reader is not None and not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+            self.trace_end(self.status)  # unless its end or its abandon ended it already
 
     async def _end_safely(
         self, state: str, *, reason: str, code: str, error: str, live: bool = True
@@ -237,6 +256,7 @@ class ReplyRun:
         """Stop here without a word: the reply's end is someone else's to announce."""
         for observer in self.observers:
             await observer.cancel()
+        self.trace_end("ended_elsewhere")
         self.manager.unregister(self)
         if not self.done.done():
             self.done.set_result(self.status)
@@ -249,6 +269,8 @@ class ReplyRun:
                     continue
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
+                    if self.trace is not None:
+                        self.trace.first_token()
                 self.pieces += 1
                 self.pending.append(piece)
                 self.wake.set()
@@ -256,6 +278,11 @@ class ReplyRun:
             self.reader_error = exc
         finally:
             await stream.aclose()
+            if self.trace is not None:
+                self.trace.model_done(
+                    error_code=self.reader_error.code if self.reader_error else None,
+                    tokens=self.usage.completion_tokens or self.pieces,
+                )
             self.wake.set()
 
     async def _steer(self, reader: asyncio.Task[None]) -> None:
@@ -442,6 +469,7 @@ class ReplyRun:
             completion_tokens=self.usage.completion_tokens,
             pieces=self.pieces,
         )
+        won = False
         try:
             won = await database_sync_to_async(db.save_final)(
                 self.message_id,
@@ -489,6 +517,8 @@ class ReplyRun:
                 until_stored=True,
             )
         finally:
+            if won:
+                self.trace_end(state, reason=code or reason)
             self.manager.unregister(self)
             if not self.done.done():
                 self.done.set_result(self.status)

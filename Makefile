@@ -45,9 +45,11 @@ bench: install
 	$(BIN)/python -m bench.run --before $(BEFORE) --assistants 3 --metrics-cost --out bench/results.json
 	$(BIN)/python -m bench.voice --out bench/voice.json
 	$(BIN)/python -m bench.model --out bench/model.json
+	$(BIN)/python -m bench.actions --out bench/actions.json
 
 # The same scenarios, small (under two minutes): CI runs it to prove it runs, no thresholds.
 bench-quick: install
 	$(BIN)/python -m bench.run --quick --metrics-cost --out bench/results-quick.json
 	$(BIN)/python -m bench.voice --quick --out bench/voice-quick.json
 	$(BIN)/python -m bench.model --quick --out bench/model-quick.json
+	$(BIN)/python -m bench.actions --quick --out bench/actions-quick.json

@@ -36,6 +36,7 @@ urlpatterns = [
     path("api/rooms/<str:slug>/speech", voice_views.room_speech),
     path("api/messages/<str:message_id>", views.message_detail),
     path("api/messages/<str:message_id>/audio", voice_views.message_audio),
+    path("api/messages/<str:message_id>/rating", views.message_rating),
     *[
         path(f"api/messages/<str:message_id>/{action}", views.message_control, {"action": action})
         for action in ("pause", "resume", "stop")

@@ -26,8 +26,10 @@ __all__ = [
     "AudioChunk",
     "AudioEnd",
     "AudioStart",
+    "DeleteEvent",
     "Delta",
     "DurableEvent",
+    "EditEvent",
     "ErrorEvent",
     "Event",
     "Generation",
@@ -41,6 +43,8 @@ __all__ = [
     "Pong",
     "Presence",
     "QueuePlaces",
+    "RatingCounts",
+    "RatingEvent",
     "Reconnecting",
     "ReplyAssistant",
     "Room",
@@ -234,6 +238,25 @@ class Room:
 
 
 @dataclass(frozen=True, slots=True)
+class RatingCounts:
+    """Extension: how many members rated a reply up and down."""
+
+    up: int = 0
+    down: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Any) -> RatingCounts | None:
+        if not isinstance(d, Mapping):
+            return None
+        return cls(up=_count(d, "up"), down=_count(d, "down"))
+
+
+def _count(d: Mapping[str, Any], key: str) -> int:
+    value = d.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """A message. ``id`` is opaque: pass it back as given."""
 
@@ -251,6 +274,11 @@ class Message:
     # Extension, on an assistant's message: which assistant wrote it (None from an
     # older server, or on a person's message).
     assistant: ReplyAssistant | None = None
+    # Extensions (issue 19): edited by its author; deleted (a tombstone: ``text`` is "");
+    # a reply's rating counts once rated.
+    edited: bool = False
+    deleted: bool = False
+    rating: RatingCounts | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Message:
@@ -271,6 +299,9 @@ class Message:
             created=_str(d, "created", ""),
             input=_str(d, "input", "text"),
             assistant=ReplyAssistant.from_dict(d.get("assistant")),
+            edited=d.get("edited") is True,
+            deleted=d.get("deleted") is True,
+            rating=RatingCounts.from_dict(d.get("rating")),
         )
 
     @property
@@ -418,6 +449,41 @@ class RoomEvent:
     type: Literal["room"] = "room"
 
 
+@dataclass(frozen=True, slots=True)
+class EditEvent:
+    """``edit`` (extension): a member edited their message; ``text`` is its text now."""
+
+    seq: int
+    message_id: str
+    text: str
+    by: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["edit"] = "edit"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEvent:
+    """``delete`` (extension): the message is a tombstone now ("message deleted")."""
+
+    seq: int
+    message_id: str
+    by: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["delete"] = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class RatingEvent:
+    """``rating`` (extension): a reply's rating counts as they are now."""
+
+    seq: int
+    message_id: str
+    up: int
+    down: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["rating"] = "rating"
+
+
 # --- Live-only events -----------------------------------------------------------------
 
 
@@ -555,13 +621,18 @@ class Reconnecting:
     type: Literal["reconnecting"] = "reconnecting"
 
 
-DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot | RoomEvent
+DurableEvent: TypeAlias = (
+    MessageEvent | Delta | Generation | Snapshot | RoomEvent | EditEvent | DeleteEvent | RatingEvent
+)
 Event: TypeAlias = (
     MessageEvent
     | Delta
     | Generation
     | Snapshot
     | RoomEvent
+    | EditEvent
+    | DeleteEvent
+    | RatingEvent
     | Hello
     | Presence
     | Typing
@@ -613,6 +684,8 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
         return Snapshot(_int(raw, "seq"), tuple(Message.from_dict(m) for m in messages), raw)
     if kind == "room":
         return RoomEvent(_int(raw, "seq"), Room.from_dict(raw.get("room") or {}), raw)
+    if kind in ("edit", "delete", "rating"):
+        return _parse_lifecycle(kind, raw)
     if kind == "hello":
         room = Room.from_dict(raw.get("room") or {})
         return Hello(
@@ -641,6 +714,18 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
     return UnknownEvent(
         kind, seq if isinstance(seq, int) and not isinstance(seq, bool) else None, raw
     )
+
+
+def _parse_lifecycle(kind: str, raw: dict[str, Any]) -> EditEvent | DeleteEvent | RatingEvent:
+    message_id = _opt_str(raw, "message_id")
+    if message_id is None:
+        raise MalformedEvent(f"a {kind} event needs a message_id")
+    seq = _int(raw, "seq")
+    if kind == "edit":
+        return EditEvent(seq, message_id, _str(raw, "text"), _opt_str(raw, "by"), raw)
+    if kind == "delete":
+        return DeleteEvent(seq, message_id, _opt_str(raw, "by"), raw)
+    return RatingEvent(seq, message_id, _count(raw, "up"), _count(raw, "down"), raw)
 
 
 def _places(value: Any) -> tuple[Place, ...]:

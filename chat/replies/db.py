@@ -333,7 +333,8 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
         .values_list("user__username", flat=True)[: PROMPT_MEMBERS_MAX + 1]
     )
     history = (
-        Message.objects.filter(room_id=reply.room_id, pk__lt=message_id)
+        # A deleted message has left the conversation (issue 19): the model never sees it.
+        Message.objects.filter(room_id=reply.room_id, pk__lt=message_id, deleted_at__isnull=True)
         .select_related("author", "generation")
         .order_by("-id")[: settings.LLM_CONTEXT_MESSAGES]
     )

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.events import delta_body, generation_body, message_body
+from chat.events import (
+    delete_body,
+    delta_body,
+    edit_body,
+    generation_body,
+    message_body,
+    rating_body,
+)
 from chat.events.schema import snapshot_event
 from tests.support.openai_server import Scenario
 from tests.support.rooms import ask, stored
@@ -32,6 +39,31 @@ def test_each_constructor_makes_the_contract_shape():
     )
     assert (end["usage"], end["metrics"]) == ({"prompt_tokens": 3}, {"tokens": 2})
     assert snapshot_event(seq=9, messages=[]) == {"type": "snapshot", "seq": 9, "messages": []}
+
+
+def test_the_lifecycle_events_have_the_agreed_shapes():
+    """docs/protocol.md "Editing, deleting and rating messages" (the names and fields
+    agreed before the work began)."""
+    assert edit_body(message_id="7", text="fixed", by="ann") == {
+        "type": "edit",
+        "message_id": "7",
+        "text": "fixed",
+        "edited": True,
+        "by": "ann",
+    }
+    assert delete_body(message_id="7", by="bob") == {
+        "type": "delete",
+        "message_id": "7",
+        "by": "bob",
+    }
+    assert rating_body(message_id="8", up=2, down=1) == {
+        "type": "rating",
+        "message_id": "8",
+        "up": 2,
+        "down": 1,
+    }
+    with pytest.raises(ValueError, match="negative"):
+        rating_body(message_id="8", up=-1, down=0)
 
 
 def test_a_generation_state_outside_the_contract_is_refused():

@@ -62,4 +62,7 @@ export const rooms = {
 
 export const messages = {
   control: (id, action) => api("POST", `/api/messages/${encodeURIComponent(id)}/${action}`),
+  edit: (id, text) => api("PATCH", `/api/messages/${encodeURIComponent(id)}`, { text, rerun: false }),
+  remove: (id) => api("DELETE", `/api/messages/${encodeURIComponent(id)}`),
+  rate: (id, value, comment) => api("PUT", `/api/messages/${encodeURIComponent(id)}/rating`, { value, comment }),
 };

@@ -23,7 +23,7 @@ const PONG_WITHIN_MS = 10000;
 // replays the same missed event). Every durable type the server sends must be listed.
 const SSE_EVENT_TYPES = [
   "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "room", "queue", "error", "audio",
-  "pong",
+  "pong", "edit", "delete", "rating",
 ];
 
 // Close codes after which trying again cannot help (the server's list, with its reasons,

@@ -14,6 +14,7 @@ import { hue, paintAvatar, replyAssistant } from "./assistants.js";
 import { AudioPlayer } from "./audio.js";
 import { Backoff, Connection } from "./connection.js";
 import { wireDrawer } from "./drawer.js";
+import { Lifecycle } from "./lifecycle.js";
 import { renderMarkdown } from "./markdown.js";
 import { wireMembers } from "./members.js";
 import { MentionCompleter } from "./mention.js";
@@ -75,6 +76,15 @@ const els = {
   speechText: $("#speech-text"),
   speechLevel: $("#speech-level"),
 };
+
+// Edit, delete, rate (lifecycle.js): its buttons and the edit box on each message.
+const lifecycle = new Lifecycle({
+  me: config.me,
+  canManage: Boolean(config.can_manage),
+  maxChars: config.max_chars,
+  send: (frame) => connection.send(frame),
+  onError: (detail) => showError(detail),
+});
 
 const elements = new Map(); // message id or client_id -> <article>
 // Where waiting replies stand (docs/protocol.md "Waiting in line"): reply id ->
@@ -374,6 +384,7 @@ function renderMessage(article, m) {
       button.title = allowed ? "" : "Only the asker, the room owner or staff can control this reply";
     }
   }
+  lifecycle.render(article, m);
 }
 
 // Who wrote a reply: its assistant's name and avatar (set again as a replay or a `room`
@@ -574,6 +585,13 @@ function onDurable(event) {
     case "delta":
       if (!change.missing) markDirty(change.id);
       return;
+    case "lifecycle": {
+      // An edit, a delete or new rating counts (lifecycle.js draws them).
+      const article = change.missing ? null : elements.get(change.id);
+      if (article) keepPinned(() => renderMessage(article, store.get(change.id)));
+      if (change.type === "delete") announce(`A message was deleted by ${change.by}.`);
+      return;
+    }
     case "generation": {
       if (change.missing) return;
       const m = store.get(change.id);
@@ -1021,6 +1039,8 @@ function wire() {
     maybeSendTyping();
   });
   els.list.addEventListener("click", (e) => {
+    const article = e.target.closest(".msg[data-id]");
+    if (article && lifecycle.onClick(e, article, store.get(article.dataset.id))) return;
     const button = e.target.closest("button[data-control]");
     if (button) {
       const id = button.closest(".msg").dataset.id;

@@ -64,8 +64,8 @@ def test_edit_delete_and_rate_show_on_another_member_s_page(
     bob.locator(f'article[data-id="{rid}"] .msg__rate-down').click()
     for page in (ann, bob):
         reply = page.locator(f'article[data-id="{rid}"]')
-        expect(reply.locator(".msg__rate-up")).to_have_text("👍 1")
-        expect(reply.locator(".msg__rate-down")).to_have_text("👎 1")
+        expect(reply.locator(".msg__rate-up")).to_have_text("▲ 1")
+        expect(reply.locator(".msg__rate-down")).to_have_text("▼ 1")
     expect(ann.locator(f'article[data-id="{rid}"] .msg__rate-up')).to_have_attribute(
         "aria-pressed", "true"
     )
@@ -87,4 +87,4 @@ def test_edit_delete_and_rate_show_on_another_member_s_page(
     # A reload shows the same: the edit mark gone with the text, the counts kept.
     bob.reload()
     expect(bob.locator(f'article[data-id="{qid}"] .msg__tombstone')).to_have_text("message deleted")
-    expect(bob.locator(f'article[data-id="{rid}"] .msg__rate-up')).to_have_text("👍 1")
+    expect(bob.locator(f'article[data-id="{rid}"] .msg__rate-up')).to_have_text("▲ 1")

@@ -7,7 +7,7 @@
 //   confirm). The room's owners and staff may delete any message, replies too.
 // - A deleted message is a tombstone for everyone: "message deleted", no text, no buttons.
 // - An edited message says "edited" beside its time.
-// - A reply that has ended: thumbs up / down with the room's counts, and an optional
+// - A reply that has ended: up / down with the room's counts, and an optional
 //   comment once rated. What this page last sent is shown pressed; pressing it again
 //   clears the rating.
 
@@ -72,8 +72,11 @@ export class Lifecycle {
   ratingButtons(m) {
     const counts = m.rating || { up: 0, down: 0 };
     const mine = this.mine.get(m.id);
-    const up = button(`👍 ${counts.up}`, "rate-up", "Good answer");
-    const down = button(`👎 ${counts.down}`, "rate-down", "Bad answer");
+    // Triangles, not thumbs emoji: every system font has them.
+    const up = button(`▲ ${counts.up}`, "rate-up", "Good answer");
+    const down = button(`▼ ${counts.down}`, "rate-down", "Bad answer");
+    up.setAttribute("aria-label", `Good answer (${counts.up})`);
+    down.setAttribute("aria-label", `Bad answer (${counts.down})`);
     up.setAttribute("aria-pressed", String(mine === 1));
     down.setAttribute("aria-pressed", String(mine === -1));
     up.dataset.count = String(counts.up);

@@ -24,7 +24,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from chat.assistants.providers import forget_models
 from chat.assistants.providers import provider as provider_named
@@ -38,7 +38,6 @@ from chat.models import (
     InputKind,
     Membership,
     Message,
-    MessageEdit,
     Provider,
     Rating,
     Role,
@@ -358,28 +357,6 @@ class GenerationInline(admin.StackedInline):
     readonly_fields = [f.name for f in Generation._meta.fields if f.name != "id"]
 
 
-class MessageEditInline(admin.TabularInline):
-    """A message's edit history: each earlier text, who changed it, when (read-only)."""
-
-    model = MessageEdit
-    extra = 0
-    can_delete = False
-    readonly_fields = ["text_before", "by", "at"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class RatingInline(admin.TabularInline):
-    model = Rating
-    extra = 0
-    can_delete = False
-    readonly_fields = ["user", "value", "comment", "created", "updated"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 class DeletedFilter(admin.SimpleListFilter):
     title = "deleted"
     parameter_name = "deleted"
@@ -425,8 +402,12 @@ class MessageAdmin(admin.ModelAdmin):
         "deleted_by",
         "rating_up",
         "rating_down",
+        "edit_history",
+        "feedback",
     ]
-    inlines = [GenerationInline, MessageEditInline, RatingInline]
+    # The history and the ratings are shown as read-only fields, not inlines: an inline
+    # is a formset whose management form every save of the message would have to carry.
+    inlines = [GenerationInline]
     actions = ["stop_reply"]
 
     @admin.action(description="Stop reply", permissions=["change"])
@@ -459,6 +440,26 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="text")
     def short_text(self, obj: Message) -> str:
         return obj.text[:80]
+
+    @admin.display(description="edit history (earlier texts, oldest first)")
+    def edit_history(self, obj: Message) -> str:
+        rows = [
+            (f"{e.at:%Y-%m-%d %H:%M:%S}", e.by.get_username() if e.by else "-", e.text_before)
+            for e in obj.edits.select_related("by")
+        ]
+        if not rows:
+            return "-"
+        return format_html_join("", "<p><b>{}</b> by {}: {}</p>", rows)
+
+    @admin.display(description="feedback")
+    def feedback(self, obj: Message) -> str:
+        rows = [
+            ("up" if r.value > 0 else "down", r.user.get_username(), r.comment or "-")
+            for r in obj.ratings.select_related("user").order_by("id")
+        ]
+        if not rows:
+            return "-"
+        return format_html_join("", "<p>{} from {}: {}</p>", rows)
 
 
 @admin.register(Generation)

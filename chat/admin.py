@@ -20,11 +20,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from chat.assistants.providers import forget_models
 from chat.assistants.providers import provider as provider_named
@@ -39,6 +39,7 @@ from chat.models import (
     Membership,
     Message,
     Provider,
+    Rating,
     Role,
     Room,
     RoomAssistant,
@@ -356,17 +357,56 @@ class GenerationInline(admin.StackedInline):
     readonly_fields = [f.name for f in Generation._meta.fields if f.name != "id"]
 
 
+class DeletedFilter(admin.SimpleListFilter):
+    title = "deleted"
+    parameter_name = "deleted"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Deleted"), ("no", "Not deleted")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        if self.value() == "yes":
+            return queryset.filter(deleted_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(deleted_at__isnull=True)
+        return queryset
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "room", "role", "author", "status", "input", "short_text", "created"]
-    list_filter = ["role", "status", "input", "room"]
+    list_display = [
+        "id",
+        "room",
+        "role",
+        "author",
+        "status",
+        "input",
+        "short_text",
+        "created",
+        "edited_at",
+        "deleted_at",
+    ]
+    # Deleted messages keep their text here, for staff review, until `purge_deleted`.
+    list_filter = ["role", "status", "input", DeletedFilter, "room"]
     search_fields = ["text", "author__username"]
     raw_id_fields = ["room", "author", "reply_to"]
     # One query for the page's rows with their room and author, however many rows.
     list_select_related = ["room", "author"]
     # The status belongs to the task running the reply; end a reply with "Stop reply".
     # How a message was made (typed or spoken) is a fact about it, not an editable field.
-    readonly_fields = ["status", "input"]
+    readonly_fields = [
+        "status",
+        "input",
+        "edited_at",
+        "deleted_at",
+        "deleted_by",
+        "rating_up",
+        "rating_down",
+        "edit_history",
+        "feedback",
+    ]
+    # The history and the ratings are shown as read-only fields, not inlines: an inline
+    # is a formset whose management form every save of the message would have to carry.
     inlines = [GenerationInline]
     actions = ["stop_reply"]
 
@@ -400,6 +440,26 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="text")
     def short_text(self, obj: Message) -> str:
         return obj.text[:80]
+
+    @admin.display(description="edit history (earlier texts, oldest first)")
+    def edit_history(self, obj: Message) -> str:
+        rows = [
+            (f"{e.at:%Y-%m-%d %H:%M:%S}", e.by.get_username() if e.by else "-", e.text_before)
+            for e in obj.edits.select_related("by")
+        ]
+        if not rows:
+            return "-"
+        return format_html_join("", "<p><b>{}</b> by {}: {}</p>", rows)
+
+    @admin.display(description="feedback")
+    def feedback(self, obj: Message) -> str:
+        rows = [
+            ("up" if r.value > 0 else "down", r.user.get_username(), r.comment or "-")
+            for r in obj.ratings.select_related("user").order_by("id")
+        ]
+        if not rows:
+            return "-"
+        return format_html_join("", "<p>{} from {}: {}</p>", rows)
 
 
 @admin.register(Generation)
@@ -498,3 +558,63 @@ class GenerationAdmin(admin.ModelAdmin):
         if not obj.audio_seconds or obj.synthesis_seconds is None:
             return "-"
         return f"{obj.synthesis_seconds / obj.audio_seconds:.2f}"
+
+
+@admin.register(Rating)
+class RatingAdmin(admin.ModelAdmin):
+    """Members' feedback on replies, by assistant and by model, with their comments, and
+    the counts per assistant and model of what the filters select (read-only: a rating is
+    a member's)."""
+
+    list_display = [
+        "message",
+        "rated_assistant",
+        "rated_model",
+        "value",
+        "comment",
+        "user",
+        "updated",
+    ]
+    list_filter = [
+        "value",
+        ("message__generation__assistant_name", admin.AllValuesFieldListFilter),
+        ("message__generation__handle", admin.AllValuesFieldListFilter),
+        ("message__generation__model", admin.AllValuesFieldListFilter),
+    ]
+    search_fields = ["comment", "user__username", "message__generation__handle"]
+    raw_id_fields = ["message", "user"]
+    list_select_related = ["message__generation", "user"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Rating | None = None) -> bool:
+        return False
+
+    @admin.display(description="assistant", ordering="message__generation__assistant_name")
+    def rated_assistant(self, obj: Rating) -> str:
+        gen = getattr(obj.message, "generation", None)
+        return f"{gen.assistant_name} (@{gen.handle})" if gen is not None else "-"
+
+    @admin.display(description="model", ordering="message__generation__model")
+    def rated_model(self, obj: Rating) -> str:
+        gen = getattr(obj.message, "generation", None)
+        return gen.model if gen is not None else "-"
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The list, and above it the counts up and down per assistant and model of the
+        ratings its filters select (one query)."""
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        changelist = context.get("cl") if context else None
+        if context is not None and changelist is not None:
+            context["rating_counts"] = list(
+                changelist.queryset.values(
+                    "message__generation__handle", "message__generation__model"
+                )
+                .annotate(up=Count("pk", filter=Q(value=1)), down=Count("pk", filter=Q(value=-1)))
+                .order_by("message__generation__handle", "message__generation__model")
+            )
+        return response

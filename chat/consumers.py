@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 
 from accounts.auth import token_id_of
+from chat import lifecycle
 from chat import redis as redis_conn
 from chat.errors import BadJson, BadRequest, Forbidden, NotFound, ParleyError, RateLimited
 from chat.events import StoreUnavailable, room_live_emit
@@ -225,6 +226,28 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def action_pick_version(self, frame: dict[str, Any], request_id: object) -> None:
         await version_pick(user=self.user, message_id=_message_id(frame))
 
+    # Edit, delete, rate (issue 19): answered as `send` is, by the room's event (`edit`,
+    # `delete`, `rating`) or an `error`.
+
+    async def action_edit(self, frame: dict[str, Any], request_id: object) -> None:
+        await lifecycle.message_edit(
+            user=self.user,
+            message_id=_message_id(frame),
+            text=frame.get("text"),
+            rerun=frame.get("rerun", False),
+        )
+
+    async def action_delete(self, frame: dict[str, Any], request_id: object) -> None:
+        await lifecycle.message_delete(user=self.user, message_id=_message_id(frame))
+
+    async def action_rate(self, frame: dict[str, Any], request_id: object) -> None:
+        await lifecycle.message_rate(
+            user=self.user,
+            message_id=_message_id(frame),
+            value=frame.get("value"),
+            comment=frame.get("comment"),
+        )
+
     async def action_typing(self, frame: dict[str, Any], request_id: object) -> None:
         now = time.monotonic()
         if now - self.last_typing < TYPING_MIN_INTERVAL:
@@ -254,6 +277,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def error(self, code: str, detail: str, request_id: object) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail, "id": request_id})
+
+
+def _message_id(frame: dict[str, Any]) -> str | int:
+    message_id = frame.get("message_id")
+    if not isinstance(message_id, str | int) or isinstance(message_id, bool):
+        raise BadRequest("message_id is required")
+    return message_id
 
 
 def _parse_after(query_string: bytes) -> tuple[int | None, str | None]:

@@ -241,6 +241,24 @@ class Message(models.Model):
     # message instead of storing another (chat/replies/db.py).
     client_id = models.CharField(max_length=64, blank=True, default="")
     input = models.CharField(max_length=10, choices=InputKind.choices, default=InputKind.TEXT)
+    # --- Edits, deletes and ratings (issue 19; chat/lifecycle.py writes them) ---
+    # When its author last edited it (its earlier texts are its MessageEdit rows).
+    edited_at = models.DateTimeField(null=True, blank=True)
+    # A tombstone once set: members see "message deleted" and never its text; the text
+    # stays for staff review until `manage.py purge_deleted` erases it
+    # (PARLEY_DELETED_RETENTION_DAYS). Search and prompts leave these rows out.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # A reply's rating counts, kept beside it so a page of messages reads them with no
+    # query more; written in the transaction that writes the Rating (None: never rated).
+    rating_up = models.IntegerField(null=True, blank=True)
+    rating_down = models.IntegerField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     # --- Versions (issue 19 section 1, docs/protocol.md "Versions of a reply") ---
     # A regenerated answer is a row of its own (so pause, resume, stop, heard text and
@@ -361,3 +379,47 @@ class Generation(models.Model):
             return None
         streamed = (self.ended_at - self.started_at).total_seconds() - self.paused_seconds
         return round(streamed * 1000, 1)
+
+
+# --- Edits, deletes and ratings (issue 19; chat/lifecycle.py) ------------------------------
+
+
+class MessageEdit(models.Model):
+    """One edit of a member's message: the text it had before, who edited it and when.
+    The admin shows a message's history from these (staff review)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="edits")
+    text_before = models.TextField(blank=True, default="")
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"edit of message #{self.message_id} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class Rating(models.Model):
+    """A member's thumbs up (+1) or down (-1) on an assistant reply, with an optional
+    comment; one per member and reply, changeable (value 0 deletes it)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="ratings")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ratings"
+    )
+    value = models.SmallIntegerField()
+    comment = models.CharField(max_length=500, blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user"], name="rating_once_per_member"),
+            models.CheckConstraint(condition=Q(value__in=[1, -1]), name="rating_value_up_or_down"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.value:+d} by {self.user_id} on message #{self.message_id}"

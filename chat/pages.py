@@ -75,6 +75,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "room": room_to_dict(found, head=events.room_head_sync(found)),
         "me": user.get_username(),
         "is_staff": user.is_staff,
+        # May delete any message (an owner or staff; chat/lifecycle.py has the rule).
+        "can_manage": selectors.can_manage(room=found, user=user),
         "max_chars": settings.PARLEY_MAX_MESSAGE_CHARS,
     }
     members, member_count = selectors.room_members(room=found, limit=MEMBERS_SHOWN)

@@ -51,12 +51,20 @@ class RoomDict(TypedDict):
     assistants: list[AssistantDict]
 
 
+class RatingCounts(TypedDict):
+    """A reply's ratings: how many members gave it a thumbs up, and down."""
+
+    up: int
+    down: int
+
+
 class MessageDict(TypedDict):
     id: str
     room: str
     role: str
     author: str | None
-    text: str
+    # Absent from a deleted message (a tombstone): its text is never sent again.
+    text: NotRequired[str]
     status: str
     reply_to: str | None
     client_id: str | None
@@ -77,6 +85,10 @@ class MessageDict(TypedDict):
     version: NotRequired[int]
     versions: NotRequired[int]
     current: NotRequired[str]
+    # Extensions (issue 19): once edited, once deleted (then no `text`), once rated.
+    edited: NotRequired[bool]
+    deleted: NotRequired[bool]
+    rating: NotRequired[RatingCounts]
 
 
 # The fields above that only an ended reply carries.
@@ -169,4 +181,13 @@ def message_to_dict(message: Message, *, room_slug: str | None = None) -> Messag
         body["by"] = by.get_username() if by is not None else None
         body["reason"] = (gen.reason or None) if gen is not None else None
         body["metrics"] = gen.metrics if gen is not None else None
+    if message.edited_at is not None:
+        body["edited"] = True
+    if message.rating_up is not None or message.rating_down is not None:
+        body["rating"] = {"up": message.rating_up or 0, "down": message.rating_down or 0}
+    if message.deleted_at is not None:
+        # A tombstone: members never see its text again (staff read it in the admin
+        # until `purge_deleted` erases it).
+        del body["text"]
+        body["deleted"] = True
     return body

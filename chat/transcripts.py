@@ -38,8 +38,9 @@ def room_transcript(*, room_id: int) -> Transcript:
     members = sorted(
         m.user.get_username() for m in room.memberships.select_related("user").order_by()
     )
+    # Deleted messages leave exports (their text is staff's in the admin until purged).
     messages = list(
-        Message.objects.filter(room=room)
+        Message.objects.filter(room=room, deleted_at__isnull=True)
         .select_related("author", "generation", "generation__stopped_by")
         .order_by("id")
     )

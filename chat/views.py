@@ -7,9 +7,9 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
-from chat import events, replies, selectors, services
+from chat import events, lifecycle, replies, selectors, services
 from chat.errors import BadRequest
 from chat.extensions import EXTENSIONS
 from chat.http import api, async_api, query_int, read_json, request_user
@@ -171,23 +171,40 @@ async def room_messages(request: HttpRequest, user: User, slug: str) -> HttpResp
     return JsonResponse(await database_sync_to_async(older_or_newer)())
 
 
-@require_GET
-@api
-def message_detail(request: HttpRequest, message_id: str) -> HttpResponse:
-    message = selectors.message_get(message_id=message_id, user=request_user(request))
+@require_http_methods(["GET", "PATCH", "DELETE"])
+async def message_detail(request: HttpRequest, message_id: str) -> HttpResponseBase:
+    """GET a message; Extension (issue 19): PATCH edits it, DELETE tombstones it."""
+    if request.method == "PATCH":
+        return await message_edit(request, message_id)
+    if request.method == "DELETE":
+        return await message_delete(request, message_id)
+    return await message_get(request, message_id)
+
+
+@async_api
+async def message_get(request: HttpRequest, user: User, message_id: str) -> HttpResponseBase:
+    body = await database_sync_to_async(_message_read)(user=user, message_id=message_id)
+    return JsonResponse(body)
+
+
+def _message_read(*, user: User, message_id: str) -> dict[str, object]:
+    message = selectors.message_get(message_id=message_id, user=user)
     body: dict[str, object] = dict(message_to_dict(message))
     if message.role == Role.ASSISTANT:
         # Extension: a reply's versions, each with its text and status, and which is
-        # current (docs/protocol.md "Versions of a reply").
+        # current (docs/protocol.md "Versions of a reply"). A deleted version is listed
+        # without its text, as a deleted message is.
         found = selectors.reply_versions(message=message)
         body["versions"] = [
-            {"id": str(v.pk), "version": v.version, "text": v.text, "status": v.status}
+            {"id": str(v.pk), "version": v.version, "status": v.status, "deleted": True}
+            if v.deleted_at is not None
+            else {"id": str(v.pk), "version": v.version, "text": v.text, "status": v.status}
             for v in found
         ]
         head = found[0]
         body["current"] = str(head.current_version_id or head.pk)
         body.setdefault("version", message.version)
-    return JsonResponse(body)
+    return body
 
 
 # --- Sending and controlling over plain HTTP (the same services as the WebSocket) --------
@@ -271,3 +288,31 @@ async def message_pick(request: HttpRequest, user: User, message_id: str) -> Htt
     read_json(request)
     reply = await replies.version_pick(user=user, message_id=message_id)
     return JsonResponse({"message": reply})
+
+
+# --- Edit, delete, rate (issue 19; the services of chat/lifecycle.py) ----------------------
+
+
+@async_api
+async def message_edit(request: HttpRequest, user: User, message_id: str) -> HttpResponseBase:
+    data = read_json(request)
+    message = await lifecycle.message_edit(
+        user=user, message_id=message_id, text=data.get("text"), rerun=data.get("rerun", False)
+    )
+    return JsonResponse({"message": message})
+
+
+@async_api
+async def message_delete(request: HttpRequest, user: User, message_id: str) -> HttpResponseBase:
+    message = await lifecycle.message_delete(user=user, message_id=message_id)
+    return JsonResponse({"message": message})
+
+
+@require_http_methods(["PUT"])
+@async_api
+async def message_rating(request: HttpRequest, user: User, message_id: str) -> HttpResponseBase:
+    data = read_json(request)
+    message = await lifecycle.message_rate(
+        user=user, message_id=message_id, value=data.get("value"), comment=data.get("comment")
+    )
+    return JsonResponse({"message": message})

@@ -220,6 +220,12 @@ PARLEY_MODELS_TTL = env.float("PARLEY_MODELS_TTL", default=300.0)
 PARLEY_ASSISTANT_REPLIES_MAX = env.int("PARLEY_ASSISTANT_REPLIES_MAX", default=3)
 # How long a room's invite link works unless its owner revokes it first.
 PARLEY_INVITE_DAYS = env.float("PARLEY_INVITE_DAYS", default=7.0)
+# A deleted message's text stays (admin only) this long so staff can review abuse reports
+# about it, then `manage.py purge_deleted` erases it: a month covers a report that comes
+# in after a weekend or a holiday without keeping what a member took back for longer.
+PARLEY_DELETED_RETENTION_DAYS = env.float("PARLEY_DELETED_RETENTION_DAYS", default=30.0)
+# A rating's optional comment: a sentence or two of why, not an essay (the admin lists it).
+PARLEY_RATING_COMMENT_MAX = 500
 # Connecting to the model server should take milliseconds; 10 s covers a cold TLS
 # handshake across the world without leaving a user staring at nothing for long.
 LLM_CONNECT_TIMEOUT = env.float("LLM_CONNECT_TIMEOUT", default=10.0)

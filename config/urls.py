@@ -38,6 +38,7 @@ urlpatterns = [
     path("api/messages/<str:message_id>/audio", voice_views.message_audio),
     path("api/messages/<str:message_id>/regenerate", views.message_regenerate),
     path("api/messages/<str:message_id>/pick", views.message_pick),
+    path("api/messages/<str:message_id>/rating", views.message_rating),
     *[
         path(f"api/messages/<str:message_id>/{action}", views.message_control, {"action": action})
         for action in ("pause", "resume", "stop")

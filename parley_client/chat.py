@@ -36,7 +36,9 @@ from parley_client.models import (
     Assistant,
     AudioCancel,
     AudioEnd,
+    DeleteEvent,
     Delta,
+    EditEvent,
     ErrorEvent,
     Event,
     Generation,
@@ -47,6 +49,7 @@ from parley_client.models import (
     Place,
     Presence,
     QueuePlaces,
+    RatingEvent,
     Reconnecting,
     Room,
     RoomEvent,
@@ -102,6 +105,8 @@ HELP = """\
 /regen [ID]             another answer: a new version of the last reply (or reply ID)
 /voice MODE             speak the next reply: normal, streaming, realtime or off
 /audio FILE.wav         save spoken replies (FILE-<id>.wav each); /audio off stops
+/edit [#ID] TEXT         edit your last message (or message ID) to read TEXT
+/delete [ID]            delete your last message (or message ID; owners: any)
 /assistants             list the room's assistants (mention one with @handle)
 /rooms                  list the rooms you can see
 /join SLUG              go to another room (joining it if it is public)
@@ -219,6 +224,10 @@ class ChatApp:
         self.printed: set[str] = set()
         # The newest assistant reply seen: what a bare /regen asks again.
         self.last_reply: str | None = None
+        # Who wrote each printed message (edits and deletes name them), and this member's
+        # own messages, newest last (what /edit and /delete address by default).
+        self.authors: dict[str, str] = {}
+        self.mine: list[str] = []
         self.last_ctrl_c = 0.0
         self.last_typing_sent = 0.0
         self.exit_code = 0
@@ -353,6 +362,17 @@ class ChatApp:
                     f"#{event.current} is current{who})",
                 )
             )
+        elif isinstance(event, EditEvent):
+            who = self.authors.get(event.message_id, event.by or "someone")
+            self.say(("class:note", f"({who} edited message {event.message_id}:)"))
+            self.say(("", f"  {event.text}"))
+        elif isinstance(event, DeleteEvent):
+            self._forget_mine(event.message_id)
+            author = self.authors.get(event.message_id)
+            whose = f"{author}'s message" if author else "a message"
+            self.say(("class:note", f"({whose} {event.message_id} was deleted by {event.by})"))
+        elif isinstance(event, RatingEvent):
+            self.set_note(f"reply {event.message_id}: {event.up} up, {event.down} down")
         elif isinstance(event, QueuePlaces):
             for place in event.replies:
                 if (waiting := self.live.get(place.message_id)) is not None:
@@ -449,6 +469,10 @@ class ChatApp:
                     self.say(("class:note", "no reply to regenerate yet"))
                 else:
                     await room.regenerate(target)
+            elif name == "edit":
+                await self.edit(arg)
+            elif name == "delete":
+                await self.delete(arg or None)
             elif name == "voice":
                 if arg not in VOICE_MODES:
                     self.say(("class:error", "usage: /voice normal|streaming|realtime|off"))
@@ -483,6 +507,36 @@ class ChatApp:
         if action == "stop" and target in self.live:
             self.live[target].stopping = True
         await getattr(self.room, action)(target)
+
+    async def edit(self, arg: str) -> None:
+        """``/edit TEXT`` edits your last message; ``/edit #ID TEXT`` message ID."""
+        assert self.room is not None
+        target: str | None
+        if arg.startswith("#"):
+            target, _, text = arg[1:].partition(" ")
+        else:
+            target, text = (self.mine[-1] if self.mine else None), arg
+        text = text.strip()
+        if not text:
+            self.say(("class:error", "usage: /edit TEXT, or /edit #ID TEXT"))
+            return
+        if not target:
+            self.say(("class:note", "you have sent no message here to edit"))
+            return
+        await self.room.edit(target, text)
+
+    async def delete(self, message_id: str | None) -> None:
+        """``/delete`` deletes your last message; ``/delete ID`` message ID."""
+        assert self.room is not None
+        target = message_id.lstrip("#") if message_id else (self.mine[-1] if self.mine else None)
+        if not target:
+            self.say(("class:note", "you have sent no message here to delete"))
+            return
+        await self.room.delete(target)
+
+    def _forget_mine(self, message_id: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.mine.remove(message_id)
 
     async def set_audio(self, arg: str) -> None:
         assert self.room is not None
@@ -561,6 +615,13 @@ class ChatApp:
             self.last_reply = message.id
         you = self.room.you if self.room else ""
         author = speaker(message)
+        self.authors[message.id] = author
+        if message.role == "user" and author == you and not message.deleted:
+            self.mine.append(message.id)
+        if message.deleted:
+            text = "(message deleted)"
+        elif message.edited and text is None:
+            text = f"{message.text} (edited)"
         style = (
             "class:assistant"
             if message.role == "assistant"

@@ -316,6 +316,25 @@ class Client:
     async def stop(self, message_id: str) -> Message:
         return await self.control("stop", message_id)
 
+    async def edit(self, message_id: str, text: str) -> Message:
+        """Extension: edit your own message over HTTP; returns it as it now is."""
+        body = await self._call(
+            "PATCH", f"/api/messages/{_path_id(message_id)}", json={"text": text, "rerun": False}
+        )
+        return Message.from_dict(_field(body, "message", dict))
+
+    async def delete(self, message_id: str) -> Message:
+        """Extension: delete a message (your own; any as a room owner or staff). Returns
+        its tombstone (``deleted`` true, no text). Deleting it again is a no-op."""
+        body = await self._call("DELETE", f"/api/messages/{_path_id(message_id)}")
+        return Message.from_dict(_field(body, "message", dict))
+
+    async def rate(self, message_id: str, value: int, comment: str | None = None) -> Message:
+        """Extension: rate a reply up (1) or down (-1), or clear your rating (0)."""
+        payload = _drop_none(value=value, comment=comment)
+        body = await self._call("PUT", f"/api/messages/{_path_id(message_id)}/rating", json=payload)
+        return Message.from_dict(_field(body, "message", dict))
+
     async def audio(self, message_id: str) -> bytes:
         """The whole reply as a WAV file's bytes (synthesized once by the server)."""
         response = await self._raw("GET", f"/api/messages/{_path_id(message_id)}/audio")

@@ -26,8 +26,10 @@ __all__ = [
     "AudioChunk",
     "AudioEnd",
     "AudioStart",
+    "DeleteEvent",
     "Delta",
     "DurableEvent",
+    "EditEvent",
     "ErrorEvent",
     "Event",
     "Generation",
@@ -41,6 +43,8 @@ __all__ = [
     "Pong",
     "Presence",
     "QueuePlaces",
+    "RatingCounts",
+    "RatingEvent",
     "Reconnecting",
     "ReplyAssistant",
     "Room",
@@ -277,6 +281,25 @@ class VersionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RatingCounts:
+    """Extension: how many members rated a reply up and down."""
+
+    up: int = 0
+    down: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Any) -> RatingCounts | None:
+        if not isinstance(d, Mapping):
+            return None
+        return cls(up=_count(d, "up"), down=_count(d, "down"))
+
+
+def _count(d: Mapping[str, Any], key: str) -> int:
+    value = d.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """A message. ``id`` is opaque: pass it back as given."""
 
@@ -304,6 +327,11 @@ class Message:
     versions: int = 1
     current: str | None = None
     version_list: tuple[VersionInfo, ...] = ()
+    # Extensions (issue 19): edited by its author; deleted (a tombstone: ``text`` is "");
+    # a reply's rating counts once rated.
+    edited: bool = False
+    deleted: bool = False
+    rating: RatingCounts | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Message:
@@ -329,6 +357,9 @@ class Message:
             versions=_versions_count(d.get("versions")),
             current=_opt_str(d, "current"),
             version_list=VersionInfo.list_from(d.get("versions")),
+            edited=d.get("edited") is True,
+            deleted=d.get("deleted") is True,
+            rating=RatingCounts.from_dict(d.get("rating")),
         )
 
     @property
@@ -491,6 +522,41 @@ class VersionEvent:
     type: Literal["version"] = "version"
 
 
+@dataclass(frozen=True, slots=True)
+class EditEvent:
+    """``edit`` (extension): a member edited their message; ``text`` is its text now."""
+
+    seq: int
+    message_id: str
+    text: str
+    by: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["edit"] = "edit"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEvent:
+    """``delete`` (extension): the message is a tombstone now ("message deleted")."""
+
+    seq: int
+    message_id: str
+    by: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["delete"] = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class RatingEvent:
+    """``rating`` (extension): a reply's rating counts as they are now."""
+
+    seq: int
+    message_id: str
+    up: int
+    down: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    type: Literal["rating"] = "rating"
+
+
 # --- Live-only events -----------------------------------------------------------------
 
 
@@ -628,7 +694,17 @@ class Reconnecting:
     type: Literal["reconnecting"] = "reconnecting"
 
 
-DurableEvent: TypeAlias = MessageEvent | Delta | Generation | Snapshot | RoomEvent | VersionEvent
+DurableEvent: TypeAlias = (
+    MessageEvent
+    | Delta
+    | Generation
+    | Snapshot
+    | RoomEvent
+    | VersionEvent
+    | EditEvent
+    | DeleteEvent
+    | RatingEvent
+)
 Event: TypeAlias = (
     MessageEvent
     | Delta
@@ -636,6 +712,9 @@ Event: TypeAlias = (
     | Snapshot
     | RoomEvent
     | VersionEvent
+    | EditEvent
+    | DeleteEvent
+    | RatingEvent
     | Hello
     | Presence
     | Typing
@@ -700,6 +779,8 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
             by=_opt_str(raw, "by"),
             raw=raw,
         )
+    if kind in ("edit", "delete", "rating"):
+        return _parse_lifecycle(kind, raw)
     if kind == "hello":
         room = Room.from_dict(raw.get("room") or {})
         return Hello(
@@ -728,6 +809,18 @@ def parse_event(raw: Any, *, transport: str = "websocket") -> Event:
     return UnknownEvent(
         kind, seq if isinstance(seq, int) and not isinstance(seq, bool) else None, raw
     )
+
+
+def _parse_lifecycle(kind: str, raw: dict[str, Any]) -> EditEvent | DeleteEvent | RatingEvent:
+    message_id = _opt_str(raw, "message_id")
+    if message_id is None:
+        raise MalformedEvent(f"a {kind} event needs a message_id")
+    seq = _int(raw, "seq")
+    if kind == "edit":
+        return EditEvent(seq, message_id, _str(raw, "text"), _opt_str(raw, "by"), raw)
+    if kind == "delete":
+        return DeleteEvent(seq, message_id, _opt_str(raw, "by"), raw)
+    return RatingEvent(seq, message_id, _count(raw, "up"), _count(raw, "down"), raw)
 
 
 def _places(value: Any) -> tuple[Place, ...]:

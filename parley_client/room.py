@@ -394,6 +394,34 @@ class RoomSession:
             return
         await self._acknowledged({"action": "pick_version", "message_id": message_id})
 
+    async def edit(self, message_id: str | Sent, text: str) -> None:
+        """Extension: edit your own message; every member gets an ``edit`` event."""
+        mid = _id(message_id)
+        if self.transport == "sse":
+            await self.client.edit(mid, text)
+            return
+        await self._acknowledged({"action": "edit", "message_id": mid, "text": text})
+
+    async def delete(self, message_id: str | Sent) -> None:
+        """Extension: delete a message (a reply being written to it is stopped first);
+        every member gets a ``delete`` event."""
+        mid = _id(message_id)
+        if self.transport == "sse":
+            await self.client.delete(mid)
+            return
+        await self._acknowledged({"action": "delete", "message_id": mid})
+
+    async def rate(self, message_id: str | Sent, value: int, comment: str | None = None) -> None:
+        """Extension: rate a reply up (1), down (-1), or clear your rating (0)."""
+        mid = _id(message_id)
+        if self.transport == "sse":
+            await self.client.rate(mid, value, comment)
+            return
+        frame: dict[str, Any] = {"action": "rate", "message_id": mid, "value": value}
+        if comment is not None:
+            frame["comment"] = comment
+        await self._acknowledged(frame)
+
     async def typing(self) -> None:
         """Tell the others you are typing (WebSocket only; SSE has no way to say it)."""
         if self.transport == "websocket" and self._conn is not None:

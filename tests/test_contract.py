@@ -86,3 +86,33 @@ def test_every_live_event_type_is_typed_by_parley_client_and_handled_by_the_page
     assert [(p.message_id, p.position, p.model_position) for p in places.replies] == [
         ("18", 2, None)
     ]
+
+
+def test_every_durable_event_type_is_typed_by_parley_client_and_heard_by_the_page():
+    """Each durable event the server can send (chat/events/schema.py's bodies) is parsed
+    by parley_client into its own type, applied by the page's store, and listened for by
+    the page's EventSource (which hears only the names it asks for)."""
+    from typing import get_args, get_type_hints
+
+    from chat.events import schema
+    from chat.events.schema import delete_body, edit_body, rating_body
+    from parley_client.models import UnknownEvent, parse_event
+
+    durable = {
+        get_args(get_type_hints(event)["type"])[0] for event in get_args(schema.DurableEvent)
+    }
+    assert {"edit", "delete", "rating"} <= durable
+    samples = {
+        "edit": dict(edit_body(message_id="7", text="fixed", by="ann")),
+        "delete": dict(delete_body(message_id="7", by="ann")),
+        "rating": dict(rating_body(message_id="8", up=1, down=0)),
+    }
+    connection = (ROOT / "chat/static/chat/js/connection.js").read_text()
+    listened = re.search(r"SSE_EVENT_TYPES = \[(.*?)\];", connection, re.S)
+    assert listened is not None
+    store = (ROOT / "chat/static/chat/js/store.js").read_text()
+    for kind in durable:
+        assert f'"{kind}"' in listened.group(1), f"the page's EventSource misses {kind!r}"
+        assert f'case "{kind}":' in store, f"store.js does not apply {kind!r}"
+    for kind, frame in samples.items():
+        assert not isinstance(parse_event({**frame, "seq": 3}), UnknownEvent), kind

@@ -65,8 +65,10 @@ json_values = st.recursive(
     max_leaves=12,
 )
 FIELDS = ["text", "client_id", "ask_ai", "voice", "message_id", "enabled", "id", "wait"]
+FIELDS += ["value", "comment", "rerun"]  # edit, delete, rate
 ACTIONS = ["send", "pause", "resume", "stop", "typing", "audio", "ping", "__init__", "Send"]
 ACTIONS += ["regenerate", "pick_version"]  # versions of a reply (extension)
+ACTIONS += ["edit", "delete", "rate"]
 
 
 @st.composite
@@ -216,6 +218,57 @@ def test_websocket_frames_get_an_error_at_most_and_the_room_goes_on(target):
         loop.run_until_complete(still_works())
     finally:
         loop.close()
+
+
+@st.composite
+def lifecycle_bodies(draw: Any) -> bytes:
+    """A body for PATCH /api/messages/<id> or PUT .../rating: mostly the right fields with
+    hostile values, some garbage."""
+    kind = draw(st.sampled_from(["object", "object", "object", "json", "bytes"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=60))
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    keys = st.sampled_from(["text", "rerun", "value", "comment"])
+    body = draw(st.dictionaries(keys | st.text(max_size=6), json_values, max_size=4))
+    if draw(st.booleans()):
+        body["value"] = draw(st.sampled_from([1, -1, 0, 2, True, "1", None, 1.0]))
+    return json.dumps(body).encode()
+
+
+def test_edit_delete_and_rate_bodies_never_give_500(target):
+    """Hostile bodies for the message lifecycle endpoints, on a real message and reply of
+    the caller's, and on ids that are not messages: never a 500, always a JSON code."""
+    from chat.models import Message, Role, Status
+
+    daphne, room, token = target
+    owner = room.owner
+    mine = Message.objects.create(room=room, role=Role.USER, author=owner, text="mine")
+    reply = Message.objects.create(
+        room=room, role=Role.ASSISTANT, text="a reply", status=Status.COMPLETE, reply_to=mine
+    )
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=daphne.http_url, headers=headers, timeout=30) as http:
+
+        @HOSTILE
+        @given(
+            body=lifecycle_bodies(),
+            message=st.sampled_from([str(mine.pk), str(reply.pk), "0", "-1", "99999999"])
+            | nasty_text.map(lambda s: quote(s.encode("utf-8", "surrogatepass"), safe="")),
+        )
+        def check(body: bytes, message: str) -> None:
+            if not message:
+                return
+            _check_response(http.patch(f"/api/messages/{message}", content=body))
+            _check_response(http.put(f"/api/messages/{message}/rating", content=body))
+            _check_response(http.request("DELETE", f"/api/messages/{message}", content=body))
+
+        check()
+        # Whatever happened, each message reads cleanly, a tombstone or not.
+        for pk in (mine.pk, reply.pk):
+            r = http.get(f"/api/messages/{pk}")
+            assert r.status_code == 200, r.text
+            assert r.json().get("deleted") or isinstance(r.json()["text"], str)
 
 
 def test_json_nested_deeper_than_the_parser_is_bad_json(target):

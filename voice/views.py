@@ -28,6 +28,8 @@ async def message_audio(request: HttpRequest, user: User, message_id: str) -> Ht
     message = await database_sync_to_async(selectors.message_get)(message_id=message_id, user=user)
     if message.role != Role.ASSISTANT:
         raise NotFound("only assistant replies have audio")
+    if message.deleted_at is not None:
+        raise NotFound("this message was deleted")
     if message.status not in TERMINAL_STATUSES:
         raise Conflict("the reply is still being generated; ask again when it has ended")
     text = clean_for_speech(message.text)

@@ -28,22 +28,28 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat.events.schema import (
+    DeleteEvent,
     DeltaEvent,
     DurableEvent,
+    EditEvent,
     GenerationEvent,
     GenerationState,
     MessageEvent,
     QueueEvent,
     QueuePlace,
+    RatingEvent,
     RoomBody,
     RoomEvent,
     SnapshotEvent,
     VersionBody,
     VersionEvent,
+    delete_body,
     delta_body,
+    edit_body,
     generation_body,
     message_body,
     queue_event,
+    rating_body,
     room_body,
     snapshot_event,
     version_body,
@@ -58,7 +64,13 @@ from core.contract import LAYER_ROOM_AUDIO, LAYER_ROOM_EVENT, LAYER_ROOM_LIVE
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DeleteEvent",
     "DeltaEvent",
+    "EditEvent",
+    "RatingEvent",
+    "delete_body",
+    "edit_body",
+    "rating_body",
     "DurableEvent",
     "GenerationEvent",
     "GenerationState",
@@ -255,7 +267,7 @@ class EventHub:
             ids = [*ids, *new]
         for message in messages:
             state = live.get(message["id"])
-            if state is not None:
+            if state is not None and not message.get("deleted"):
                 message["text"], message["status"] = state
                 if state[1] in LIVE_STATUSES:
                     # Ended in the database since the seq, not at it: how it ended (the

@@ -63,6 +63,34 @@ class VersionBody(TypedDict):
     by: str | None
 
 
+class EditBody(TypedDict):
+    """Extension: a member edited their message; ``text`` is its text now."""
+
+    type: Literal["edit"]
+    message_id: str
+    text: str
+    edited: Literal[True]
+    by: str
+
+
+class DeleteBody(TypedDict):
+    """Extension: a message became a tombstone (``"deleted": true``, no text)."""
+
+    type: Literal["delete"]
+    message_id: str
+    by: str
+
+
+class RatingBody(TypedDict):
+    """Extension: a reply's rating counts, after a member rated it, changed or cleared
+    their rating (read in the same locked step that announces them)."""
+
+    type: Literal["rating"]
+    message_id: str
+    up: int
+    down: int
+
+
 class MessageEvent(MessageBody):
     seq: int
 
@@ -83,6 +111,18 @@ class VersionEvent(VersionBody):
     seq: int
 
 
+class EditEvent(EditBody):
+    seq: int
+
+
+class DeleteEvent(DeleteBody):
+    seq: int
+
+
+class RatingEvent(RatingBody):
+    seq: int
+
+
 class SnapshotEvent(TypedDict):
     type: Literal["snapshot"]
     seq: int
@@ -90,7 +130,15 @@ class SnapshotEvent(TypedDict):
 
 
 DurableEvent = (
-    MessageEvent | DeltaEvent | GenerationEvent | RoomEvent | VersionEvent | SnapshotEvent
+    MessageEvent
+    | DeltaEvent
+    | GenerationEvent
+    | RoomEvent
+    | VersionEvent
+    | EditEvent
+    | DeleteEvent
+    | RatingEvent
+    | SnapshotEvent
 )
 
 
@@ -150,6 +198,23 @@ def generation_body(
     if metrics is not None:
         body["metrics"] = metrics
     return body
+
+
+def edit_body(*, message_id: str, text: str, by: str) -> EditBody:
+    """The member's message ``message_id`` reads ``text`` now (edited by ``by``)."""
+    return {"type": "edit", "message_id": message_id, "text": text, "edited": True, "by": by}
+
+
+def delete_body(*, message_id: str, by: str) -> DeleteBody:
+    """The message ``message_id`` is a tombstone now (deleted by ``by``)."""
+    return {"type": "delete", "message_id": message_id, "by": by}
+
+
+def rating_body(*, message_id: str, up: int, down: int) -> RatingBody:
+    """The reply ``message_id`` has ``up`` thumbs up and ``down`` thumbs down now."""
+    if up < 0 or down < 0:
+        raise ValueError(f"rating counts are never negative: {up}, {down}")
+    return {"type": "rating", "message_id": message_id, "up": up, "down": down}
 
 
 def snapshot_event(*, seq: int, messages: list[MessageDict]) -> SnapshotEvent:

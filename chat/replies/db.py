@@ -18,7 +18,7 @@ from django.utils import timezone
 from chat.assistants import providers
 from chat.assistants.providers import ProviderConfig
 from chat.assistants.routing import DEFAULT_HANDLE, mentioned, route
-from chat.errors import BadRequest, Busy, Conflict
+from chat.errors import BadRequest, Busy, Conflict, NotFound
 from chat.llm import Options, Usage
 from chat.llm.base import ChatMessage
 from chat.llm.prompt import Turn, build_messages, system_text
@@ -352,7 +352,10 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
     # its place, as its current version (the one members picked, or the last made).
     cutoff = reply.version_of_id or message_id
     history = (
-        Message.objects.filter(room_id=reply.room_id, pk__lt=cutoff, version_of__isnull=True)
+        # A deleted message has left the conversation (issue 19): the model never sees it.
+        Message.objects.filter(
+            room_id=reply.room_id, pk__lt=cutoff, version_of__isnull=True, deleted_at__isnull=True
+        )
         .select_related("author", "generation", "current_version__generation")
         .order_by("-id")[: settings.LLM_CONTEXT_MESSAGES]
     )
@@ -360,6 +363,8 @@ def prompt_for(message_id: int) -> list[ChatMessage]:
     for row in reversed(list(history)):
         m = row.current_version if row.current_version_id is not None else row
         assert m is not None
+        if m.deleted_at is not None:
+            continue  # the version shown was deleted: its text has left the conversation
         text = m.text
         m_generation = getattr(m, "generation", None) if m.role == Role.ASSISTANT else None
         if room.prompt_heard_text and m.role == Role.ASSISTANT:
@@ -428,8 +433,10 @@ def create_version(*, head_id: int, queued: int, worker: str) -> NewVersion:
                 "a version of this reply is still being written; stop it or wait for it "
                 "to end, then regenerate"
             )
-        if head.reply_to is None:
+        if head.reply_to is None or head.reply_to.deleted_at is not None:
             raise BadRequest("the message this reply answered is gone")
+        if head.deleted_at is not None:
+            raise NotFound("this reply was deleted")
         generation = getattr(head, "generation", None)
         handle = (generation.handle if generation is not None else "") or DEFAULT_HANDLE
         found = RoomAssistant.objects.select_related("assistant").filter(room_id=head.room_id)

@@ -55,6 +55,8 @@ async def reply_regenerate_for_message(*, user: User, message_id: object) -> lis
             raise NotFound("no such message")  # as for reading it
         if message.role != Role.USER:
             raise BadRequest("only a member's message is rerun")
+        if message.deleted_at is not None:
+            raise NotFound("this message was deleted")
         heads = message.replies.filter(role=Role.ASSISTANT, version_of__isnull=True)
         return message, list(heads.order_by("id").values_list("pk", flat=True))
 

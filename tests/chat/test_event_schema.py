@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.events import delta_body, generation_body, message_body, version_body
+from chat.events import (
+    delete_body,
+    delta_body,
+    edit_body,
+    generation_body,
+    message_body,
+    rating_body,
+    version_body,
+)
 from chat.events.schema import snapshot_event
 from tests.support.openai_server import Scenario
 from tests.support.rooms import ask, stored
@@ -45,6 +53,31 @@ def test_the_version_event_has_the_agreed_shape():
     }
     with pytest.raises(ValueError, match="at least one"):
         version_body(message_id="7", current="7", versions=0, by=None)
+
+
+def test_the_lifecycle_events_have_the_agreed_shapes():
+    """docs/protocol.md "Editing, deleting and rating messages" (the names and fields
+    agreed before the work began)."""
+    assert edit_body(message_id="7", text="fixed", by="ann") == {
+        "type": "edit",
+        "message_id": "7",
+        "text": "fixed",
+        "edited": True,
+        "by": "ann",
+    }
+    assert delete_body(message_id="7", by="bob") == {
+        "type": "delete",
+        "message_id": "7",
+        "by": "bob",
+    }
+    assert rating_body(message_id="8", up=2, down=1) == {
+        "type": "rating",
+        "message_id": "8",
+        "up": 2,
+        "down": 1,
+    }
+    with pytest.raises(ValueError, match="negative"):
+        rating_body(message_id="8", up=-1, down=0)
 
 
 def test_a_generation_state_outside_the_contract_is_refused():

@@ -64,4 +64,7 @@ export const messages = {
   control: (id, action) => api("POST", `/api/messages/${encodeURIComponent(id)}/${action}`),
   regenerate: (id) => api("POST", `/api/messages/${encodeURIComponent(id)}/regenerate`),
   pick: (id) => api("POST", `/api/messages/${encodeURIComponent(id)}/pick`),
+  edit: (id, text) => api("PATCH", `/api/messages/${encodeURIComponent(id)}`, { text, rerun: false }),
+  remove: (id) => api("DELETE", `/api/messages/${encodeURIComponent(id)}`),
+  rate: (id, value, comment) => api("PUT", `/api/messages/${encodeURIComponent(id)}/rating`, { value, comment }),
 };

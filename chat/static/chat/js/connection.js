@@ -25,6 +25,7 @@ const SSE_EVENT_TYPES = [
   "hello", "presence", "typing", "message", "delta", "generation", "snapshot", "room", "queue", "error", "audio",
   "version",
   "pong",
+  "pong", "edit", "delete", "rating",
 ];
 
 // Close codes after which trying again cannot help (the server's list, with its reasons,

@@ -14,6 +14,7 @@ import { hue, paintAvatar, replyAssistant } from "./assistants.js";
 import { AudioPlayer } from "./audio.js";
 import { Backoff, Connection } from "./connection.js";
 import { wireDrawer } from "./drawer.js";
+import { Lifecycle } from "./lifecycle.js";
 import { renderMarkdown } from "./markdown.js";
 import { wireMembers } from "./members.js";
 import { MentionCompleter } from "./mention.js";
@@ -76,6 +77,15 @@ const els = {
   speechText: $("#speech-text"),
   speechLevel: $("#speech-level"),
 };
+
+// Edit, delete, rate (lifecycle.js): its buttons and the edit box on each message.
+const lifecycle = new Lifecycle({
+  me: config.me,
+  canManage: Boolean(config.can_manage),
+  maxChars: config.max_chars,
+  send: (frame) => connection.send(frame),
+  onError: (detail) => showError(detail),
+});
 
 const elements = new Map(); // message id or client_id -> <article>
 // Where waiting replies stand (docs/protocol.md "Waiting in line"): reply id ->
@@ -381,6 +391,7 @@ function renderMessage(article, m) {
     const versions = versionsOf(store, head);
     renderVersions(article, { head, shown: m, versions, allowed, live: versions.some((v) => LIVE.has(v.status)) });
   }
+  lifecycle.render(article, m);
 }
 
 // Who wrote a reply: its assistant's name and avatar (set again as a replay or a `room`
@@ -600,6 +611,16 @@ function onDurable(event) {
       versionView.follow(change.id);
       const article = elements.get(change.id);
       if (article) keepPinned(() => renderMessage(article, store.get(change.id)));
+      return;
+    }
+    case "lifecycle": {
+      // An edit, a delete or new rating counts (lifecycle.js draws them). A later version
+      // of a reply is drawn in its reply's article.
+      if (change.missing) return;
+      const headId = groupOf(store.get(change.id));
+      const article = elements.get(headId);
+      if (article) keepPinned(() => renderMessage(article, store.get(headId)));
+      if (change.type === "delete") announce(`A message was deleted by ${change.by}.`);
       return;
     }
     case "generation": {
@@ -1070,6 +1091,8 @@ function wire() {
     maybeSendTyping();
   });
   els.list.addEventListener("click", (e) => {
+    const article = e.target.closest(".msg[data-id]");
+    if (article && lifecycle.onClick(e, article, store.get(article.dataset.id))) return;
     const button = e.target.closest("button[data-control]");
     if (button) {
       const article = button.closest(".msg");

@@ -5,7 +5,8 @@
 // connection can resume from the last seq it holds. A `message` event replaces the whole
 // message (a replay rebuilds a reply from its empty start), `delta` appends, `generation`
 // sets the status, `snapshot` replaces the latest messages, `room` carries the room's new
-// settings and assistants for the view.
+// settings and assistants for the view. `edit`, `delete` and `rating` (extensions) set a
+// message's text and `edited`, make it a tombstone (`deleted`, no text), set its counts.
 //
 // The conversation is kept in id order, whatever order its messages arrive in: the first
 // page, an older page as the reader scrolls up, a replay, a live event, a snapshot.
@@ -38,6 +39,7 @@ export class RoomStore {
   // Sets a message in its place by id. Newer than all we hold (the usual case) is an
   // append; anything else puts the map back in order.
   put(message) {
+    if (message.deleted) message.text = ""; // a tombstone carries no text
     const known = this.messages.has(message.id);
     const newest = this.newestId();
     this.messages.set(message.id, message);
@@ -132,6 +134,22 @@ export class RoomStore {
         m.versions = event.versions;
         m.current = event.current;
         return { kind: "version", id: m.id, current: event.current, by: event.by };
+      }
+      case "edit":
+      case "delete":
+      case "rating": {
+        const m = this.messages.get(event.message_id);
+        if (!m) return { kind: "lifecycle", id: event.message_id, missing: true };
+        if (event.type === "delete") {
+          m.deleted = true;
+          m.text = "";
+        } else if (event.type === "edit" && !m.deleted) {
+          m.text = event.text;
+          m.edited = true;
+        } else if (event.type === "rating") {
+          m.rating = { up: event.up, down: event.down };
+        }
+        return { kind: "lifecycle", id: m.id, type: event.type, by: event.by };
       }
       case "room":
         // The room's settings or assistants changed (docs/protocol.md "room"): durable,

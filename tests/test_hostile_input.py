@@ -64,8 +64,8 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-FIELDS = ["text", "client_id", "ask_ai", "voice", "message_id", "enabled", "id", "wait"]
-ACTIONS = ["send", "pause", "resume", "stop", "typing", "audio", "ping", "__init__", "Send"]
+FIELDS = ["text", "client_id", "ask_ai", "voice", "message_id", "enabled", "id", "wait", "seq"]
+ACTIONS = ["send", "pause", "resume", "stop", "typing", "audio", "ping", "read", "__init__", "Send"]
 
 
 @st.composite
@@ -95,7 +95,7 @@ def bodies(draw: Any) -> bytes:
         return json.dumps(draw(json_values)).encode()
     keys = st.sampled_from(
         ["text", "client_id", "ask_ai", "voice", "wait", "name", "visibility", "assistant"]
-        + ["system_prompt", "username"]
+        + ["system_prompt", "username", "seq"]
     )
     body = draw(st.dictionaries(keys | st.text(max_size=6), json_values, max_size=6))
     return json.dumps(body).encode()
@@ -146,6 +146,7 @@ def test_http_bodies_and_urls_never_give_500(target):
                     f"/api/rooms/{room.slug}/members",
                     f"/api/rooms/{room.slug}/join",
                     "/api/messages/1/stop",
+                    f"/api/rooms/{room.slug}/read",
                 ]
             ),
             # URLs stay short: a request line of many KiB is refused by the HTTP layer
@@ -160,6 +161,10 @@ def test_http_bodies_and_urls_never_give_500(target):
             _check_response(http.post(f"/api/rooms/{name}/leave"))
             _check_response(http.delete(f"/api/rooms/{room.slug}/members/{name}"))
             _check_response(http.get(f"/api/rooms/{room.slug}/messages?limit={name}"))
+            # Search's q and before, and history around a message (extensions).
+            for query in (f"q={name}", f"q=a&before={name}", f"around={name}"):
+                path = "search" if query.startswith("q=") else "messages"
+                _check_response(http.get(f"/api/rooms/{room.slug}/{path}?{query}"))
 
         check()
         # The room goes on working.

@@ -50,12 +50,34 @@ async def queue_replies(
     asker_id: int,
     voice: str,
     prompt: list[ChatMessage] | None = None,
+    seqs: dict[int, int] | None = None,
 ) -> list[MessageDict]:
     """Run and announce ``queued`` (stored as queued, in the order they answer); their wire
     dicts. ``prompt``: the first one's, read with the send, used only if nothing waits
     before it. If an announcement cannot be stored, that reply and the ones after it are
     dropped (nobody saw them) and ``StoreUnavailable`` is raised; a resend with the same
-    client_id queues them (db.create_messages)."""
+    client_id queues them (db.create_messages).
+
+    ``seqs``: messages already emitted (the asker's) whose seq is kept with the replies'
+    (db.record_seqs), in one thread hop after the announcements, whatever happens to them."""
+    seqs = dict(seqs or {})
+    try:
+        return await _announce(manager, room_id, room_slug, queued, asker_id, voice, prompt, seqs)
+    finally:
+        if seqs:
+            await database_sync_to_async(db.record_seqs)(seqs)
+
+
+async def _announce(
+    manager: Owner,
+    room_id: int,
+    room_slug: str,
+    queued: list[db.Queued],
+    asker_id: int,
+    voice: str,
+    prompt: list[ChatMessage] | None,
+    seqs: dict[int, int],
+) -> list[MessageDict]:
     dicts: list[MessageDict] = []
     for index, item in enumerate(queued):
         reply_dict = message_to_dict(item.reply, room_slug=room_slug)
@@ -81,7 +103,8 @@ async def queue_replies(
         # about it).
         manager.start(run)
         try:
-            await room_event_emit(room_id=room_id, body=message_body(reply_dict))
+            event = await room_event_emit(room_id=room_id, body=message_body(reply_dict))
+            seqs[item.reply.pk] = event["seq"]
         except StoreUnavailable:
             manager.unregister(run)
             await manager.dequeue(run)

@@ -102,8 +102,6 @@ def test_read_over_the_websocket(daphne, pair):
     room, ann_token, bob_token = pair
 
     async def scenario() -> None:
-        with client(daphne, bob_token) as bob:
-            say(bob, room.slug, "hello @ann")
         ws = await connect(daphne, room, ann_token)
         try:
             head = ws.events[0]["head"]
@@ -118,6 +116,8 @@ def test_read_over_the_websocket(daphne, pair):
         finally:
             await ws.close()
 
+    with client(daphne, bob_token) as bob:
+        say(bob, room.slug, "hello @ann")
     with client(daphne, ann_token) as ann:
         room_before = news(ann, room.slug)
     assert room_before[:2] == (1, True)

@@ -276,18 +276,16 @@ def run(url: str, messages: int, queries: int) -> dict[str, Any]:
 
 def _plans(slug: str) -> dict[str, str]:
     """How PostgreSQL answers a common and a rare word (the search's own query)."""
-    from django.contrib.postgres.search import SearchQuery, SearchVector
-
     from chat.models import Message, Room
-    from chat.search import SEARCH_CONFIG
+    from chat.search import stored_vector, text_query
 
     room = Room.objects.get(slug=slug)
     out = {}
-    for kind, q in (("common word", "the"), ("rare word", "zzq1")):
+    for kind, q in (("common word", "the"), ("middling word", "parley"), ("rare word", "zzq1")):
         qs = (
             Message.objects.filter(room=room)
-            .annotate(found=SearchVector("text", config=SEARCH_CONFIG))
-            .filter(found=SearchQuery(q, search_type="websearch", config=SEARCH_CONFIG))
+            .annotate(found=stored_vector())
+            .filter(found=text_query(q))
             .order_by("-id")[:21]
         )
         out[kind] = qs.explain(analyze=True)

@@ -1,19 +1,19 @@
 """Reads for finding a message: full-text search in a room, and history around a message.
 
-**PostgreSQL**: ``to_tsvector('simple', text) @@ websearch_to_tsquery('simple', q)``, served
-by a GIN *expression* index on that very vector (migration 0010). An expression index
-rather than a stored ``SearchVectorField`` or generated column: it costs no column, no
-trigger and nothing in the model, a daphne of the release before (a rolling deploy)
-inserts rows as it always did, and the index is kept by PostgreSQL on every write. The
-price, the vector being computed again for the rows the index finds, is paid only for the
-page's rows' headlines (a second query on at most a page of ids).
+**PostgreSQL**: ``search_vector @@ websearch_to_tsquery('simple', q)``, where
+``chat_message.search_vector`` is a stored generated column, ``to_tsvector('simple',
+text)``, with a GIN index (migration 0010 says why a column and not an expression index:
+the rows a lookup checks again, or a walk of the room's newest messages tests, read the
+vector instead of computing it from the text). It is not a model field (SQLite has no
+tsvector), so the query names it with ``RawSQL``.
 
 The configuration is ``simple``, not ``english``: a room's members write in any language,
 and paste code, names and URLs; ``simple`` lowercases and splits on word boundaries and
 nothing else, so a word matches the same word in every language and identifiers are not
 stemmed into other words. The price: no stemming (``run`` does not find ``running``), and
 no stop words dropped (``the`` is a word like any other). ``websearch`` syntax: ``"a
-phrase"``, ``-word`` (without), ``or``.
+phrase"``, ``-word`` (without), ``or``. Headlines (``ts_headline``) are computed for the
+page's rows only, in a second query.
 
 **SQLite** (a laptop, the tests): each word of the query (quotes and a leading ``-`` are
 dropped) must occur in the text, case-insensitively (LIKE); the snippet is cut in Python.
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from django.conf import settings
 from django.db import connection
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 
 from chat.errors import BadRequest, NotFound
 from chat.models import Message, Room
@@ -37,8 +38,12 @@ from chat.selectors import parse_message_id
 from chat.serializers import MessageDict, message_to_dict
 from chat.text import clean_text
 
-# The text search configuration, also in migration 0010 (the index must be built with it).
+if TYPE_CHECKING:
+    from django.contrib.postgres.search import SearchQuery
+
+# The text search configuration and the generated column, as migration 0010 made them.
 SEARCH_CONFIG = "simple"
+SEARCH_COLUMN = '"chat_message"."search_vector"'
 # Markers PostgreSQL's ts_headline puts around a matched word; private-use characters, so
 # the wire snippet is plain text with ``highlights`` offsets, never HTML to trust.
 _START, _STOP = "\ue000", "\ue001"
@@ -85,6 +90,20 @@ def _searchable(room: Room) -> QuerySet[Message]:
     return Message.objects.filter(room=room)
 
 
+def stored_vector() -> RawSQL:
+    """The message's stored tsvector (PostgreSQL only; migration 0010)."""
+    from django.contrib.postgres.search import SearchVectorField
+
+    # A constant column name, nothing from the request.
+    return RawSQL(SEARCH_COLUMN, [], output_field=SearchVectorField())  # noqa: S611
+
+
+def text_query(q: str) -> SearchQuery:
+    from django.contrib.postgres.search import SearchQuery
+
+    return SearchQuery(q, search_type="websearch", config=SEARCH_CONFIG)
+
+
 def _words(q: str) -> list[str]:
     words = [w.strip('"').lstrip("-") for w in q.split()]
     return [w for w in words if w and w.lower() != "or"][:_SQLITE_WORDS]
@@ -98,10 +117,7 @@ def message_search(*, room: Room, q: str, before: int | None, limit: int) -> Sea
         qs = qs.filter(pk__lt=before)
     postgres = connection.vendor == "postgresql"
     if postgres:
-        from django.contrib.postgres.search import SearchQuery, SearchVector
-
-        query = SearchQuery(q, search_type="websearch", config=SEARCH_CONFIG)
-        qs = qs.annotate(found=SearchVector("text", config=SEARCH_CONFIG)).filter(found=query)
+        qs = qs.annotate(found=stored_vector()).filter(found=text_query(q))
     else:
         words = _words(q)
         if not words:
@@ -130,9 +146,9 @@ def _headlines(page: list[Message], q: str) -> dict[int, tuple[str, list[list[in
     ids, so ts_headline runs on a page of rows, never on every match."""
     if not page:
         return {}
-    from django.contrib.postgres.search import SearchHeadline, SearchQuery
+    from django.contrib.postgres.search import SearchHeadline
 
-    query = SearchQuery(q, search_type="websearch", config=SEARCH_CONFIG)
+    query = text_query(q)
     rows = (
         Message.objects.filter(pk__in=[m.pk for m in page])
         .annotate(

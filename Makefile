@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python -m bench.voice --out bench/voice.json
 	$(BIN)/python -m bench.model --out bench/model.json
 	$(BIN)/python -m bench.actions --out bench/actions.json
+	$(BIN)/python -m bench.search --out bench/search.json
 
 # The same scenarios, small (under two minutes): CI runs it to prove it runs, no thresholds.
 bench-quick: install
@@ -53,3 +54,4 @@ bench-quick: install
 	$(BIN)/python -m bench.voice --quick --out bench/voice-quick.json
 	$(BIN)/python -m bench.model --quick --out bench/model-quick.json
 	$(BIN)/python -m bench.actions --quick --out bench/actions-quick.json
+	$(BIN)/python -m bench.search --quick --out bench/search-quick.json

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -29,6 +30,7 @@ from chat.events.frames import Frame
 from chat.extensions import EXTENSIONS
 from chat.models import Room
 from chat.replies import message_send, reply_control, reply_regenerate, version_pick
+from chat.unread import membership_read, parse_seq
 from core import contract, metrics
 
 logger = logging.getLogger(__name__)
@@ -265,6 +267,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise BadRequest("enabled must be true or false")
         if self.subscription is not None:
             self.subscription.set_audio(enabled)
+
+    async def action_read(self, frame: dict[str, Any], request_id: object) -> None:
+        """Extension: the member has seen the room up to ``seq`` (the page sends it,
+        debounced, while the room's end is on screen). No answer; an error if bad."""
+        seq = parse_seq(frame.get("seq"))
+        await database_sync_to_async(membership_read)(user=self.user, room=self.room, seq=seq)
 
     async def action_ping(self, frame: dict[str, Any], request_id: object) -> None:
         await self.send_json({"type": "pong", "id": request_id})

@@ -71,6 +71,11 @@ class Membership(models.Model):
     )
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
     joined = models.DateTimeField(auto_now_add=True)
+    # The room's seq up to which this member has read (the page reports it: the `read`
+    # action, POST .../read). It only moves forward (services.membership_read). Unread
+    # messages are those with a larger ``Message.seq``. A database default too, for a
+    # rolling deploy (a daphne on the release before inserts rows without it).
+    last_read_seq = models.BigIntegerField(default=0, db_default=0)
 
     class Meta:
         constraints = [
@@ -275,11 +280,20 @@ class Message(models.Model):
     current_version = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The seq of this message's `message` event, recorded once it is emitted (the rows
+    # are written before their event: chat/replies). Unread counts compare it with
+    # ``Membership.last_read_seq``. Null for a message emitted before it was kept, or in
+    # the moment between its row and its event: neither counts as unread.
+    seq = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [
             # The latest messages of a room, and paging by id within it.
             models.Index(fields=["room", "-id"], name="message_room_latest"),
+            # Unread messages: a room's messages after a member's last read seq.
+            models.Index(fields=["room", "seq"], name="message_room_seq"),
+            # Full-text search has one more, on PostgreSQL only: a GIN index on the text's
+            # tsvector, made by migration 0010 (chat/search.py says why).
             # A resent message is found by its sender's client_id (idempotent sends).
             models.Index(
                 fields=["room", "author", "client_id"],

@@ -18,7 +18,7 @@ from django.shortcuts import render
 from django.templatetags.static import static
 from django.views.decorators.http import require_safe
 
-from chat import events, selectors, services
+from chat import events, selectors, services, unread
 from chat.errors import BadRequest, Forbidden, NotFound
 from chat.http import request_user
 from chat.llm.local import BUNDLED_MODEL
@@ -53,6 +53,10 @@ def home(request: HttpRequest) -> HttpResponse:
     user = request_user(request)
     mine = list(selectors.rooms_of(user=user))
     my_ids = {room.pk for room in mine}
+    news = unread.unread_of(user=user, room_ids=list(my_ids))
+    for mine_room in mine:
+        # Read by the template: the badge and the mention mark (home.js keeps them fresh).
+        mine_room.news = news.get(mine_room.pk, unread.NOTHING)  # type: ignore[attr-defined]
     others = [r for r in selectors.rooms_visible_to(user=user) if r.pk not in my_ids]
     return render(
         request,
@@ -79,6 +83,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "can_manage": selectors.can_manage(room=found, user=user),
         "max_chars": settings.PARLEY_MAX_MESSAGE_CHARS,
     }
+    # Where this member had read to, and their first unread message: the "new" divider.
+    config["last_read_seq"], config["first_unread"] = unread.first_unread(user=user, room=found)
     members, member_count = selectors.room_members(room=found, limit=MEMBERS_SHOWN)
     return render(
         request,

@@ -7,13 +7,13 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import events, lifecycle, replies, selectors, services
+from chat import events, lifecycle, replies, search, selectors, services, unread
 from chat.errors import BadRequest
 from chat.extensions import EXTENSIONS
 from chat.http import api, async_api, query_int, read_json, request_user
-from chat.models import Invite, Role
+from chat.models import Invite, Role, Room
 from chat.serializers import MessageDict, message_to_dict, room_to_dict
 
 
@@ -34,7 +34,17 @@ def rooms(request: HttpRequest) -> HttpResponse:
         )
         return JsonResponse(room_to_dict(room, head=events.room_head_sync(room)), status=201)
     found = list(selectors.rooms_visible_to(user=user))
-    return JsonResponse({"rooms": [room_to_dict(r, head=events.room_head_sync(r)) for r in found]})
+    news = unread.unread_of(user=user, room_ids=[r.pk for r in found])
+
+    def listed(room: Room) -> dict[str, object]:
+        # Extension: the caller's unread count and whether they were mentioned (0 and
+        # false in a room they are not a member of).
+        new = news.get(room.pk, unread.NOTHING)
+        body: dict[str, object] = {**room_to_dict(room, head=events.room_head_sync(room))}
+        body.update(unread=new.count, mentioned=new.mentioned)
+        return body
+
+    return JsonResponse({"rooms": [listed(r) for r in found]})
 
 
 @require_http_methods(["GET", "PATCH"])
@@ -152,6 +162,11 @@ async def room_messages(request: HttpRequest, user: User, slug: str) -> HttpResp
     limit = min(limit, settings.PARLEY_MESSAGES_PAGE_MAX)
     before = query_int(request, "before", minimum=1)
     after = query_int(request, "after", minimum=0)
+    around = request.GET.get("around")
+    if around is not None:
+        if before is not None or after is not None:
+            raise BadRequest("around goes alone: not with before or after")
+        return await room_messages_around(room, around, limit)
     if before is None and after is None:
         # The newest page is exact at its head, as a snapshot is: a reply being written
         # has the text members had at that seq (not its last periodic save), so reading
@@ -205,6 +220,49 @@ def _message_read(*, user: User, message_id: str) -> dict[str, object]:
         body["current"] = str(head.current_version_id or head.pk)
         body.setdefault("version", message.version)
     return body
+
+
+async def room_messages_around(room: Room, around: str, limit: int) -> HttpResponseBase:
+    """Extension: ``?around=<id>``, a page of history centred on a message (a search
+    result the page jumps to), with whether it can page on either way."""
+
+    def centred() -> dict[str, object]:
+        head = events.room_head_sync(room)
+        page = search.messages_around(room=room, message_id=around, limit=limit)
+        return {
+            "messages": [message_to_dict(m, room_slug=room.slug) for m in page.messages],
+            "head": head,
+            "has_older": page.has_older,
+            "has_newer": page.has_newer,
+        }
+
+    return JsonResponse(await database_sync_to_async(centred)())
+
+
+@require_GET
+@api
+def room_search(request: HttpRequest, slug: str) -> HttpResponse:
+    """Extension: a member's search of the room's messages, newest first, paged by
+    ``before`` (docs/protocol.md "Search")."""
+    user = request_user(request)
+    room = selectors.room_get_for_member(slug=slug, user=user)
+    q = search.search_query(request.GET.get("q", ""))
+    before = query_int(request, "before", minimum=1)
+    page = search.message_search(room=room, q=q, before=before, limit=settings.PARLEY_SEARCH_PAGE)
+    return JsonResponse({"results": page.hits, "more": page.more})
+
+
+@require_POST
+@api
+def room_read(request: HttpRequest, slug: str) -> HttpResponse:
+    """Extension: the caller has read the room up to ``seq`` (docs/protocol.md
+    "Unread and mentions"); answers where their read mark is now and what is still new."""
+    user = request_user(request)
+    room = selectors.room_get_for_member(slug=slug, user=user)
+    seq = unread.parse_seq(read_json(request).get("seq"))
+    stored = unread.membership_read(user=user, room=room, seq=seq)
+    new = unread.unread_of(user=user, room_ids=[room.pk]).get(room.pk, unread.NOTHING)
+    return JsonResponse({"seq": stored, "unread": new.count, "mentioned": new.mentioned})
 
 
 # --- Sending and controlling over plain HTTP (the same services as the WebSocket) --------

@@ -199,6 +199,18 @@ PARLEY_MAX_BODY_BYTES = env.int("PARLEY_MAX_BODY_BYTES", default=64 * 1024)
 # it may ask for: one screen of history, and a cap so one request cannot read a whole room.
 PARLEY_MESSAGES_PAGE = env.int("PARLEY_MESSAGES_PAGE", default=50)
 PARLEY_MESSAGES_PAGE_MAX = env.int("PARLEY_MESSAGES_PAGE_MAX", default=200)
+# Search (GET /api/rooms/<slug>/search): hits per page, a list one can read at a glance
+# and that one GIN lookup plus a sort of the matches answers well under 100 ms at 100,000
+# messages (bench/search.py); and the longest query, a sentence: a longer one is no
+# search a person types, and websearch_to_tsquery's work grows with it.
+PARLEY_SEARCH_PAGE = env.int("PARLEY_SEARCH_PAGE", default=20)
+PARLEY_SEARCH_MAX_CHARS = env.int("PARLEY_SEARCH_MAX_CHARS", default=200)
+# Unread counts (GET /api/rooms) stop at this many: the page shows "99+" past 99, and a
+# count of a room one never reads then reads at most this many index entries.
+PARLEY_UNREAD_MAX = env.int("PARLEY_UNREAD_MAX", default=100)
+# "Mentioned" looks at this many unread messages that contain "@<username>" (LIKE) for a
+# whole-name mention (not "@ann" in "@anna"): one real mention among them is enough.
+PARLEY_MENTION_CANDIDATES = env.int("PARLEY_MENTION_CANDIDATES", default=20)
 
 # The model. Default: openai when an OpenAI-compatible server is configured, else the
 # bundled model (README "Configuration").

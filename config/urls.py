@@ -32,6 +32,8 @@ urlpatterns = [
     path("api/rooms/<str:slug>/invites", views.room_invites),
     path("api/rooms/<str:slug>/invites/<str:token>", views.room_invite),
     path("api/rooms/<str:slug>/messages", views.room_messages_route),
+    path("api/rooms/<str:slug>/search", views.room_search),
+    path("api/rooms/<str:slug>/read", views.room_read),
     path("api/rooms/<str:slug>/events", sse.room_events),
     path("api/rooms/<str:slug>/speech", voice_views.room_speech),
     path("api/messages/<str:message_id>", views.message_detail),

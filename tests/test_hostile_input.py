@@ -69,6 +69,8 @@ FIELDS += ["value", "comment", "rerun"]  # edit, delete, rate
 ACTIONS = ["send", "pause", "resume", "stop", "typing", "audio", "ping", "__init__", "Send"]
 ACTIONS += ["regenerate", "pick_version"]  # versions of a reply (extension)
 ACTIONS += ["edit", "delete", "rate"]
+FIELDS = ["text", "client_id", "ask_ai", "voice", "message_id", "enabled", "id", "wait", "seq"]
+ACTIONS = ["send", "pause", "resume", "stop", "typing", "audio", "ping", "read", "__init__", "Send"]
 
 
 @st.composite
@@ -98,7 +100,7 @@ def bodies(draw: Any) -> bytes:
         return json.dumps(draw(json_values)).encode()
     keys = st.sampled_from(
         ["text", "client_id", "ask_ai", "voice", "wait", "name", "visibility", "assistant"]
-        + ["system_prompt", "username"]
+        + ["system_prompt", "username", "seq"]
     )
     body = draw(st.dictionaries(keys | st.text(max_size=6), json_values, max_size=6))
     return json.dumps(body).encode()
@@ -151,6 +153,7 @@ def test_http_bodies_and_urls_never_give_500(target):
                     "/api/messages/1/stop",
                     "/api/messages/1/regenerate",
                     "/api/messages/1/pick",
+                    f"/api/rooms/{room.slug}/read",
                 ]
             ),
             # URLs stay short: a request line of many KiB is refused by the HTTP layer
@@ -167,6 +170,10 @@ def test_http_bodies_and_urls_never_give_500(target):
             _check_response(http.post(f"/api/messages/{name}/pick"))
             _check_response(http.delete(f"/api/rooms/{room.slug}/members/{name}"))
             _check_response(http.get(f"/api/rooms/{room.slug}/messages?limit={name}"))
+            # Search's q and before, and history around a message (extensions).
+            for query in (f"q={name}", f"q=a&before={name}", f"around={name}"):
+                path = "search" if query.startswith("q=") else "messages"
+                _check_response(http.get(f"/api/rooms/{room.slug}/{path}?{query}"))
 
         check()
         # The room goes on working.

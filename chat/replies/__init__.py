@@ -116,13 +116,16 @@ async def message_send(
     )
     message = sent.message
     message_dict = message_to_dict(message, room_slug=room.slug)
+    # The seq of each `message` event, kept on its row by queue_replies (unread counts).
+    seqs: dict[int, int] = {}
     if sent.message_new:
         try:
-            await room_event_emit(room_id=room.pk, body=message_body(message_dict))
+            event = await room_event_emit(room_id=room.pk, body=message_body(message_dict))
         except StoreUnavailable:
             # Nobody saw it: take it back, so that `busy` means nothing was stored.
             await database_sync_to_async(db.discard)([message.pk, *(r.pk for r in sent.replies)])
             raise
+        seqs[message.pk] = event["seq"]
     new_ids = {q.reply.pk for q in sent.new}
     # A resend's replies stored the first time, as they stand (the send's answer).
     earlier = [message_to_dict(r, room_slug=room.slug) for r in sent.replies if r.pk not in new_ids]
@@ -134,6 +137,7 @@ async def message_send(
         asker_id=user.pk,
         voice=voice or room.voice,
         prompt=prompt,
+        seqs=seqs,
         sent_ns=accepted_ns,
     )
     return message_dict, earlier + queued

@@ -54,6 +54,7 @@ async def queue_replies(
     voice: str,
     prompt: list[ChatMessage] | None = None,
     then: Mapping[str, Any] | None = None,
+    seqs: dict[int, int] | None = None,
     sent_ns: int | None = None,
 ) -> list[MessageDict]:
     """Run and announce ``queued`` (stored as queued, in the order they answer); their wire
@@ -66,9 +67,34 @@ async def queue_replies(
     ``then``: a durable event body announced right after the (single) reply's ``message``
     event, before anything of its run (a new version's ``version`` event): members learn
     which version is current as soon as it exists. If it cannot be stored, the version
-    stands (it was announced) and a reload shows it current."""
+    stands (it was announced) and a reload shows it current.
+
+    ``seqs``: messages already emitted (the asker's) whose seq is kept with the replies'
+    (db.record_seqs), in one thread hop after the announcements, whatever happens to them."""
+    seqs = dict(seqs or {})
     if sent_ns is None:
         sent_ns = time.time_ns()
+    try:
+        return await _announce(
+            manager, room_id, room_slug, queued, asker_id, voice, prompt, then, seqs, sent_ns
+        )
+    finally:
+        if seqs:
+            await database_sync_to_async(db.record_seqs)(seqs)
+
+
+async def _announce(
+    manager: Owner,
+    room_id: int,
+    room_slug: str,
+    queued: list[db.Queued],
+    asker_id: int,
+    voice: str,
+    prompt: list[ChatMessage] | None,
+    then: Mapping[str, Any] | None,
+    seqs: dict[int, int],
+    sent_ns: int,
+) -> list[MessageDict]:
     dicts: list[MessageDict] = []
     for index, item in enumerate(queued):
         reply_dict = message_to_dict(item.reply, room_slug=room_slug)
@@ -102,7 +128,8 @@ async def queue_replies(
         # about it).
         manager.start(run)
         try:
-            await room_event_emit(room_id=room_id, body=message_body(reply_dict))
+            event = await room_event_emit(room_id=room_id, body=message_body(reply_dict))
+            seqs[item.reply.pk] = event["seq"]
         except StoreUnavailable:
             run.trace_end("discarded")  # nobody saw it
             manager.unregister(run)

@@ -512,6 +512,14 @@ def pick_version(*, version_id: int) -> tuple[Message, bool]:
     return head, True
 
 
+def record_seqs(seqs: dict[int, int]) -> None:
+    """Keep on each message the seq its ``message`` event was given (chat/unread.py: how
+    unread counts map messages to seqs). One UPDATE by primary key per message; a seq
+    once kept is not changed (a resend emits nothing new)."""
+    for pk, seq in seqs.items():
+        Message.objects.filter(pk=pk, seq__isnull=True).update(seq=seq)
+
+
 # Every write of a running reply is conditional on the reply still being live: once it
 # is terminal (its owner ended it, or a survivor's sweep interrupted it) nothing changes
 # it again, and the writer whose update matched nothing learns it lost (False).

@@ -49,6 +49,9 @@ def test_token_lists_visible_rooms(daphne, make_user, make_room):
                 "shared": False,
             }
         ],
+        # Extension: nothing unread for alice in her new room (tests/chat/test_unread.py).
+        "unread": 0,
+        "mentioned": False,
     }
     assert isinstance(garden["head"], int)
 

@@ -46,6 +46,7 @@ export async function api(method, path, body) {
 }
 
 export const rooms = {
+  list: () => api("GET", "/api/rooms"),
   create: (fields) => api("POST", "/api/rooms", fields),
   join: (slug) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/join`),
   // {before, limit}: a page of older messages; without `before`, the newest.
@@ -54,6 +55,12 @@ export const rooms = {
     const tail = query ? `?${query}` : "";
     return api("GET", `/api/rooms/${encodeURIComponent(slug)}/messages${tail}`);
   },
+  // {q, before}: a page of search results, newest first (docs/protocol.md "Search").
+  search: (slug, params) => {
+    const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== undefined)).toString();
+    return api("GET", `/api/rooms/${encodeURIComponent(slug)}/search?${query}`);
+  },
+  read: (slug, seq) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/read`, { seq }),
   send: (slug, fields) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/messages`, fields),
   leave: (slug) => api("POST", `/api/rooms/${encodeURIComponent(slug)}/leave`),
   removeMember: (slug, username) =>

@@ -8,6 +8,11 @@
 // `message` event whose message has `input: "speech"`, shown with a microphone mark.
 // History: the newest page first (exact at its head, so the live connection goes on from
 // there), then older pages as the reader scrolls up, to the room's first message.
+// Search (search.js) jumps to a message, loading the history around it when it is not on
+// the page; the page is then "detached" from the live end (store.detachedAt) until the
+// reader pages down to it or clicks "Jump to latest", which loads the newest page again.
+// Unread (unread.js): the "new" divider, the read mark sent back while the end is seen,
+// and notifications of mentions.
 
 import { ApiError, messages as messagesApi, rooms as roomsApi } from "./api.js";
 import { hue, paintAvatar, replyAssistant } from "./assistants.js";
@@ -18,9 +23,11 @@ import { Lifecycle } from "./lifecycle.js";
 import { renderMarkdown } from "./markdown.js";
 import { wireMembers } from "./members.js";
 import { MentionCompleter } from "./mention.js";
+import { wireSearch } from "./search.js";
 import { PushToTalk } from "./speech.js";
 import { LIVE, RoomStore } from "./store.js";
 import { VersionView, groupOf, renderVersions, versionsOf } from "./versions.js";
+import { UnreadTracker } from "./unread.js";
 
 // A typing indicator fades this long after the last `typing` event from that person.
 const TYPING_SHOWN_MS = 4000;
@@ -152,15 +159,23 @@ function isPinned() {
 
 function scrollToEnd() {
   els.list.scrollTop = els.list.scrollHeight;
-  els.jump.hidden = true;
+  showJump(false);
+}
+
+// The button under the conversation: "New messages" below the reader, or, away from the
+// live end (a search result's surroundings), "Jump to latest" at all times.
+function showJump(newBelow) {
+  const detached = store.detachedAt !== null;
+  els.jump.hidden = !(newBelow || detached);
+  els.jump.textContent = detached ? "↓ Jump to latest" : "↓ New messages";
 }
 
 // Keeps the view at the end while new content arrives, unless the reader scrolled up.
 function keepPinned(change) {
   const pinned = isPinned();
   change();
-  if (pinned) scrollToEnd();
-  else els.jump.hidden = false;
+  if (pinned && store.detachedAt === null) scrollToEnd();
+  else showJump(true);
 }
 
 // --- rendering messages ---
@@ -464,6 +479,7 @@ function renderAll() {
     for (const p of store.pending.values()) addPendingArticle(p);
     els.empty.hidden = store.messages.size + store.pending.size > 0;
     els.history.hidden = store.messages.size === 0;
+    unread.placeDivider(elements);
   });
 }
 
@@ -525,6 +541,7 @@ function onHello(hello, conn) {
 function onEvent(event) {
   if (typeof event.seq === "number") {
     onDurable(event);
+    reportRead();
     return;
   }
   switch (event.type) {
@@ -573,6 +590,11 @@ function onDurable(event) {
     case "duplicate":
     case "unknown":
       return;
+    case "beyond":
+      // A new message past a detached stretch: not shown until the reader goes back to
+      // the live end, which the button offers.
+      showJump(true);
+      return;
     case "room":
       setRoom(change.room);
       return;
@@ -600,6 +622,7 @@ function onDurable(event) {
         else insertMessage(change.id);
       });
       if (m.role === "user") clearTyping(m.author);
+      if (change.isNew) unread.onMessage(m);
       if (m.role === "assistant" && change.isNew) announce(`${replyAssistant(m, room.assistants).name} is replying.`);
       return;
     }
@@ -836,6 +859,7 @@ function submit() {
     showError(`A message can be at most ${config.max_chars} characters.`);
     return;
   }
+  if (store.detachedAt !== null) goLive(); // what one sends shows at the live end
   const p = store.addPending(text);
   p.askAi = Boolean(els.askAi && els.askAi.checked);
   // "Ask the assistant" is for this message: the next one asks again only if ticked again.
@@ -992,6 +1016,7 @@ async function loadOlder() {
   keepingPlace(() => {
     for (const id of added) insertMessage(id);
     setHistory(page.messages.length < HISTORY_PAGE ? "start" : "more");
+    unread.placeDivider(elements);
   });
   if (historyState === "start") announce("This is the start of the conversation.");
   maybeLoadOlder();
@@ -1003,6 +1028,113 @@ function maybeLoadOlder() {
   if (els.list.scrollTop < LOAD_OLDER_WITHIN_PX || els.list.scrollHeight <= els.list.clientHeight) {
     loadOlder();
   }
+}
+
+// --- jumping to a message, and back to the live end ---
+
+// How long a message jumped to stays highlighted (the CSS animation's length).
+const FOUND_SHOWN_MS = 2400;
+
+function highlight(id) {
+  const article = elements.get(id);
+  if (!article) return false;
+  article.scrollIntoView({ block: "center" });
+  article.classList.remove("msg--found");
+  void article.offsetWidth; // restart the animation on a second jump to the same message
+  article.classList.add("msg--found");
+  setTimeout(() => article.classList.remove("msg--found"), FOUND_SHOWN_MS);
+  return true;
+}
+
+// A search result: on the page already, scroll to it; otherwise load the history around
+// it in place of the conversation, detached from the live end while newer pages remain.
+async function jumpTo(id) {
+  if (highlight(id)) return;
+  let page;
+  try {
+    page = await roomsApi.messages(slug, { around: id, limit: HISTORY_PAGE });
+  } catch (err) {
+    showError(`Could not load that message: ${err instanceof ApiError ? err.detail : err}`);
+    return;
+  }
+  store.loadWindow(page.messages, page.has_newer);
+  setHistory(page.has_older ? "more" : "start");
+  newerState = "more";
+  renderAll();
+  highlight(id);
+  showJump(false);
+}
+
+let newerState = "more"; // "more" | "loading": paging down a detached stretch
+
+// Near the end of a detached stretch: the page after it, or, once the last one is in,
+// the live end itself.
+async function maybeLoadNewer() {
+  if (store.detachedAt === null || newerState === "loading") return;
+  const l = els.list;
+  if (l.scrollHeight - l.scrollTop - l.clientHeight > LOAD_OLDER_WITHIN_PX) return;
+  newerState = "loading";
+  const newest = store.detachedAt;
+  let page;
+  try {
+    page = await roomsApi.messages(slug, { after: newest, limit: HISTORY_PAGE });
+  } catch (err) {
+    newerState = "more";
+    showError(`Could not load later messages: ${err instanceof ApiError ? err.detail : err}`);
+    return;
+  }
+  if (store.detachedAt !== newest) {
+    newerState = "more"; // went live (or jumped elsewhere) meanwhile
+    return;
+  }
+  if (page.messages.length < HISTORY_PAGE) {
+    // The last of it: join the live end (the newest page, exact at its head).
+    await goLive({ toEnd: false });
+    newerState = "more";
+    return;
+  }
+  for (const id of store.addNewer(page.messages)) insertMessage(id);
+  newerState = "more";
+}
+
+// Back to the live end: the newest page, exact at its head, taken as a snapshot is (it
+// joins the stretch on the page if they meet; otherwise it replaces it). Events after
+// its head follow from the connection as usual (a gap makes it resume from the head).
+async function goLive({ toEnd = true } = {}) {
+  let page;
+  try {
+    page = await roomsApi.messages(slug, { limit: HISTORY_PAGE });
+  } catch (err) {
+    showError(`Could not load the latest messages: ${err instanceof ApiError ? err.detail : err}`);
+    return;
+  }
+  const change = store.apply({ type: "snapshot", seq: page.head, messages: page.messages });
+  if (!change.keptOlder) setHistory(page.messages.length < HISTORY_PAGE ? "start" : "more");
+  renderAll();
+  if (toEnd) scrollToEnd();
+  else showJump(false);
+}
+
+// --- read mark ---
+
+const unread = new UnreadTracker({
+  me: config.me,
+  slug,
+  roomName: room.name,
+  firstUnread: config.first_unread,
+  lastReadSeq: config.last_read_seq,
+  send: (seq) => {
+    if (connection.transport === "ws") return connection.send({ action: "read", seq });
+    roomsApi.read(slug, seq).catch(() => {}); // the next read tries again
+    return true;
+  },
+});
+
+// The reader sees the live end (visible tab, scrolled to the bottom): the read mark
+// moves up to the last event the page holds.
+function reportRead() {
+  if (store.detachedAt !== null || document.hidden || !isPinned()) return;
+  unread.seen(store.lastSeq);
 }
 
 // --- wiring ---
@@ -1112,11 +1244,26 @@ function wire() {
     }
   });
   els.list.addEventListener("scroll", () => {
-    if (isPinned()) els.jump.hidden = true;
+    if (isPinned()) showJump(false);
     maybeLoadOlder();
+    maybeLoadNewer();
+    reportRead();
   });
   els.older.addEventListener("click", loadOlder);
-  els.jump.addEventListener("click", scrollToEnd);
+  els.jump.addEventListener("click", () => {
+    if (store.detachedAt !== null) goLive();
+    else scrollToEnd();
+  });
+  document.addEventListener("visibilitychange", reportRead);
+  wireSearch({
+    slug,
+    form: $("#search"),
+    input: $("#search-input"),
+    results: $("#search-results"),
+    onJump: jumpTo,
+    formatTime,
+  });
+  unread.wireToggle($("#notify-toggle"));
 
   els.voice.value = stored(`voice:${slug}`, room.voice);
   els.voice.addEventListener("change", () => remember(`voice:${slug}`, els.voice.value));
@@ -1181,10 +1328,13 @@ async function start() {
   scrollToEnd();
   maybeLoadOlder();
   connection.start();
+  reportRead();
 }
 
 window.parley = {
   store,
+  jumpTo,
+  goLive,
   room,
   player,
   get speech() {

@@ -28,6 +28,38 @@ export class RoomStore {
     this.messages = new Map(); // id -> message, in id order (see put)
     this.pending = new Map(); // client_id -> optimistic message of ours not yet confirmed
     this.lastSeq = null;
+    // Reading a stretch of history away from the live end (a search result's
+    // surroundings): the id of the newest message of that stretch. Live messages newer
+    // than it are not kept (there is a gap before them); the page pages down, or jumps to
+    // the latest, to join the live end again (room.js goLive).
+    this.detachedAt = null;
+  }
+
+  // A stretch of history around a message (GET .../messages?around=). Messages we hold
+  // keep our copy (the live one is exact; a page's is its last save). `hasNewer`: more
+  // follows it, so the conversation is detached from the live end; otherwise the
+  // messages we hold after it are kept, since nothing is missing between them.
+  loadWindow(messages, hasNewer) {
+    const old = this.messages;
+    this.messages = new Map();
+    for (const m of messages) this.messages.set(m.id, old.get(m.id) || { ...m });
+    const newest = messages.length ? messages[messages.length - 1].id : undefined;
+    if (!hasNewer && newest !== undefined) {
+      for (const [id, m] of old) if (compareIds(id, newest) > 0) this.messages.set(id, m);
+    }
+    this.detachedAt = hasNewer ? newest : null;
+  }
+
+  // Newer messages of a detached stretch (GET .../messages?after=), in their place.
+  addNewer(messages) {
+    const added = [];
+    for (const m of messages) {
+      if (this.messages.has(m.id)) continue;
+      this.messages.set(m.id, { ...m });
+      added.push(m.id);
+    }
+    if (messages.length) this.detachedAt = messages[messages.length - 1].id;
+    return added;
   }
 
   load(messages, head) {
@@ -75,16 +107,27 @@ export class RoomStore {
   // Returns the ids added.
   addOlder(messages) {
     const added = [];
+    const fresh = [];
     for (const m of messages) {
       if (this.messages.has(m.id)) continue;
-      this.messages.set(m.id, { ...m });
+      fresh.push([m.id, { ...m }]);
       added.push(m.id);
     }
-    if (added.length) this.sort(); // once for the page, not once per message
+    if (!added.length) return added;
+    const oldest = this.oldestId();
+    const sorted = fresh.every(([id], i) => i === 0 || compareIds(fresh[i - 1][0], id) < 0);
+    if (sorted && (oldest === undefined || compareIds(fresh[fresh.length - 1][0], oldest) < 0)) {
+      // The usual case, a page just before all we hold: put in front, no sort (a long
+      // room scrolled to its start costs a copy per page, not a sort per page).
+      this.messages = new Map([...fresh, ...this.messages]);
+    } else {
+      for (const [id, m] of fresh) this.messages.set(id, m);
+      this.sort(); // once for the page, not once per message
+    }
     return added;
   }
 
-  // What happened, for the view: {kind: "duplicate"|"gap"|"message"|"delta"|"generation"|"snapshot"|"room", ...}
+  // What happened, for the view: {kind: "duplicate"|"gap"|"message"|"beyond"|"delta"|"generation"|"snapshot"|"room", ...}
   apply(event) {
     if (this.lastSeq !== null && event.type !== "snapshot") {
       if (event.seq <= this.lastSeq) return { kind: "duplicate" };
@@ -111,6 +154,7 @@ export class RoomStore {
         return { kind: "generation", id: m.id, state: event.state, by: event.by };
       }
       case "snapshot": {
+        this.detachedAt = null; // the latest messages: joined to the live end again
         // The room's latest messages: they replace ours from the first of them on. Older
         // ones we hold are kept if the snapshot starts at a message we know (nothing can
         // be missing between the two); otherwise the conversation starts again from it.
@@ -165,6 +209,9 @@ export class RoomStore {
   // stream may have delivered it, and text after it, first.
   upsert(message, { keep = false } = {}) {
     const known = this.messages.has(message.id);
+    if (!known && this.detachedAt !== null && compareIds(message.id, this.detachedAt) > 0) {
+      return { kind: "beyond", id: message.id }; // past the gap after a detached stretch
+    }
     // An ended reply says how it ended (by, reason, metrics); a new one says nothing yet.
     if (!(known && keep)) this.put({ by: null, reason: null, metrics: null, ...message });
     let confirmed = null;

@@ -34,8 +34,10 @@ const taskLists = globalThis.markdownitTaskLists;
 
 // KaTeX limits: a message is a stranger's input, so macro expansion and sizes are bounded
 // (KaTeX's own default expansion limit is 1000; a \rule or \kern of 1000em would cover the page).
+// throwOnError: a formula KaTeX cannot parse is shown as its source (renderMath): KaTeX's
+// own error span sets its colour with setAttribute("style"), which the CSP refuses.
 const KATEX = {
-  throwOnError: false,
+  throwOnError: true,
   trust: false,
   strict: "ignore",
   maxExpand: 1000,
@@ -88,16 +90,18 @@ md.renderer.rules.fence = (tokens, idx) => {
   const token = tokens[idx];
   const lang = token.info.trim().split(/\s+/)[0].slice(0, 32);
   const known = lang && hljs.getLanguage(lang);
+  // The code as written, without the newline before the closing fence (what Copy copies).
+  const content = token.content.replace(/\n$/, "");
   const code =
-    known && token.content.length <= HIGHLIGHT_MAX_CHARS
-      ? hljs.highlight(token.content, { language: lang, ignoreIllegals: true }).value
-      : md.utils.escapeHtml(token.content);
+    known && content.length <= HIGHLIGHT_MAX_CHARS
+      ? hljs.highlight(content, { language: lang, ignoreIllegals: true }).value
+      : md.utils.escapeHtml(content);
   const langAttr = lang ? ` data-lang="${md.utils.escapeHtml(lang)}"` : "";
   const cls = known ? ` class="hljs language-${md.utils.escapeHtml(lang)}"` : ' class="hljs"';
   return `<pre${langAttr}><code${cls}>${code}</code></pre>\n`;
 };
 md.renderer.rules.code_block = (tokens, idx) =>
-  `<pre><code class="hljs">${md.utils.escapeHtml(tokens[idx].content)}</code></pre>\n`;
+  `<pre><code class="hljs">${md.utils.escapeHtml(tokens[idx].content.replace(/\n$/, ""))}</code></pre>\n`;
 
 // One DOMPurify of our own, so its hook stays ours.
 const purify = DOMPurify(window);
@@ -119,8 +123,10 @@ function renderMath(root) {
     const display = el.classList.contains("math--display");
     try {
       katex.render(el.dataset.tex, el, { ...KATEX, displayMode: display });
-    } catch {
-      el.textContent = el.dataset.tex; // throwOnError is off; this is for anything else
+    } catch (error) {
+      el.replaceChildren(el.dataset.tex);
+      el.classList.add("katex-error");
+      el.title = String(error?.message ?? error);
     }
   }
 }

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CHROMIUM = "/usr/bin/chromium"
-PASSWORD = "render-bench-pass-123"
+PASSWORD = "render-bench-pass-123"  # noqa: S105 (a throwaway user in a throwaway database)
 BEFORE_JS = Path(__file__).with_name("render_before.js")
 # A 2,000-token reply at 50 tokens/s streams for 40 s; this bounds the wait for its end.
 STREAM_TIMEOUT_MS = 180_000
@@ -85,7 +85,7 @@ def reply_pieces(tokens: int, seed: int = 19) -> list[str]:
     return pieces[:tokens]
 
 
-def _setup(db: Path) -> str:
+def _setup(db: Path) -> tuple[str, str]:
     os.environ["DATABASE_URL"] = f"sqlite:///{db}"
     os.environ.pop("REDIS_URL", None)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -100,10 +100,38 @@ def _setup(db: Path) -> str:
     call_command("migrate", verbosity=0)
     call_command("collectstatic", "--noinput", verbosity=0)  # daphne needs the manifest
     owner = get_user_model().objects.create_user(username="reader", password=PASSWORD)
-    return room_create(owner=owner, name="Render bench").slug
+    # A room per renderer: each page opens on an empty conversation.
+    return (
+        room_create(owner=owner, name="Render bench before").slug,
+        room_create(owner=owner, name="Render bench after").slug,
+    )
 
 
-def _measure(browser: Any, base: str, slug: str, swap_before: bool, n: int) -> dict[str, Any]:
+# Chromium's own totals for the page (DevTools Performance.getMetrics): scripting, style
+# and layout, whatever caused them.
+PAGE_METRICS = {
+    "script": "ScriptDuration",
+    "style": "RecalcStyleDuration",
+    "layout": "LayoutDuration",
+}
+SAMPLE = "() => [performance.now(), __parleyRenderStats.renders, __parleyRenderStats.totalMs]"
+SAMPLE_EVERY_S = 2.0
+
+
+def _quarters(samples: list[list[float]]) -> list[float]:
+    """Mean ms per render in each quarter of the samples (taken at an even pace)."""
+    if len(samples) < 5:
+        return []
+    n = len(samples) - 1
+    bounds = [samples[round(n * q / 4)] for q in range(5)]
+    out = []
+    for first, last in zip(bounds, bounds[1:], strict=False):
+        renders = last[1] - first[1]
+        out.append(round((last[2] - first[2]) / renders, 3) if renders else 0.0)
+    return out
+
+
+def _measure(browser: Any, base: str, slug: str, swap_before: bool) -> dict[str, Any]:
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -124,20 +152,30 @@ def _measure(browser: Any, base: str, slug: str, swap_before: bool, n: int) -> d
     cdp = context.new_cdp_session(page)
     cdp.send("Performance.enable")
 
-    def script_seconds() -> float:
+    def page_seconds() -> dict[str, float]:
         metrics = cdp.send("Performance.getMetrics")["metrics"]
-        return float(next(m["value"] for m in metrics if m["name"] == "ScriptDuration"))
+        return {m["name"]: float(m["value"]) for m in metrics if m["name"] in PAGE_METRICS}
 
     page.evaluate("() => window.__parleyRenderStats.reset()")
-    scripted = script_seconds()
+    at_start = page_seconds()
     started = time.monotonic()
     box = page.get_by_label("Message", exact=True)
-    box.fill(f"Write it out ({n})")
+    box.fill("Write it out")
     box.press("Enter")
-    reply = page.locator("article.msg--assistant").last
-    expect(reply).to_have_attribute("data-status", "complete", timeout=STREAM_TIMEOUT_MS)
+    reply = page.locator("article.msg--assistant")
+    expect(reply).to_have_count(1)
+    # The page's totals every few seconds, to see how a render's cost moves as the reply
+    # grows (the sleep paces the sampling; the stream's end is waited for as an event).
+    samples = []
+    while reply.get_attribute("data-status") != "complete":
+        if time.monotonic() - started > STREAM_TIMEOUT_MS / 1000:
+            raise RuntimeError("the reply did not complete")
+        samples.append(page.evaluate(SAMPLE))
+        time.sleep(SAMPLE_EVERY_S)
+    expect(reply).to_have_attribute("data-status", "complete")
     wall = time.monotonic() - started
-    scripted = script_seconds() - scripted
+    at_end = page_seconds()
+    samples.append(page.evaluate(SAMPLE))
     stats = page.evaluate("() => ({ ...window.__parleyRenderStats })")
     chars = page.evaluate(
         "(id) => window.parley.store.get(id).text.length", reply.get_attribute("data-id")
@@ -150,7 +188,12 @@ def _measure(browser: Any, base: str, slug: str, swap_before: bool, n: int) -> d
         "render_max_ms": round(stats["maxMs"], 2),
         "blocks_rendered": stats["blocksRendered"],
         "full_renders": stats["fullRenders"],
-        "page_script_s": round(scripted, 2),
+        # ms per render over each quarter of the stream (by time): flat, or growing with the text
+        "render_mean_ms_by_quarter": _quarters(samples),
+        **{
+            f"page_{name}_s": round(at_end[metric] - at_start[metric], 2)
+            for name, metric in PAGE_METRICS.items()
+        },
         "stream_wall_s": round(wall, 1),
         "reply_chars": chars,
     }
@@ -163,7 +206,7 @@ def main(tokens: int, rate: float) -> dict[str, Any]:
     from tests.support.openai_server import FakeOpenAIServer, Scenario
 
     db = Path(tempfile.mkdtemp(prefix="parley-render-")) / "render.sqlite3"
-    slug = _setup(db)
+    before_room, after_room = _setup(db)
     pieces = reply_pieces(tokens)
     llm = FakeOpenAIServer(Scenario.slow(pieces, delay=1 / rate)).start()
     server = DaphneServer(
@@ -182,9 +225,9 @@ def main(tokens: int, rate: float) -> dict[str, Any]:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
             )
-            # before first, then after: the same room, a fresh page each.
-            rows["before"] = _measure(browser, server.http_url, slug, True, 1)
-            rows["after"] = _measure(browser, server.http_url, slug, False, 2)
+            # before first, then after: a fresh page and room each.
+            rows["before"] = _measure(browser, server.http_url, before_room, True)
+            rows["after"] = _measure(browser, server.http_url, after_room, False)
             browser.close()
     finally:
         server.stop()

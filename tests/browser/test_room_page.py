@@ -491,7 +491,7 @@ def test_markdown_renderer_allows_only_its_own_tags(daphne, contexts, trio):
     )
     assert "<a" not in cases["jsLink"]
     assert "&lt;a href=javascript:alert(1)&gt;" in cases["jsLink"]
-    assert cases["attr"] == "<p><strong>\"&gt;&lt;img src=x onerror=alert(1)&gt;</strong></p>\n"
+    assert cases["attr"] == '<p><strong>"&gt;&lt;img src=x onerror=alert(1)&gt;</strong></p>\n'
     assert cases["list"] == (
         "<ul>\n<li>one</li>\n<li>two <em>em</em></li>\n</ul>\n"
         '<ol start="3">\n<li>three</li>\n</ol>\n'

@@ -10,6 +10,7 @@ Playwright's ``expect`` or ``wait_js``, never a sleep.
 from __future__ import annotations
 
 import re
+
 import pytest
 from django.templatetags.static import static
 from playwright.sync_api import Dialog, Page, expect
@@ -270,7 +271,7 @@ def test_a_streaming_reply_renders_only_its_last_block(daphne, llm, contexts, tr
     # Since the fence opened, no render of this message started from nothing.
     assert stats["fullRenders"] == before["fullRenders"]
     assert stats["renders"] > before["renders"]
-    assert stats["maxMs"] >= 0 and stats["totalMs"] > 0
+    assert stats["totalMs"] > 0
     # The finished reply reads the same as a fresh render of its whole text.
     fresh = ann.evaluate(
         """async ([url, id]) => {

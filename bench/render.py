@@ -154,7 +154,7 @@ def _measure(browser: Any, base: str, slug: str, swap_before: bool) -> dict[str,
 
     def page_seconds() -> dict[str, float]:
         metrics = cdp.send("Performance.getMetrics")["metrics"]
-        return {m["name"]: float(m["value"]) for m in metrics if m["name"] in PAGE_METRICS}
+        return {m["name"]: float(m["value"]) for m in metrics if m["name"] in PAGE_METRICS.values()}
 
     page.evaluate("() => window.__parleyRenderStats.reset()")
     at_start = page_seconds()

@@ -1038,10 +1038,12 @@ function wire() {
         ? copy.closest("pre").querySelector("code").textContent
         : store.get(copy.closest(".msg").dataset.id)?.text;
       if (text === undefined || !navigator.clipboard) return;
-      navigator.clipboard.writeText(text).then(() => {
-        copy.textContent = "Copied";
+      const said = (word) => {
+        copy.textContent = word;
         setTimeout(() => (copy.textContent = "Copy"), COPIED_SHOWN_MS);
-      });
+      };
+      // Refused (no permission, page not focused): say so rather than fail silently.
+      navigator.clipboard.writeText(text).then(() => said("Copied"), () => said("Not copied"));
     }
   });
   els.list.addEventListener("scroll", () => {

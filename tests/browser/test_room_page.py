@@ -484,22 +484,30 @@ def test_markdown_renderer_allows_only_its_own_tags(daphne, contexts, trio):
         }""",
         static("chat/js/markdown.js"),
     )
+    copy = '<button type="button" class="copy" aria-label="Copy code">Copy</button>'
     assert cases["link"] == (
-        '<p><a href="https://example.com/a?b=1&amp;c=&quot;2&quot;" target="_blank" '
-        'rel="noopener noreferrer nofollow">docs</a></p>'
+        '<p><a href="https://example.com/a?b=1&amp;c=%222%22" target="_blank" '
+        'rel="noopener noreferrer nofollow">docs</a></p>\n'
     )
     assert "<a" not in cases["jsLink"]
     assert "&lt;a href=javascript:alert(1)&gt;" in cases["jsLink"]
-    assert cases["attr"] == ("<p><strong>&quot;&gt;&lt;img src=x onerror=alert(1)&gt;</strong></p>")
-    assert (
-        cases["list"]
-        == '<ul><li>one</li><li>two <em>em</em></li></ul><ol start="3"><li>three</li></ol>'
+    assert cases["attr"] == '<p><strong>"&gt;&lt;img src=x onerror=alert(1)&gt;</strong></p>\n'
+    assert cases["list"] == (
+        "<ul>\n<li>one</li>\n<li>two <em>em</em></li>\n</ul>\n"
+        '<ol start="3">\n<li>three</li>\n</ol>\n'
     )
-    assert cases["fence"] == '<pre data-lang="js"><code>const a = &#39;&lt;b&gt;&#39;;</code></pre>'
-    assert cases["open"] == "<pre><code>still streaming &lt;i&gt;</code></pre>"
-    assert cases["code"] == "<p>use <code>&lt;script&gt;</code> here</p>"
+    # Highlighted by highlight.js, its text still escaped.
+    assert cases["fence"] == (
+        f'<pre data-lang="js">{copy}<code class="hljs language-js">'
+        '<span class="hljs-keyword">const</span> a = '
+        "<span class=\"hljs-string\">'&lt;b&gt;'</span>;</code></pre>\n"
+    )
+    assert cases["open"] == (
+        f'<pre>{copy}<code class="hljs">still streaming &lt;i&gt;</code></pre>\n'
+    )
+    assert cases["code"] == "<p>use <code>&lt;script&gt;</code> here</p>\n"
     assert '<a href="https://example.org/x"' in cases["bare"]
-    assert cases["bare"].endswith("</a>.</p>")
+    assert cases["bare"].endswith("</a>.</p>\n")
 
 
 # --- Content-Security-Policy ---------------------------------------------------------------

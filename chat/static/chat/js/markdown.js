@@ -1,149 +1,250 @@
-// A small, safe markdown renderer for chat messages.
+// Rendering a message's Markdown: markdown-it, DOMPurify, highlight.js and KaTeX, each a
+// pinned vendored build (chat/static/chat/vendor/VENDORED.md).
 //
-// Safety rule: every piece of the source is HTML-escaped before any tag is added, and the
-// only tags added are our own fixed ones: p, br, em, strong, del, code, pre, ul, ol, li,
-// blockquote, h3-h6 and a (http/https only, opened in a new tab without an opener).
-// No attribute ever holds unescaped source text, so nothing a message says can run
-// script. A fence left open (a reply still streaming) renders as a code block to the end.
+// Safety, in layers:
+// - markdown-it runs with raw HTML off, so `<tag>` in a message is text, and its link
+//   check refuses javascript:, vbscript:, file: and data: URLs; images are off too (a
+//   picture from anywhere would be a tracking pixel in a shared room).
+// - Everything markdown-it makes goes through DOMPurify (HTML profile only: no SVG, no
+//   MathML) before it reaches the page; a link keeps only an http(s), mailto or relative
+//   URL and opens in a new tab without an opener or a referrer.
+// - Math: markdown-it-texmath finds $...$ and $$...$$; we render its TeX with KaTeX into
+//   an empty placeholder, after sanitizing, with `trust: false` (no \href, \url,
+//   \htmlClass, \includegraphics...) and bounded macro expansion. KaTeX builds that DOM
+//   itself and sets its sizes through element.style (CSSOM), which the pages' CSP
+//   (style-src 'self', no inline style attributes) allows; its HTML string would not be.
+//
+// Streaming stays cheap (renderInto): a message's text is split into markdown-it's
+// top-level blocks. Blocks are closed once a later block starts, so appended text can only
+// change the last one: a render keeps the DOM of every earlier block and renders only from
+// the last block's first line on. An unclosed ``` fence is a code block to the end.
+//
+// The page's timing hooks: every renderInto is a performance.measure ("parley:render"),
+// summed in `renderStats` (window.__parleyRenderStats), which the render bench reads.
 
-const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+import hljs from "../vendor/highlight.js/highlight.min.js";
+import DOMPurify from "../vendor/dompurify/purify.es.mjs";
+import katex from "../vendor/katex/katex.mjs";
+import MarkdownIt from "../vendor/markdown-it/markdown-it.esm.min.mjs";
 
-export function escapeHtml(text) {
-  return String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
-}
+// The two plugins ship only as classic scripts (UMD / CommonJS-or-global); room.html loads
+// them, deferred, before the page's modules.
+const texmath = globalThis.texmath;
+const taskLists = globalThis.markdownitTaskLists;
 
-const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)[^`]*$/;
-const LIST_ITEM = /^( {0,3})([-*+]|\d{1,9}[.)])\s+(.*)$/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
-const QUOTE = /^ {0,3}>\s?(.*)$/;
-const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
+// KaTeX limits: a message is a stranger's input, so macro expansion and sizes are bounded
+// (KaTeX's own default expansion limit is 1000; a \rule or \kern of 1000em would cover the page).
+// throwOnError: a formula KaTeX cannot parse is shown as its source (renderMath): KaTeX's
+// own error span sets its colour with setAttribute("style"), which the CSP refuses.
+const KATEX = {
+  throwOnError: true,
+  trust: false,
+  strict: "ignore",
+  maxExpand: 1000,
+  maxSize: 20,
+  output: "htmlAndMathml",
+};
 
-// Inline tokens, tried left to right: code spans, [label](http(s) url), bare http(s) urls.
-const INLINE =
-  /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\[([^\]\n]+)\]\((https?:\/\/[^\s()<>]+)\)|(https?:\/\/[^\s<>()]*[^\s<>().,;:!?'"*_])/g;
+// Code longer than this is shown without highlighting: highlight.js is linear but a
+// 100 kB fence re-highlighted every frame while it streams would make the page stutter.
+const HIGHLIGHT_MAX_CHARS = 20_000;
 
-function emphasis(escaped) {
-  // Runs on already-escaped text with no tags in it; each rule wraps a whole match, so
-  // the tags it adds are always balanced.
-  return escaped
-    .replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>")
-    .replace(/__(?=\S)([\s\S]*?\S)__(?!\w)/g, "<strong>$1</strong>")
-    .replace(/(^|[^*\w])\*(?=[^\s*])([^*]*?[^\s*])\*(?![*\w])/g, "$1<em>$2</em>")
-    .replace(/(^|[^_\w])_(?=[^\s_])([^_]*?[^\s_])_(?![_\w])/g, "$1<em>$2</em>")
-    .replace(/~~(?=\S)([\s\S]*?\S)~~/g, "<del>$1</del>");
-}
-
-function link(url, labelHtml) {
-  return `<a href="${escapeHtml(url)}" target="_blank" rel="noopener noreferrer nofollow">${labelHtml}</a>`;
-}
-
-export function renderInline(text) {
-  let html = "";
-  let last = 0;
-  for (const m of String(text).matchAll(INLINE)) {
-    html += emphasis(escapeHtml(text.slice(last, m.index)));
-    if (m[1] !== undefined) {
-      html += `<code>${escapeHtml(m[2])}</code>`;
-    } else if (m[3] !== undefined) {
-      html += link(m[4], emphasis(escapeHtml(m[3])));
-    } else {
-      html += link(m[5], escapeHtml(m[5]));
-    }
-    last = m.index + m[0].length;
+const md = new MarkdownIt({ html: false, linkify: true, breaks: true, typographer: false });
+md.disable("image");
+if (texmath) {
+  // texmath parses; rendering goes to our own placeholders (see renderMath), so its
+  // engine is never asked for HTML.
+  md.use(texmath, { engine: { renderToString: () => "" }, delimiters: "dollars" });
+  for (const rule of [...texmath.rules.dollars.inline, ...texmath.rules.dollars.block]) {
+    const display = Boolean(rule.displayMode) || texmath.rules.dollars.block.includes(rule);
+    md.renderer.rules[rule.name] = (tokens, idx) => {
+      const tex = md.utils.escapeHtml(tokens[idx].content);
+      return display
+        ? `<div class="math math--display" data-tex="${tex}"></div>`
+        : `<span class="math" data-tex="${tex}"></span>`;
+    };
   }
-  return html + emphasis(escapeHtml(text.slice(last)));
 }
+if (taskLists) md.use(taskLists, { enabled: false, label: true });
 
-function inlineLines(lines) {
-  return lines.map((line) => renderInline(line.trim())).join("<br>");
-}
+// Two changes to what markdown-it makes. Table alignment comes out as
+// style="text-align:..", an inline style the CSP refuses: it becomes a class. Headings
+// start at h3 (# is h3, ## h4, the rest h5/h6): a message sits under the page's own.
+const HEADING_TAG = { h1: "h3", h2: "h4", h3: "h5", h4: "h6", h5: "h6", h6: "h6" };
+md.core.ruler.push("chat_markup", (state) => {
+  for (const token of state.tokens) {
+    if (token.type === "heading_open" || token.type === "heading_close") {
+      token.tag = HEADING_TAG[token.tag];
+    }
+    const style = token.attrGet("style");
+    if (!style) continue;
+    const align = /^text-align:(left|right|center)$/.exec(style);
+    token.attrs = token.attrs.filter(([name]) => name !== "style");
+    if (align) token.attrJoin("class", `align-${align[1]}`);
+  }
+});
 
-function isBlockStart(line) {
-  return FENCE.test(line) || LIST_ITEM.test(line) || HEADING.test(line) || QUOTE.test(line) ||
-    RULE.test(line);
-}
+// A fenced block: <pre data-lang="js"><code class="hljs language-js">...</code></pre>;
+// the copy button is added in the DOM (decorate). Unknown languages are escaped text.
+md.renderer.rules.fence = (tokens, idx) => {
+  const token = tokens[idx];
+  const lang = token.info.trim().split(/\s+/)[0].slice(0, 32);
+  const known = lang && hljs.getLanguage(lang);
+  // The code as written, without the newline before the closing fence (what Copy copies).
+  const content = token.content.replace(/\n$/, "");
+  const code =
+    known && content.length <= HIGHLIGHT_MAX_CHARS
+      ? hljs.highlight(content, { language: lang, ignoreIllegals: true }).value
+      : md.utils.escapeHtml(content);
+  const langAttr = lang ? ` data-lang="${md.utils.escapeHtml(lang)}"` : "";
+  const cls = known ? ` class="hljs language-${md.utils.escapeHtml(lang)}"` : ' class="hljs"';
+  return `<pre${langAttr}><code${cls}>${code}</code></pre>\n`;
+};
+md.renderer.rules.code_block = (tokens, idx) =>
+  `<pre><code class="hljs">${md.utils.escapeHtml(tokens[idx].content.replace(/\n$/, ""))}</code></pre>\n`;
 
-function renderList(lines, start) {
-  const first = LIST_ITEM.exec(lines[start]);
-  const ordered = /\d/.test(first[2]);
-  const items = [];
-  let i = start;
-  while (i < lines.length) {
-    const item = LIST_ITEM.exec(lines[i]);
-    if (item && /\d/.test(item[2]) === ordered) {
-      items.push([item[3]]);
-      i += 1;
-    } else if (lines[i].trim() && items.length && /^\s+\S/.test(lines[i]) && !FENCE.test(lines[i])) {
-      items[items.length - 1].push(lines[i]); // an indented continuation of the item
-      i += 1;
-    } else {
-      break;
+// One DOMPurify of our own, so its hook and config stay ours. The config is set once:
+// parsing it on every call was a large share of a small block's render.
+const purify = DOMPurify(window);
+purify.setConfig({
+  USE_PROFILES: { html: true },
+  FORBID_ATTR: ["style"],
+  ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|[^a-z]|[a-z+.-]+(?:[^a-z+.\-:]|$))/i,
+  RETURN_DOM_FRAGMENT: true,
+});
+purify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A" && node.hasAttribute("href")) {
+    node.setAttribute("target", "_blank");
+    node.setAttribute("rel", "noopener noreferrer nofollow");
+  }
+});
+
+function renderMath(root) {
+  for (const el of root.querySelectorAll(".math[data-tex]")) {
+    const display = el.classList.contains("math--display");
+    try {
+      katex.render(el.dataset.tex, el, { ...KATEX, displayMode: display });
+    } catch (error) {
+      el.replaceChildren(el.dataset.tex);
+      el.classList.add("katex-error");
+      el.title = String(error?.message ?? error);
     }
   }
-  const body = items.map((item) => `<li>${inlineLines(item)}</li>`).join("");
-  if (!ordered) return { html: `<ul>${body}</ul>`, next: i };
-  const number = parseInt(first[2], 10);
-  const startAttr = number !== 1 ? ` start="${number}"` : "";
-  return { html: `<ol${startAttr}>${body}</ol>`, next: i };
 }
 
-export function renderMarkdown(source) {
-  const lines = String(source ?? "").replace(/\r\n?/g, "\n").split("\n");
-  const out = [];
-  let i = 0;
-  while (i < lines.length) {
-    const line = lines[i];
-    const fence = FENCE.exec(line);
-    if (fence) {
-      const marker = fence[1];
-      const body = [];
-      i += 1;
-      while (i < lines.length && !(lines[i].trim().startsWith(marker) && !lines[i].trim().slice(marker.length).trim())) {
-        body.push(lines[i]);
-        i += 1;
-      }
-      i += 1; // the closing fence (or the end)
-      const lang = fence[2] ? ` data-lang="${escapeHtml(fence[2])}"` : "";
-      out.push(`<pre${lang}><code>${escapeHtml(body.join("\n"))}</code></pre>`);
-      continue;
-    }
-    if (!line.trim()) {
-      i += 1;
-      continue;
-    }
-    if (RULE.test(line)) {
-      out.push("<hr>");
-      i += 1;
-      continue;
-    }
-    const heading = HEADING.exec(line);
-    if (heading) {
-      const level = Math.min(6, heading[1].length + 2);
-      out.push(`<h${level}>${renderInline(heading[2])}</h${level}>`);
-      i += 1;
-      continue;
-    }
-    if (LIST_ITEM.test(line)) {
-      const list = renderList(lines, i);
-      out.push(list.html);
-      i = list.next;
-      continue;
-    }
-    if (QUOTE.test(line)) {
-      const quoted = [];
-      while (i < lines.length && QUOTE.test(lines[i])) {
-        quoted.push(QUOTE.exec(lines[i])[1]);
-        i += 1;
-      }
-      out.push(`<blockquote>${renderMarkdown(quoted.join("\n"))}</blockquote>`);
-      continue;
-    }
-    const para = [];
-    while (i < lines.length && lines[i].trim() && !(para.length && isBlockStart(lines[i]))) {
-      para.push(lines[i]);
-      i += 1;
-    }
-    out.push(`<p>${inlineLines(para)}</p>`);
+function decorate(root) {
+  for (const pre of root.querySelectorAll("pre")) {
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = "Copy";
+    copy.setAttribute("aria-label", "Copy code");
+    pre.prepend(copy);
   }
-  return out.join("");
+  renderMath(root);
+}
+
+function fragmentOf(html) {
+  const fragment = purify.sanitize(html);
+  decorate(fragment);
+  return fragment;
+}
+
+function normalize(text) {
+  return String(text ?? "").replace(/\r\n?/g, "\n");
+}
+
+/** The whole text as sanitized HTML (tests, and anything that wants a string). */
+export function renderMarkdown(text) {
+  const box = document.createElement("div");
+  box.append(fragmentOf(md.render(normalize(text))));
+  return box.innerHTML;
+}
+
+// Top-level blocks of markdown-it's token stream: [{tokens, line}] with `line` the
+// block's first source line (token.map[0]).
+function topLevelBlocks(tokens) {
+  const blocks = [];
+  let current = null;
+  for (const token of tokens) {
+    if (token.level === 0 && token.nesting >= 0 && (token.nesting === 1 || !current)) {
+      current = { tokens: [], line: token.map ? token.map[0] : 0 };
+      blocks.push(current);
+    }
+    current.tokens.push(token);
+    if (token.level === 0 && token.nesting <= 0) current = null;
+  }
+  return blocks;
+}
+
+// Character offset of each line start in `text`, up to line `upTo`.
+function lineOffset(text, line) {
+  let offset = 0;
+  for (let i = 0; i < line; i++) {
+    const next = text.indexOf("\n", offset);
+    if (next < 0) return text.length;
+    offset = next + 1;
+  }
+  return offset;
+}
+
+export const renderStats = {
+  renders: 0, // calls of renderInto
+  totalMs: 0, // time spent in them
+  maxMs: 0, // the longest single one
+  blocksRendered: 0, // blocks rendered (kept blocks are not counted)
+  fullRenders: 0, // renders that started from nothing (first, or the text changed before its end)
+  reset() {
+    Object.assign(this, { renders: 0, totalMs: 0, maxMs: 0, blocksRendered: 0, fullRenders: 0 });
+  },
+};
+globalThis.__parleyRenderStats = renderStats;
+
+// Per rendered element: the text it shows and its blocks ({start, nodes}).
+const states = new WeakMap();
+
+/**
+ * Render `text` into `element`, keeping what an earlier render of the same element left
+ * where the text before the last block has not changed (a streaming reply's deltas).
+ * `streaming` is accepted for callers' clarity: an open fence already renders as code.
+ */
+export function renderInto(element, text, { streaming = false } = {}) {
+  void streaming;
+  const start = performance.now();
+  const source = normalize(text);
+  let state = states.get(element);
+  let reuse = false;
+  let base = 0;
+  if (state && state.blocks.length) {
+    const last = state.blocks[state.blocks.length - 1];
+    if (source.length >= last.start && source.slice(0, last.start) === state.source.slice(0, last.start)) {
+      reuse = true;
+      base = last.start;
+      for (const node of last.nodes) node.remove();
+      state.blocks.pop();
+    }
+  }
+  if (!reuse) {
+    renderStats.fullRenders += 1;
+    element.replaceChildren();
+    state = { source: "", blocks: [], env: {} };
+    states.set(element, state);
+  }
+  const blocks = state.blocks;
+  const rest = source.slice(base);
+  for (const block of topLevelBlocks(md.parse(rest, state.env))) {
+    const fragment = fragmentOf(md.renderer.render(block.tokens, md.options, state.env));
+    const nodes = [...fragment.childNodes];
+    element.append(fragment);
+    blocks.push({ start: base + lineOffset(rest, block.line), nodes });
+    renderStats.blocksRendered += 1;
+  }
+  state.source = source;
+
+  const end = performance.now();
+  const measure = performance.measure("parley:render", { start, end });
+  performance.clearMeasures("parley:render"); // the totals are kept below; the buffer is not
+  renderStats.renders += 1;
+  renderStats.totalMs += measure.duration;
+  renderStats.maxMs = Math.max(renderStats.maxMs, measure.duration);
 }

@@ -20,7 +20,7 @@ import { AudioPlayer } from "./audio.js";
 import { Backoff, Connection } from "./connection.js";
 import { wireDrawer } from "./drawer.js";
 import { Lifecycle } from "./lifecycle.js";
-import { renderMarkdown } from "./markdown.js";
+import { renderInto } from "./markdown.js";
 import { wireMembers } from "./members.js";
 import { MentionCompleter } from "./mention.js";
 import { wireSearch } from "./search.js";
@@ -35,6 +35,8 @@ const TYPING_SHOWN_MS = 4000;
 const TYPING_SEND_EVERY_MS = 1000;
 // Errors stay on screen long enough to read, then fade unless they are fatal.
 const ERROR_SHOWN_MS = 8000;
+// "Copied" shows on a copy button this long: enough to see, gone before a second copy.
+const COPIED_SHOWN_MS = 1500;
 // "Near the bottom": closer than this, new text keeps the view pinned to the end.
 const PIN_DISTANCE_PX = 80;
 // Messages per history request: a screen or two, and one request per scroll to the top.
@@ -225,6 +227,14 @@ function buildArticle(m, pending) {
     meta.append(spokenMark());
   }
   meta.append(badge);
+  if (!pending) {
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "btn btn--ghost btn--small msg__copy";
+    copy.textContent = "Copy";
+    copy.setAttribute("aria-label", "Copy message as Markdown");
+    meta.append(copy);
+  }
 
   const body = document.createElement("div");
   body.className = "msg__body md";
@@ -338,15 +348,9 @@ function noteFor(m) {
 function renderBody(article, m) {
   const body = article.querySelector(".msg__body");
   const live = m.role === "assistant" && LIVE.has(m.status);
-  body.innerHTML = renderMarkdown(m.text);
-  for (const pre of body.querySelectorAll("pre")) {
-    const copy = document.createElement("button");
-    copy.type = "button";
-    copy.className = "copy";
-    copy.textContent = "Copy";
-    copy.setAttribute("aria-label", "Copy code");
-    pre.prepend(copy);
-  }
+  body.querySelector(".cursor")?.remove();
+  // Only the blocks the new text changed are rendered again (markdown.js).
+  renderInto(body, m.text, { streaming: live });
   if (live) placeCursor(body);
   body.setAttribute("aria-busy", live ? "true" : "false");
 }
@@ -1236,11 +1240,19 @@ function wire() {
       onVersionButton(versionButton.closest(".msg"), versionButton.dataset.version);
       return;
     }
-    const copy = e.target.closest("button.copy");
+    // Copy: a code block's own text, or a whole message as the Markdown it was written in.
+    const copy = e.target.closest("button.copy, button.msg__copy");
     if (copy) {
-      navigator.clipboard?.writeText(copy.closest("pre").querySelector("code").textContent);
-      copy.textContent = "Copied";
-      setTimeout(() => (copy.textContent = "Copy"), 1500);
+      const text = copy.classList.contains("copy")
+        ? copy.closest("pre").querySelector("code").textContent
+        : store.get(copy.closest(".msg").dataset.shown || copy.closest(".msg").dataset.id)?.text;
+      if (text === undefined || !navigator.clipboard) return;
+      const said = (word) => {
+        copy.textContent = word;
+        setTimeout(() => (copy.textContent = "Copy"), COPIED_SHOWN_MS);
+      };
+      // Refused (no permission, page not focused): say so rather than fail silently.
+      navigator.clipboard.writeText(text).then(() => said("Copied"), () => said("Not copied"));
     }
   });
   els.list.addEventListener("scroll", () => {

@@ -212,7 +212,11 @@ class ResponseEvents:
             **kw,
         )
 
-    def opening(self, seq: int) -> bytes:
+    def opening(self, seq: int, *, status: str | None = None) -> bytes:
+        """The reply's ``message`` event (``status``: the reply's then, queued or
+        streaming)."""
+        if status is not None:
+            self.status = status
         message_id = self.reply["id"]
         return b"".join(
             [

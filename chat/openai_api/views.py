@@ -238,7 +238,7 @@ async def _response_events(
                 continue
             kind, seq = event["type"], event["seq"]
             if kind == "message":
-                yield mapper.opening(seq)
+                yield mapper.opening(seq, status=event["message"]["status"])
             elif kind == "delta":
                 yield mapper.delta(seq, event["text"])
             elif kind == "generation":
@@ -306,6 +306,14 @@ async def response_detail(request: HttpRequest, user: User, response_id: str) ->
         await stream.close()
         raise
     reply = now or message_to_dict(message)
+    if starting_after is not None and starting_after >= seq and is_terminal(now):
+        await stream.close()
+        return _streaming(_nothing())  # it had ended by then: nothing follows
+    if starting_after is not None and starting_after > seq:
+        await stream.close()
+        raise OpenAIError(
+            f"starting_after is past the room's latest event ({seq})", param="starting_after"
+        )
     if starting_after is not None:
         mapper = shapes.ResponseEvents(reply, model=model, background=background)
         ended_by = seq if is_terminal(now) else None
@@ -315,6 +323,11 @@ async def response_detail(request: HttpRequest, user: User, response_id: str) ->
     # From the start: the reply as it stood at ``seq`` (one piece, at that seq), then
     # its events after it.
     return _streaming(_from_start(stream, reply, model, seq))
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 async def _from_start(

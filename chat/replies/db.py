@@ -17,7 +17,7 @@ from django.utils import timezone
 from chat.assistants import providers
 from chat.assistants.providers import ProviderConfig
 from chat.assistants.routing import DEFAULT_HANDLE, mentioned, route
-from chat.errors import Busy, Conflict
+from chat.errors import Busy, Conflict, NotFound
 from chat.llm import Options, Usage
 from chat.llm.base import ChatMessage
 from chat.llm.prompt import Turn, build_messages, system_text
@@ -185,9 +185,19 @@ def create_messages(
     (every reply to that message so far), adding only the asked replies that are missing
     because their announcement failed (chat/replies/__init__.py discards them). The same
     client_id with other text is a conflict. ``ask=False`` stores the message alone.
+
+    ``only``: the handle of the one assistant to ask, whatever the text mentions (the
+    OpenAI-compatible API's model, chat/openai_api/); ``NotFound`` if the room has none by
+    that handle. ``sampling``: that send's own sampling, applied to the replies it queues.
     """
     found = placements(room.pk) if ask else []
-    targets = route(text, found, ask_ai=ask_ai)[: settings.PARLEY_ASSISTANT_REPLIES_MAX]
+    if only is not None:
+        targets = [p for p in found if p.handle.lower() == only.lower()]
+        if not targets:
+            raise NotFound(f"this room has no assistant @{only}")
+    else:
+        targets = route(text, found, ask_ai=ask_ai)
+    targets = targets[: settings.PARLEY_ASSISTANT_REPLIES_MAX]
     configs = providers.providers() if targets else {}
     with transaction.atomic():
         message = None

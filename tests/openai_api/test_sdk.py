@@ -131,12 +131,17 @@ async def test_closing_the_stream_does_not_stop_the_reply(team, ann_sdk, llm):
         await bob.close()
 
 
-async def _read_until(stream, count: int) -> list:
+async def _step_deltas(stream, llm, count: int) -> list:
+    """Let the model write ``count`` pieces, one at a time, each read as its delta before
+    the next is written (so the room cannot merge two into one delta)."""
     got = []
-    async for event in stream:
-        got.append(event)
-        if sum(e.type == "response.output_text.delta" for e in got) >= count:
-            break
+    events = aiter(stream)
+    for _ in range(count):
+        llm.step()
+        while True:
+            got.append(await anext(events))
+            if got[-1].type == "response.output_text.delta":
+                break
     return got
 
 
@@ -147,9 +152,7 @@ async def test_background_response_resumed_after_a_cut_equals_an_uncut_one(team,
         model=f"parley/{team['room'].slug}", input="tell me", background=True, stream=True
     )
     await asyncio.to_thread(llm.wait_request, start)
-    llm.step()
-    llm.step()
-    before = await _read_until(created, 2)
+    before = await _step_deltas(created, llm, 2)
     await created.close()  # the connection is cut after two deltas
     response_id = before[0].response.id
     assert before[0].type == "response.created"
@@ -271,7 +274,6 @@ async def test_error_statuses_through_the_sdk_exception_types(
         ({"temperature": 7}, "temperature"),
         ({"max_tokens": 10**12}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "nul \x00 here"}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "content": "lone \ud800"}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": "x" * 9000}]}, None),
         (

@@ -112,6 +112,12 @@ def test_unknown_urls_and_methods_are_openai_errors(team, http):
     error = assert_openai_error(http.post("/chat/completions", content=b"{not json"), 400)
     assert error["type"] == "invalid_request_error"
     assert_openai_error(http.get("/responses/resp_1?stream=true&starting_after=x"), 404)
+    # A lone surrogate travels as a JSON escape (no client library will encode one).
+    raw = '{"model": "parley/%s", "messages": [{"role": "user", "content": "a \\ud800"}]}'
+    r = http.post("/chat/completions", content=(raw % team["room"].slug).encode())
+    error = assert_openai_error(r, 400)
+    assert (error["param"], error["type"]) == ("messages[0].content", "invalid_request_error")
+    assert "surrogate" in error["message"]
 
 
 # A body's fields as OpenAI clients send them, with hostile values.

@@ -23,7 +23,7 @@ from chat.serializers import MessageDict
 TERMINAL = frozenset(TERMINAL_STATUSES)
 
 # A reply's status -> a response's (``incomplete``: the server running it stopped).
-RESPONSE_STATUS = {
+RESPONSE_STATUS: dict[str, str] = {
     Status.QUEUED: "queued",
     Status.STREAMING: "in_progress",
     Status.PAUSED: "in_progress",

@@ -334,16 +334,16 @@ async def _from_start(
     stream: ReplyEvents, reply: MessageDict, model: str, seq: int
 ) -> AsyncIterator[bytes]:
     text, status = reply["text"], reply["status"]
-    opening = dict(
-        reply, text="", status=Status.QUEUED if status == Status.QUEUED else Status.STREAMING
-    )
+    opening = reply.copy()
+    opening["text"] = ""
+    opening["status"] = Status.QUEUED if status == Status.QUEUED else Status.STREAMING
     mapper = shapes.ResponseEvents(opening, model=model, background=True)
     head = mapper.opening(seq)
     if text:
         head += mapper.delta(seq, text)
     if status in shapes.TERMINAL:
         await stream.close()
-        end = {"type": "generation", "state": status, "reason": reply.get("reason")}
+        end: dict[str, Any] = {"type": "generation", "state": status, "reason": reply.get("reason")}
         end["usage"] = await _usage(reply["id"])
         yield head + mapper.state(seq, end)
         return

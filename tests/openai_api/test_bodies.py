@@ -3,6 +3,8 @@ sampling meets its assistant's (chat/replies/db.py ``Sampling``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from chat.assistants.providers import ProviderConfig
@@ -85,7 +87,7 @@ def test_refusals_name_the_field(body, param):
 
 
 def _speaker(**kw) -> Speaker:
-    fields = {
+    fields: dict[str, Any] = {
         "assistant_id": 1,
         "handle": "coder",
         "name": "Coder",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import openai
 import pytest
@@ -267,8 +268,8 @@ async def test_error_statuses_through_the_sdk_exception_types(
         assert missing.value.param == "model"
     with pytest.raises(openai.NotFoundError):
         await ann_sdk.models.retrieve(f"parley/{hidden.slug}")
-    user = {"role": "user", "content": "hi"}
-    bad = [
+    user: Any = {"role": "user", "content": "hi"}
+    bad: list[tuple[dict[str, Any], str | None]] = [
         ({"n": 2}, "n"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"temperature": 7}, "temperature"),

@@ -82,16 +82,20 @@ def model_resolve(*, user: User, model: object) -> Model:
     return Model(id=model, room=room, handle=chosen.handle)
 
 
+def response_not_found(response_id: str) -> OpenAIError:
+    return OpenAIError(
+        f"No response found with id '{response_id[:100]}'.",
+        param="response_id",
+        code="not_found",
+        status=404,
+    )
+
+
 def response_message_id(response_id: str) -> int:
     """The Parley message id in a response id (``resp_<id>``); 404 for anything else."""
     match = _RESPONSE.fullmatch(response_id)
     if match is None:
-        raise OpenAIError(
-            f"No response found with id '{response_id[:100]}'.",
-            param="response_id",
-            code="not_found",
-            status=404,
-        )
+        raise response_not_found(response_id)
     return int(match.group(1))
 
 
@@ -103,10 +107,5 @@ def reply_get(*, user: User, response_id: str) -> Message:
     except ParleyError:
         message = None
     if message is None or message.role != Role.ASSISTANT:
-        raise OpenAIError(
-            f"No response found with id '{response_id[:100]}'.",
-            param="response_id",
-            code="not_found",
-            status=404,
-        )
+        raise response_not_found(response_id)
     return message

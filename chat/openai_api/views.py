@@ -20,9 +20,9 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import events, replies
-from chat.errors import ParleyError
+from chat.errors import NotFound, ParleyError
 from chat.http import query_int, read_json
-from chat.models import Message, Status
+from chat.models import Message, Role, Status
 from chat.openai_api import bodies, selectors, shapes
 from chat.openai_api.errors import OpenAIError, error_body, openai_api
 from chat.openai_api.stream import Cut, ReplyEvents, is_terminal
@@ -369,17 +369,24 @@ async def _usage(message_id: str) -> dict[str, Any]:
 async def response_control(
     request: HttpRequest, user: User, response_id: str, action: str
 ) -> HttpResponseBase:
-    """cancel = the contract's ``stop``; pause and resume are Parley's extension."""
+    """cancel = the contract's ``stop``; pause and resume are Parley's extension. The
+    control's own check (``reply_control``: who may control a reply) is the only read
+    before the reply is told, so a cancel closes the upstream as soon as a stop does."""
     message_id = selectors.response_message_id(response_id)
-    message = await database_sync_to_async(selectors.reply_get)(user=user, response_id=response_id)
     verb = "stop" if action == "cancel" else action
-    result = await replies.reply_control(user=user, message_id=message_id, action=verb)
+    try:
+        result = await replies.reply_control(user=user, message_id=message_id, action=verb)
+    except NotFound as exc:
+        raise selectors.response_not_found(response_id) from exc
+    if result["role"] != Role.ASSISTANT:
+        raise selectors.response_not_found(response_id)
     usage = None
     if result["status"] in shapes.TERMINAL:
         usage = await _usage(result["id"])
+    handle = result.get("assistant", {}).get("handle") or "assistant"
     body = shapes.response(
         result,
-        model=_model_of(message),
+        model=f"{selectors.PREFIX}/{result['room']}/{handle}",
         text=result["text"],
         status=result["status"],
         usage=usage,

@@ -10,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 from asgiref.sync import sync_to_async
+from openai import DefaultAsyncHttpxClient
 
 from tests.openai_api.conftest import sdk
 from tests.support.openai_server import Scenario
@@ -221,9 +222,18 @@ async def _wait_text(message_id: str, text: str) -> None:
         await asyncio.sleep(0.02)  # polls the room's state: there is no event to wait on here
 
 
-async def test_cancel_stops_the_reply_and_closes_the_upstream(team, ann_sdk, llm):
+async def test_cancel_stops_the_reply_and_closes_the_upstream(team, llm):
     llm.set_default(Scenario.endless(("tick ",), interval=0.01))
     room = team["room"]
+    # The clock starts as the request goes on the wire, as the WebSocket stop's does when
+    # its frame is sent: the SDK's own work before that is the client's.
+    sent_at: list[float] = []
+
+    async def on_request(request: Any) -> None:
+        sent_at.append(time.monotonic())
+
+    http = DefaultAsyncHttpxClient(event_hooks={"request": [on_request]})
+    ann_sdk = sdk(team["server"], team["ann"], http_client=http)
     bob = await connect(team["server"], room, team["bob"])
     try:
         start = len(llm.requests)
@@ -232,12 +242,12 @@ async def test_cancel_stops_the_reply_and_closes_the_upstream(team, ann_sdk, llm
         )
         reply_id = created.id.removeprefix("resp_")
         await bob.wait_for(lambda e: e.get("type") == "delta" and len(bob.text_of(reply_id)) > 20)
-        stop_sent = time.monotonic()
         cancelled = await ann_sdk.responses.cancel(created.id)
         record = await asyncio.to_thread(llm.wait_disconnect, start, 5)
         assert record.closed_by == "client"
+        assert record.disconnected_at is not None
         # The bound of the contract's stop (tests/chat/test_streaming.py).
-        assert record.disconnected_at - stop_sent < 0.1
+        assert record.disconnected_at - sent_at[-1] < 0.1
         assert cancelled.status == "cancelled"
         stopped = await bob.wait_terminal(reply_id)
         assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
@@ -247,6 +257,7 @@ async def test_cancel_stops_the_reply_and_closes_the_upstream(team, ann_sdk, llm
             await ann_sdk.responses.cancel(created.id)
     finally:
         await bob.close()
+        await ann_sdk.close()
 
 
 async def test_error_statuses_through_the_sdk_exception_types(

@@ -48,6 +48,16 @@ class BearerTokenMiddleware:
                 request.auser = auser
                 request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
         except BadCredentials as exc:
+            if request.path.startswith("/v1/"):
+                # The OpenAI-compatible API answers in OpenAI's error shape (its SDKs
+                # raise AuthenticationError on it): chat/openai_api/errors.py.
+                error = {
+                    "message": f"Incorrect API key provided: {exc}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+                return JsonResponse({"error": error}, status=401)
             return JsonResponse({"code": "unauthorized", "detail": str(exc)}, status=401)
         response = await self.get_response(request)
         return response

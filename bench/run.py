@@ -14,7 +14,9 @@ is the time from the model server writing a token to a member receiving it; both
 Scenarios: fan-out at 200 members in one process and over two processes on Redis, 500 and
 1,000 members, SSE beside WebSocket listeners, idle members (memory and CPU per member),
 handshakes per second into one room, one quiet member (frames per token), and the time
-from a ``send`` to the model server having the request. ``--assistants 3`` adds the
+from a ``send`` to the model server having the request, and the OpenAI-compatible API's
+request to its first chunk against a WebSocket send's first delta
+(``openai_first_chunk``). ``--assistants 3`` adds the
 200-member fan-out in a room of 3 assistants, each on its own loopback model server, each
 fan-out asking the next one by its ``@handle`` (``parley_assistants``, beside
 ``parley_1p`` in the same process and run). ``--metrics-cost`` adds the 200-member fan-out
@@ -412,6 +414,78 @@ class Bench:
 
         return {"gaps": asyncio.run(go())}
 
+    def openai_first_chunk(self, url: str, sends: int) -> dict[str, Any]:
+        """The OpenAI-compatible API's overhead: from a streamed ``POST
+        /v1/chat/completions`` to its first ``chat.completion.chunk`` (the role chunk, sent
+        on the reply's ``message`` event) and to its first chunk with text, against a
+        WebSocket ``send``'s time to its first ``delta``: the same server, room, member and
+        model, alternating (WebSocket first, then the API) so both meet the machine alike."""
+        import httpx
+
+        from bench.loadgen import ws_connect
+        from tests.support.openai_server import Scenario
+
+        self.fake.set_default(Scenario.normal(["ok", " then", " more"]))
+        headers = {"Authorization": f"Bearer {self.tokens[0]}"}
+
+        async def go() -> dict[str, list[float]]:
+            member = await ws_connect(url, f"/ws/rooms/{self.slug}/", headers)
+
+            async def until(done: Any) -> float:
+                while True:
+                    for at, payload in member.frames:
+                        if done(json.loads(payload)):
+                            return at
+                    member.changed.clear()
+                    await member.changed.wait()
+
+            await until(lambda e: e.get("type") == "hello")
+            found: dict[str, list[float]] = {"ws_delta": [], "api_chunk": [], "api_text": []}
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+                for i in range(sends):
+                    member.frames.clear()
+                    frame = {"action": "send", "text": f"w{i}", "ask_ai": True}
+                    sent = time.monotonic()
+                    member.send(json.dumps(frame).encode())
+                    at = await until(lambda e: e.get("type") == "delta")
+                    found["ws_delta"].append(at - sent)
+                    await until(lambda e: e.get("state") == "complete")
+                    member.frames.clear()
+                    body = {
+                        "model": f"parley/{self.slug}",
+                        "messages": [{"role": "user", "content": f"a{i}"}],
+                        "stream": True,
+                    }
+                    sent = time.monotonic()
+                    chunk = text = None
+                    async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                        async for line in r.aiter_lines():
+                            if not line.startswith("data: {"):
+                                continue
+                            now = time.monotonic()
+                            chunk = chunk or now
+                            delta = json.loads(line[6:])["choices"][0]["delta"]
+                            if text is None and delta.get("content"):
+                                text = now
+                    assert chunk is not None and text is not None, "no chunk came"
+                    found["api_chunk"].append(chunk - sent)
+                    found["api_text"].append(text - sent)
+                    # Its end reached the member too, before the next WebSocket send.
+                    await until(lambda e: e.get("state") == "complete")
+            assert member.transport is not None
+            member.transport.close()
+            return found
+
+        found = asyncio.run(go())
+        row: dict[str, Any] = {}
+        for key, gaps in found.items():
+            row[f"{key}_median_ms"] = round(statistics.median(gaps) * 1000, 1)
+            row[f"{key}_p90_ms"] = round(percentile(gaps, 0.9) * 1000, 1)
+        row["api_text_over_ws_delta"] = round(
+            statistics.median(found["api_text"]) / statistics.median(found["ws_delta"]), 2
+        )
+        return row
+
     def idle(self, server: Any, pid: int, members: int) -> dict[str, Any]:
         def sample() -> dict[str, Any]:
             time.sleep(2)  # let the handshake burst settle before sampling (not a sync)
@@ -529,6 +603,9 @@ class Bench:
                             "warm_median_ms": round(statistics.median(warm) * 1000, 1),
                             "warm_p90_ms": round(percentile(warm, 0.9) * 1000, 1),
                         }
+                        run["openai_first_chunk"] = self.openai_first_chunk(
+                            server.http_url, args.sends
+                        )
                     finally:
                         server.stop()
                     server = self.parley()[0]
@@ -590,6 +667,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return out
     for key in ("first_ms", "warm_median_ms"):
         out[f"send_to_model.{key}"] = _stat([r["send_to_model"][key] for r in runs])
+    if "openai_first_chunk" in runs[0]:
+        for key in runs[0]["openai_first_chunk"]:
+            out[f"openai_first_chunk.{key}"] = _stat([r["openai_first_chunk"][key] for r in runs])
     for key in ("kb_per_member", "cpu_percent_of_core", "handshakes_per_second"):
         out[f"idle.{key}"] = _stat([r["idle"][key] for r in runs])
     for parley, peer in (

@@ -119,16 +119,26 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """404 as JSON under /api/, Django's page elsewhere (urls.handler404)."""
+    """404 as JSON under /api/ (and in OpenAI's shape under /v1/), Django's page
+    elsewhere (urls.handler404)."""
     if request.path.startswith("/api/"):
         return error_response(NotFound("no such endpoint"))
+    if request.path.startswith(OPENAI_PREFIX):
+        from chat.openai_api.errors import not_found as openai_not_found
+
+        return openai_not_found()
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception or Exception("not found"))
 
 
+# Where the OpenAI-compatible API lives (chat/openai_api/): its errors are OpenAI's shape.
+OPENAI_PREFIX = "/v1/"
+
+
 class ApiMethodNotAllowedMiddleware:
-    """A 405 under /api/ as the API's JSON error, with its Allow header: Django's
+    """A 405 under /api/ as the API's JSON error (under /v1/, OpenAI's), with its Allow
+    header: Django's
     ``require_http_methods`` answers an empty body, which an API client cannot read (and
     a URL such as ``/api/rooms/./leave``, which clients normalise to ``/api/rooms/leave``,
     reaches a view that does not take its method). Async and sync, so it adds no thread
@@ -153,11 +163,16 @@ class ApiMethodNotAllowedMiddleware:
 
     @staticmethod
     def _json(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
-        if response.status_code != 405 or not request.path.startswith("/api/"):
+        openai = request.path.startswith(OPENAI_PREFIX)
+        if response.status_code != 405 or not (openai or request.path.startswith("/api/")):
             return response
         if response.get("Content-Type", "").startswith("application/json"):
             return response
         allowed = response.get("Allow", "")
+        if openai:
+            from chat.openai_api.errors import method_not_allowed
+
+            return method_not_allowed(request.method or "", allowed)
         use = allowed or "another method"
         refused = MethodNotAllowed(f"{request.method} is not allowed here; use {use}")
         answer = error_response(refused)

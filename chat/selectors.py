@@ -258,3 +258,12 @@ def latest_message_ids(*, room_id: int, limit: int) -> list[str]:
     """The ids (as on the wire) of the room's latest ``limit`` messages, oldest first."""
     ids = Message.objects.filter(room_id=room_id).order_by("-id").values_list("pk", flat=True)
     return [str(pk) for pk in reversed(ids[:limit])]
+
+
+def room_message(*, room_id: int, message_id: int) -> Message | None:
+    """One message of the room, with what its wire dict reads."""
+    return (
+        Message.objects.filter(room_id=room_id, pk=message_id)
+        .select_related("room", *_WIRE_RELATED)
+        .first()
+    )

@@ -393,6 +393,20 @@ PARLEY_SSE_PING_INTERVAL = env.float("PARLEY_SSE_PING_INTERVAL", default=10.0)
 # long; a reply still running then answers 504 with the reply to follow over SSE or GET.
 PARLEY_WAIT_TIMEOUT = env.float("PARLEY_WAIT_TIMEOUT", default=120.0)
 
+# --- The OpenAI-compatible API (/v1/, chat/openai_api/) ------------------------------------
+
+# The largest max_tokens / max_output_tokens a request may ask: above every model's output
+# window today, so a larger number is a mistake (or an attack on a counter), answered 400.
+PARLEY_OPENAI_MAX_TOKENS = env.int("PARLEY_OPENAI_MAX_TOKENS", default=131072)
+# OpenAI's own bounds on `stop`: at most 4 sequences; each at most this many characters
+# (a stop sequence is a word or a marker, never a paragraph).
+PARLEY_OPENAI_STOP_MAX = 4
+PARLEY_OPENAI_STOP_CHARS = env.int("PARLEY_OPENAI_STOP_CHARS", default=200)
+# A streamed completion or response sends an SSE comment this often while the reply waits
+# in its room's line or the model is silent, so proxies keep an idle stream open (the
+# room's own SSE keeps the same pace, PARLEY_SSE_PING_INTERVAL).
+PARLEY_OPENAI_PING_INTERVAL = env.float("PARLEY_OPENAI_PING_INTERVAL", default=10.0)
+
 # --- Voice (docs/protocol.md "Audio frames") ----------------------------------------------
 
 # piper: the bundled voice, in process; openai: /v1/audio/speech; volcano: bidirectional WS.

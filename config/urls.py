@@ -4,6 +4,7 @@ from django.urls import include, path
 from accounts import views as account_views
 from chat import health, pages, sse, views
 from chat.assistants import views as assistant_views
+from chat.openai_api import views as openai_views
 from config import metrics
 from voice import views as voice_views
 
@@ -44,6 +45,20 @@ urlpatterns = [
     *[
         path(f"api/messages/<str:message_id>/{action}", views.message_control, {"action": action})
         for action in ("pause", "resume", "stop")
+    ],
+    # The OpenAI-compatible API (chat/openai_api/).
+    path("v1/models", openai_views.models),
+    path("v1/models/<path:model_id>", openai_views.model_detail),
+    path("v1/chat/completions", openai_views.chat_completions),
+    path("v1/responses", openai_views.responses),
+    path("v1/responses/<str:response_id>", openai_views.response_detail),
+    *[
+        path(
+            f"v1/responses/<str:response_id>/{action}",
+            openai_views.response_control,
+            {"action": action},
+        )
+        for action in ("cancel", "pause", "resume")
     ],
 ]
 

@@ -97,6 +97,7 @@ __all__ = [
     "room_head_sync",
     "room_latest",
     "room_live_emit",
+    "room_message_at",
 ]
 
 
@@ -277,6 +278,29 @@ class EventHub:
         return snapshot_event(seq=head, messages=messages)
 
 
+async def _message_at(
+    hub: EventHub, room_id: int, message_id: str
+) -> tuple[int, MessageDict | None]:
+    # The snapshot's rule for one message: the live copy and the seq in one atomic step,
+    # the database after it (a reply's row is final before its end event is stored).
+    head, live = await hub.store.live_view(room_id, [message_id])
+    message = await database_sync_to_async(_one)(room_id, message_id)
+    state = live.get(message_id)
+    if message is not None and state is not None:
+        message["text"], message["status"] = state
+        if state[1] in LIVE_STATUSES:
+            for ending in ENDING_FIELDS:
+                message.pop(ending, None)
+    return head, message
+
+
+def _one(room_id: int, message_id: str) -> MessageDict | None:
+    from chat.selectors import room_message
+
+    found = room_message(room_id=room_id, message_id=int(message_id))
+    return message_to_dict(found) if found is not None else None
+
+
 def _latest_ids(room_id: int, limit: int) -> list[str]:
     from chat.selectors import latest_message_ids
 
@@ -353,6 +377,14 @@ async def room_latest(*, room_id: int, limit: int) -> SnapshotEvent:
     that seq add up to, so a reader that goes on with ``after`` = that seq misses nothing
     and gets nothing twice (GET /api/rooms/<slug>/messages, the newest page)."""
     return await get_hub().snapshot(room_id, limit=limit)
+
+
+async def room_message_at(*, room_id: int, message_id: str) -> tuple[int, MessageDict | None]:
+    """One message of the room exactly as it stood at one seq (``room_latest``'s rule for
+    a single message): (that seq, the message, None if the room has no such message). A
+    reader that goes on with the room's events after that seq misses nothing of it and
+    gets nothing twice (the OpenAI-compatible API's response streams, chat/openai_api/)."""
+    return await _message_at(get_hub(), room_id, message_id)
 
 
 def room_head_sync(room: Room) -> int:

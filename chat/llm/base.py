@@ -43,6 +43,9 @@ class Options:
     model: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    # Sequences that end the reply where the model writes them (the OpenAI-compatible API's
+    # ``stop``); a backend that cannot honour them ignores them (the bundled model).
+    stop: tuple[str, ...] = ()
 
 
 class LLMError(Exception):

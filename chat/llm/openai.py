@@ -109,6 +109,8 @@ class OpenAIBackend(LLMBackend):
             body["max_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
+        if options.stop:
+            body["stop"] = list(options.stop)
         return body
 
     async def stream(

@@ -22,6 +22,7 @@ from chat.models import TERMINAL_STATUSES, InputKind, Message, Room, VoiceMode
 from chat.ratelimit import send_allow
 from chat.replies import db
 from chat.replies.asking import queue_replies
+from chat.replies.db import Sampling
 from chat.replies.manager import ReplyManager, get_manager
 from chat.replies.versions import reply_regenerate, reply_regenerate_for_message, version_pick
 from chat.selectors import reply_for_control
@@ -30,6 +31,7 @@ from chat.text import clean_text
 
 __all__ = [
     "ReplyManager",
+    "Sampling",
     "get_manager",
     "message_send",
     "reply_control",
@@ -80,6 +82,8 @@ async def message_send(
     voice: object = None,
     input: str = InputKind.TEXT,
     rate_checked: bool = False,
+    assistant: str | None = None,
+    sampling: db.Sampling | None = None,
 ) -> tuple[MessageDict, list[MessageDict]]:
     """Store a user's message in ``room`` (a member's), broadcast it, queue its replies.
 
@@ -92,6 +96,9 @@ async def message_send(
     completes the send).
     ``input="speech"``: ``text`` is a transcript (voice/conversation.py), whose utterance
     already took its turn from the sender's rate limit (``rate_checked``).
+    ``assistant``: ask exactly the assistant with this handle, whatever the text mentions
+    (the OpenAI-compatible API, chat/openai_api/); ``sampling``: its temperature,
+    max_tokens and stop for this send (``db.Sampling``).
     """
     text, client_id, ask_ai, voice = validate_send(
         text=text, client_id=client_id, ask_ai=ask_ai, voice=voice
@@ -113,6 +120,8 @@ async def message_send(
         queued=manager.queue_length(room.pk),
         input=input,
         worker=manager.worker_id,
+        only=assistant,
+        sampling=sampling,
     )
     message = sent.message
     message_dict = message_to_dict(message, room_slug=room.slug)

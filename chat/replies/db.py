@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,10 +49,35 @@ class Speaker:
     temperature: float | None
     max_tokens: int | None
     voice: str  # the assistant's TTS voice name ("": the engine's default)
+    stop: tuple[str, ...] = ()
 
     @property
     def options(self) -> Options:
-        return Options(model=self.model, temperature=self.temperature, max_tokens=self.max_tokens)
+        return Options(
+            model=self.model,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            stop=self.stop,
+        )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What one send asks of its assistant's sampling (the OpenAI-compatible API's
+    ``temperature``, ``max_tokens`` and ``stop``), within what the assistant allows: a
+    temperature replaces the assistant's, ``max_tokens`` can only lower the assistant's
+    own cap, and ``stop`` goes to the model server (the bundled model ignores it)."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def apply(self, speaker: Speaker) -> Speaker:
+        max_tokens = speaker.max_tokens
+        if self.max_tokens is not None:
+            max_tokens = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+        temperature = speaker.temperature if self.temperature is None else self.temperature
+        return replace(speaker, temperature=temperature, max_tokens=max_tokens, stop=self.stop)
 
 
 @dataclass
@@ -158,6 +183,8 @@ def create_messages(
     worker: str,
     input: str = InputKind.TEXT,
     ask: bool = True,
+    only: str | None = None,
+    sampling: Sampling | None = None,
 ) -> Sent:
     """Store a user's message and the replies it asks for (chat.assistants.routing), once
     per client_id.
@@ -172,9 +199,19 @@ def create_messages(
     (every reply to that message so far), adding only the asked replies that are missing
     because their announcement failed (chat/replies/__init__.py discards them). The same
     client_id with other text is a conflict. ``ask=False`` stores the message alone.
+
+    ``only``: the handle of the one assistant to ask, whatever the text mentions (the
+    OpenAI-compatible API's model, chat/openai_api/); ``NotFound`` if the room has none by
+    that handle. ``sampling``: that send's own sampling, applied to the replies it queues.
     """
     found = placements(room.pk) if ask else []
-    targets = route(text, found, ask_ai=ask_ai)[: settings.PARLEY_ASSISTANT_REPLIES_MAX]
+    if only is not None:
+        targets = [p for p in found if p.handle.lower() == only.lower()]
+        if not targets:
+            raise NotFound(f"this room has no assistant @{only}")
+    else:
+        targets = route(text, found, ask_ai=ask_ai)
+    targets = targets[: settings.PARLEY_ASSISTANT_REPLIES_MAX]
     configs = providers.providers() if targets else {}
     with transaction.atomic():
         message = None
@@ -228,6 +265,8 @@ def create_messages(
         new = []
         for placement in targets:
             speaker = speaker_for(placement, configs)
+            if sampling is not None:
+                speaker = sampling.apply(speaker)
             new.append(
                 _queue_reply(
                     room=room,

@@ -161,6 +161,16 @@ class Subscription:
             **online_fields_with(await presence.online_recent(self.room.pk), self.sub.username),
         }
 
+    async def open_unannounced(self) -> int:
+        """Register the subscriber like ``open``, but with no ``hello`` and no presence:
+        a program following one reply (the OpenAI-compatible API's streams,
+        chat/openai_api/) is not a member coming online. Returns the head it starts from;
+        set ``after`` before ``start``."""
+        channel = await self.prepare()
+        self.head = channel.add(self.sub)
+        self.sub.last_seq = self.head
+        return self.head
+
     async def start(self) -> None:
         assert self.channel is not None
         await self.channel.catch_up(self.sub, self.after, self.head)

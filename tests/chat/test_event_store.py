@@ -22,7 +22,7 @@ from chat.events.memory import MemoryEventStore
 from chat.events.redis_store import RedisEventStore
 from chat.events.schema import delta_body, generation_body, message_body
 from chat.events.store import EventStore
-from chat.redis import get_redis, get_sync_redis
+from chat.redis import get_redis, get_sync_redis, room_key
 from chat.serializers import MessageDict
 from tests.support.redis_server import LossyProxy, RedisServer
 
@@ -59,7 +59,7 @@ async def kind(request: pytest.FixtureRequest, settings: Any) -> AsyncIterator[s
 async def store(kind: str, room: Any, other_room: Any) -> AsyncIterator[EventStore]:
     if kind == "redis":
         # Keys of rooms with these ids from another session on this Redis.
-        stale = [f"parley:r:{r.pk}:{k}" for r in (room, other_room) for k in ("seq", "log")]
+        stale = [room_key(r.pk, k) for r in (room, other_room) for k in ("seq", "log")]
         await get_redis().delete(*stale)
     store = make(kind)
     yield store
@@ -226,10 +226,10 @@ async def test_an_emit_retried_after_a_lost_answer_is_recorded_once(
         event = await asyncio.wait_for(emit, 30)
         assert proxy.lost >= 1
         direct = redis.Redis(port=server.port)
-        log = direct.xrange(f"parley:r:{room.pk}:log")
+        log = direct.xrange(room_key(room.pk, "log"))
         bodies = [entry[1][b"e"] for entry in log]
         assert bodies.count(b'{"type":"note","n":1}') == 1, bodies
-        assert int(direct.get(f"parley:r:{room.pk}:seq")) == event["seq"]
+        assert int(direct.get(room_key(room.pk, "seq"))) == event["seq"]
     finally:
         logging.getLogger("chat.events").removeHandler(seen)
         await proxy.stop()

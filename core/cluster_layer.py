@@ -77,7 +77,7 @@ def inbox_channel(process: str) -> str:
     return f"parley:{{p{process}}}:inbox"
 
 
-class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is untyped
+class ClusterChannelLayer(BaseChannelLayer):
     extensions = ["groups"]
 
     def __init__(
@@ -118,7 +118,8 @@ class ClusterChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels i
         return await self._here().receive(channel)
 
     async def group_add(self, group: str, channel: str) -> None:
-        assert self.valid_group_name(group) and self.valid_channel_name(channel)
+        assert self.valid_group_name(group)
+        assert self.valid_channel_name(channel)
         await self._here().group_add(group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:

@@ -6,7 +6,7 @@ channel layer (core/cluster_layer.py) both take the nodes from ``settings.REDIS_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 CLUSTER_SCHEME = "redis+cluster://"
@@ -17,7 +17,8 @@ DEFAULT_PORT = 6379
 class ClusterAddress:
     nodes: list[tuple[str, int]]
     username: str | None = None
-    password: str | None = None
+    # Kept out of the repr, so settings dumps and logs never show it.
+    password: str | None = field(default=None, repr=False)
 
 
 def is_cluster_url(url: str) -> bool:

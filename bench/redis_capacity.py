@@ -93,7 +93,9 @@ def main() -> None:
                     stdout=subprocess.DEVNULL,
                 )
             )
-        publish = _benchmark(server.port, args.requests, 1000, "PUBLISH", "room.__rand_int__", "m" * 300)
+        publish = _benchmark(
+            server.port, args.requests, 1000, "PUBLISH", "room.__rand_int__", "m" * 300
+        )
         print(
             json.dumps(
                 {

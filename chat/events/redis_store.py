@@ -54,7 +54,8 @@ from core import metrics
 #
 # On a Redis Cluster a master can die with writes its replica had not received yet: the
 # promoted replica's seq is behind seqs already published. ARGV[10] is the highest seq this
-# process was given for the room; a head below it means those writes were lost. The stream
+# process was given for the room or handed to its members (``saw``); a head below it means
+# those writes were lost. The stream
 # must never repeat a seq, so the script moves the head back past it and skips one (members
 # meet a gap the log cannot fill and take a snapshot), and a running reply's live copy,
 # which may have lost deltas too, is re-created from its owner's as after a restart.
@@ -149,9 +150,13 @@ class RedisEventStore(EventStore):
     def __init__(self) -> None:
         # The highest seq_reserved this process knows the database holds, per room.
         self._floors: dict[int, int] = {}
-        # The highest seq this process was given, per room: a head found below it was
-        # lost in a failover (``_APPEND``).
+        # The highest seq this process was given or handed to its members, per room: a
+        # head found below it was lost in a failover (``_APPEND``).
         self._known: dict[int, int] = {}
+
+    def saw(self, room_id: int, seq: int) -> None:
+        if seq > self._known.get(room_id, 0):
+            self._known[room_id] = seq
 
     def forget(self, room_id: int) -> None:
         # Only a cache: the next append raises the database's floor again (one write).

@@ -72,6 +72,13 @@ class RedisCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never leave half a cluster running
+            raise
+
+    def _start(self) -> RedisCluster:
         binary = shutil.which("redis-server")
         cli = shutil.which("redis-cli")
         if binary is None or cli is None:

@@ -16,7 +16,6 @@ import pytest
 from chat.models import TERMINAL_STATUSES
 from chat.redis import room_key
 from core.cluster_layer import group_channel
-from tests.chat.test_multiprocess import FAST_LEASES
 from tests.support.openai_server import Scenario
 from tests.support.redis_cluster import RedisCluster
 from tests.support.rooms import ask, connect, stored
@@ -25,6 +24,10 @@ from tests.support.wsclient import RoomClient
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cluster]
 
 PIECES = [f"w{i} " for i in range(400)]
+# Quick gap checks, and the default lease (10 s): it must outlast a failover (node timeout
+# 1 s plus the election here), or a failover of the master holding the leases (slot {g})
+# would have the sweep interrupt live replies (docs/architecture.md "Redis Cluster").
+ENV = {"PARLEY_RESYNC_INTERVAL": "0.5"}
 
 
 def view_of(client: RoomClient, reply: str) -> str:
@@ -63,8 +66,8 @@ def members(make_user, make_room):
 
 async def _reply_through(cluster: RedisCluster, daphne_factory, llm, members, change) -> None:
     room, ann_token, bob_token = members
-    one = daphne_factory(REDIS_URL=cluster.url, **FAST_LEASES)
-    two = daphne_factory(REDIS_URL=cluster.url, **FAST_LEASES)
+    one = daphne_factory(REDIS_URL=cluster.url, **ENV)
+    two = daphne_factory(REDIS_URL=cluster.url, **ENV)
     llm.set_default(Scenario.slow(PIECES, delay=0.01))
     ann = await connect(one, room, ann_token)
     bob = await connect(two, room, bob_token)

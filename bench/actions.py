@@ -102,7 +102,9 @@ class Room:
                 m.transport.close()
 
 
-async def measure(args: argparse.Namespace, url: str, slug: str, tokens: list[str], fake: Any):
+async def measure(
+    args: argparse.Namespace, url: str, slug: str, tokens: list[str], fake: Any
+) -> dict[str, Any]:
     from tests.support.openai_server import Scenario
 
     pieces = [f"t{i} " for i in range(args.tokens)]
@@ -152,12 +154,12 @@ async def measure(args: argparse.Namespace, url: str, slug: str, tokens: list[st
                 {"action": "delete", "message_id": said["message"]["id"]}, "delete"
             )
             results["delete"] += lat
-        row = {"members": len(room.members), "delta": _ms(deltas)}
+        delta = _ms(deltas)
+        row: dict[str, Any] = {"members": len(room.members), "delta": delta}
         for name, values in results.items():
-            row[name] = _ms(values)
-            row[name]["p99_vs_delta_p99"] = round(
-                row[name]["p99_ms"] / max(row["delta"]["p99_ms"], 0.1), 2
-            )
+            stats: dict[str, float] = _ms(values)
+            stats["p99_vs_delta_p99"] = round(stats["p99_ms"] / max(delta["p99_ms"], 0.1), 2)
+            row[name] = stats
         return row
     finally:
         room.close()

@@ -302,10 +302,3 @@ def _parse_after(query_string: bytes) -> tuple[int | None, str | None]:
     if raw.isascii() and raw.isdigit() and len(raw) <= 18:
         return int(raw), None
     return None, "after must be a non-negative integer; going on live"
-
-
-def _message_id(frame: dict[str, Any]) -> str | int:
-    message_id = frame.get("message_id")
-    if not isinstance(message_id, str | int) or isinstance(message_id, bool):
-        raise BadRequest("message_id is required")
-    return message_id

@@ -66,15 +66,21 @@ class Room:
 
     @staticmethod
     async def until(client: Any, match: Any, start: int = 0) -> tuple[float, bytes]:
-        """The first frame from index ``start`` on that ``match`` accepts (waits for it)."""
+        """The first frame from index ``start`` on that ``match`` accepts (waits for it,
+        60 s at most in all)."""
         seen = start
+        deadline = time.monotonic() + 60
         while True:
             for at, payload in client.frames[seen:]:
                 if match(payload):
                     return at, payload
             seen = len(client.frames)
             client.changed.clear()
-            await asyncio.wait_for(client.changed.wait(), 60)
+            try:
+                await asyncio.wait_for(client.changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                tail = [p[:300] for _, p in client.frames[-4:]]
+                raise TimeoutError(f"no matching frame in 60 s; the last: {tail}") from None
 
     async def act(self, frame: dict[str, Any], event: str) -> tuple[list[float], dict[str, Any]]:
         """Member 0 sends ``frame``; every member's latency to the ``event`` it causes."""

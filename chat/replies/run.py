@@ -260,6 +260,16 @@ class ReplyRun:
         self.manager.unregister(self)
         if not self.done.done():
             self.done.set_result(self.status)
+        self._refuse_controls()
+
+    def _refuse_controls(self) -> None:
+        """Answer the controls that came while the reply was ending (after the loop last
+        looked, before ``done``): it ended, so they are refused as a control of an ended
+        reply is, rather than left waiting for a loop that has returned."""
+        while self.controls:
+            control = self.controls.popleft()
+            if not control.future.done():
+                control.future.set_exception(NotGenerating(f"this reply is already {self.status}"))
 
     async def _read(self, messages: list[ChatMessage]) -> None:
         stream = self.model_backend.stream(messages, self.usage, self.options)
@@ -522,3 +532,4 @@ class ReplyRun:
             self.manager.unregister(self)
             if not self.done.done():
                 self.done.set_result(self.status)
+            self._refuse_controls()

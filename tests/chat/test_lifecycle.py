@@ -539,3 +539,29 @@ async def test_edit_and_rerun_makes_a_new_version_from_the_edited_text(daphne, l
         await bob.wait_terminal(third["current"])
     await ann.close()
     await bob.close()
+
+
+async def test_deleting_a_message_whose_reply_is_still_queued_stops_it_and_tombstones(
+    daphne, llm, trio
+):
+    """A delete right after the send, while its reply is queued or just starting: the
+    reply is stopped (or never streams), and every member gets the tombstone."""
+    room, tokens, _ = trio
+    ann = await connect(daphne, room, tokens["ann"])
+    bob = await connect(daphne, room, tokens["bob"])
+    llm.set_default(Scenario.normal(["again"]))
+    cid = "c-quick-delete"
+    await ann.send(action="send", text="quick @assistant", client_id=cid)
+    mine = await ann.wait_for(
+        lambda e: e.get("type") == "message" and e["message"]["client_id"] == cid
+    )
+    mid = mine["message"]["id"]
+    await ann.send(action="delete", message_id=mid, id="d1")
+    await bob.wait_for(lambda e: e.get("type") == "delete" and e["message_id"] == mid, timeout=15)
+    reply = await bob.wait_for(
+        lambda e: e.get("type") == "message" and e["message"]["reply_to"] == mid, start=0
+    )
+    await bob.wait_terminal(reply["message"]["id"], start=0)  # stopped, or done first
+    assert errors_in(ann.events) == []
+    await ann.close()
+    await bob.close()

@@ -123,6 +123,9 @@ async def measure(
         _, created = await room.act({"action": "send", "text": "go", "ask_ai": True}, "message")
         asked_id = created["message"]["id"]
         record = await fake.await_request(before, timeout=60)
+        while not record.path.endswith("/chat/completions"):  # not a model listing
+            before += 1
+            record = await fake.await_request(before, timeout=60)
         reply_id = None
         for _, payload in room.members[0].frames:
             event = json.loads(payload)
@@ -131,6 +134,7 @@ async def measure(
                 reply_id = message["id"]
         assert reply_id is not None, "no reply was announced"
         await room.reply_done(reply_id)
+        record = fake.requests[record.index]  # await_request answered a copy, then
         deltas = []
         for member in room.members:
             for at, payload in member.frames:

@@ -404,6 +404,13 @@ class MessageAdmin(admin.ModelAdmin):
         "rating_down",
         "edit_history",
         "feedback",
+        # A reply's versions, and where its event stands in the room's log, are the
+        # server's bookkeeping (regenerate and pick change them), not a reviewer's to edit.
+        "version_of",
+        "version",
+        "version_count",
+        "current_version",
+        "seq",
     ]
     # The history and the ratings are shown as read-only fields, not inlines: an inline
     # is a formset whose management form every save of the message would have to carry.

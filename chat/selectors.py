@@ -155,28 +155,13 @@ def reply_for_control(*, message_id: object, user: AnyUser) -> Message:
     non-staff user outside the room gets not_found, as for reading the message; a member
     who is neither asker nor owner gets forbidden.
     """
-    pk = parse_message_id(message_id if isinstance(message_id, str | int) else "")
-    message = (
-        Message.objects.select_related("room", "author", "reply_to", "generation")
-        .filter(pk=pk)
-        .first()
+    return _reply_allowed(
+        message_id=message_id,
+        user=user,
+        related=("room", "author", "reply_to", "generation"),
+        not_reply="only assistant replies can be controlled",
+        forbidden="only the asker, the room owner or staff can control this reply",
     )
-    if message is None:
-        raise NotFound("no such message")
-    role = (
-        Membership.objects.filter(room=message.room, user=user.pk)
-        .values_list("role", flat=True)
-        .first()
-    )
-    member = role is not None
-    if not member and not user.is_staff:
-        raise NotFound("no such message")
-    if message.role != Role.ASSISTANT:
-        raise BadRequest("only assistant replies can be controlled")
-    owner = role == Membership.Role.OWNER
-    if not can_control_reply(user=user, message=message, member=member, owner=owner):
-        raise Forbidden("only the asker, the room owner or staff can control this reply")
-    return message
 
 
 def reply_for_versions(*, message_id: object, user: AnyUser) -> Message:
@@ -184,8 +169,27 @@ def reply_for_versions(*, message_id: object, user: AnyUser) -> Message:
     they may: the rule of ``can_control_reply`` (the asker, the room's owners, staff), the
     same for every version of a reply (they answer the same message). A member's message
     is ``bad_request``; someone outside the room gets not_found."""
+    return _reply_allowed(
+        message_id=message_id,
+        user=user,
+        related=("room", "reply_to", "generation"),
+        not_reply="only an assistant's reply has versions; regenerate its reply",
+        forbidden="only the asker, the room's owners or staff can do this to a reply",
+    )
+
+
+def _reply_allowed(
+    *,
+    message_id: object,
+    user: AnyUser,
+    related: tuple[str, ...],
+    not_reply: str,
+    forbidden: str,
+) -> Message:
+    """The assistant reply ``message_id`` if ``can_control_reply`` lets ``user`` act on it
+    (the errors say what was refused, in the caller's words)."""
     pk = parse_message_id(message_id if isinstance(message_id, str | int) else "")
-    message = Message.objects.select_related("room", "reply_to", "generation").filter(pk=pk).first()
+    message = Message.objects.select_related(*related).filter(pk=pk).first()
     if message is None:
         raise NotFound("no such message")
     role = (
@@ -197,10 +201,10 @@ def reply_for_versions(*, message_id: object, user: AnyUser) -> Message:
     if not member and not user.is_staff:
         raise NotFound("no such message")
     if message.role != Role.ASSISTANT:
-        raise BadRequest("only an assistant's reply has versions; regenerate its reply")
+        raise BadRequest(not_reply)
     owner = role == Membership.Role.OWNER
     if not can_control_reply(user=user, message=message, member=member, owner=owner):
-        raise Forbidden("only the asker, the room's owners or staff can do this to a reply")
+        raise Forbidden(forbidden)
     return message
 
 

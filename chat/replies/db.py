@@ -262,20 +262,14 @@ def create_messages(
                 client_id=client_id,
                 input=input,
             )
-        new = []
-        for placement in targets:
-            speaker = speaker_for(placement, configs)
-            if sampling is not None:
-                speaker = sampling.apply(speaker)
-            new.append(
-                _queue_reply(
-                    room=room,
-                    reply_to=message,
-                    speaker=speaker,
-                    backend=backend_name(speaker.config),
-                    worker=worker,
-                )
-            )
+        new = _queue_replies(
+            room=room,
+            message=message,
+            targets=targets,
+            configs=configs,
+            worker=worker,
+            sampling=sampling,
+        )
     return Sent(message, existing + [q.reply for q in new], message_new, new)
 
 
@@ -522,18 +516,37 @@ def create_replies_for(*, message: Message, queued: int, worker: str) -> list[Qu
             raise Busy("the assistants have too many replies queued in this room; try again soon")
         if message.author is not None:
             _check_waiting(room=room, user=message.author, asking=len(targets))
-        new = []
-        for placement in targets:
-            speaker = speaker_for(placement, configs)
-            new.append(
-                _queue_reply(
-                    room=room,
-                    reply_to=message,
-                    speaker=speaker,
-                    backend=backend_name(speaker.config),
-                    worker=worker,
-                )
+        new = _queue_replies(
+            room=room, message=message, targets=targets, configs=configs, worker=worker
+        )
+    return new
+
+
+def _queue_replies(
+    *,
+    room: Room,
+    message: Message,
+    targets: list[RoomAssistant],
+    configs: dict[str, ProviderConfig],
+    worker: str,
+    sampling: Sampling | None = None,
+) -> list[Queued]:
+    """One queued reply to ``message`` per assistant in ``targets``, in that order (the
+    caller holds the transaction and checked the bounds)."""
+    new = []
+    for placement in targets:
+        speaker = speaker_for(placement, configs)
+        if sampling is not None:
+            speaker = sampling.apply(speaker)
+        new.append(
+            _queue_reply(
+                room=room,
+                reply_to=message,
+                speaker=speaker,
+                backend=backend_name(speaker.config),
+                worker=worker,
             )
+        )
     return new
 
 

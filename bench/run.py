@@ -512,6 +512,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         from tests.support.openai_server import FakeOpenAIServer
+        from tests.support.redis_cluster import RedisCluster
         from tests.support.redis_server import RedisServer
 
         args = self.args
@@ -535,6 +536,9 @@ class Bench:
             self.fake = fake
             model_url = fake.base_url
             redis = RedisServer().start()
+            # The same two processes over a Redis Cluster of 3 masters and 3 replicas
+            # (REDIS_URL=redis+cluster://...), compared with the one-Redis row run beside it.
+            cluster = RedisCluster().start()
             try:
                 for rep in range(args.repeat):
                     run: dict[str, Any] = {}
@@ -585,6 +589,14 @@ class Bench:
                     finally:
                         for s in servers:
                             s.stop()
+                    servers = self.parley(2, REDIS_URL=cluster.url)
+                    try:
+                        run["parley_2p_cluster"] = self.fanout(
+                            "parley", [s.http_url for s in servers], args.members
+                        )
+                    finally:
+                        for s in servers:
+                            s.stop()
                     peers = [Peer(model_url, redis.url) for _ in range(2)]
                     try:
                         run["socketio_2p"] = self.fanout(
@@ -620,6 +632,7 @@ class Bench:
                     print(json.dumps({"run": rep, **_summary_line(run)}), flush=True)
             finally:
                 redis.kill()
+                cluster.stop()
                 for extra in self.assistant_fakes:
                     extra.stop()
         report["summary"] = summarize(report["runs"])
@@ -679,6 +692,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ):
         values = [r[peer]["p99_ms"] / r[parley]["p99_ms"] for r in runs if r[parley]["p99_ms"]]
         ratios[f"{peer}_p99_over_{parley}"] = _stat(values)
+    # Cluster mode's target: p99 within 1.5x of one Redis, both measured in the same run.
+    ratios["parley_2p_cluster_p99_over_parley_2p"] = _stat(
+        [r["parley_2p_cluster"]["p99_ms"] / r["parley_2p"]["p99_ms"] for r in runs]
+    )
     if "parley_assistants" in runs[0]:
         # Several assistants in a room against the one-assistant room, same crowd.
         ratios["parley_assistants_p99_over_parley_1p"] = _stat(

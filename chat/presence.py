@@ -56,7 +56,7 @@ def presence_event(online: list[str]) -> dict[str, object]:
 
 
 def _key(room_id: int) -> str:
-    return f"parley:r:{room_id}:online"
+    return redis_conn.room_key(room_id, "online")
 
 
 class Presence:

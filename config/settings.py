@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from core.redis_url import is_cluster_url, parse_cluster_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -98,7 +100,31 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL:
+# ``redis+cluster://host:port,host:port,...`` selects Redis Cluster mode: the store, leases,
+# queues and presence use a cluster client, and the channel layer speaks sharded pub/sub
+# (core/cluster_layer.py; docs/architecture.md "Redis Cluster"). Any one node is enough to
+# find the others; list several so a start-up survives one being down.
+REDIS_CLUSTER = parse_cluster_url(REDIS_URL) if is_cluster_url(REDIS_URL) else None
+# How many messages a channel of the cluster layer holds for its reader before it drops the
+# newest (a room channel reads each at once; a lost durable event is refilled from the log,
+# as with the pub/sub layer). The in-memory layer's 5000 below, for the same bursts.
+PARLEY_CLUSTER_LAYER_CAPACITY = env.int("PARLEY_CLUSTER_LAYER_CAPACITY", default=5000)
+if REDIS_CLUSTER is not None:
+    # Sharded pub/sub (SPUBLISH/SSUBSCRIBE): each room's messages travel on its own slot's
+    # shard, and a process subscribes only to the rooms it has members in.
+    # channels-redis cannot use a cluster (channels_redis#420).
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "core.cluster_layer.ClusterChannelLayer",
+            "CONFIG": {
+                "nodes": REDIS_CLUSTER.nodes,
+                "username": REDIS_CLUSTER.username,
+                "password": REDIS_CLUSTER.password,
+                "capacity": PARLEY_CLUSTER_LAYER_CAPACITY,
+            },
+        }
+    }
+elif REDIS_URL:
     # The pub/sub layer: one PUBLISH per event per room reaches every process, which fans
     # it out to its own members, instead of one list push per member (the core layer).
     # It delivers at most once: an event lost while Redis restarts is recovered from the

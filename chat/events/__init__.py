@@ -144,6 +144,10 @@ class EventHub:
         """The room went idle in this process: drop what is kept for it."""
         self.store.forget(room_id)
 
+    def saw(self, room_id: int, seq: int) -> None:
+        """This process handed ``seq`` of the room to its members (``EventStore.saw``)."""
+        self.store.saw(room_id, seq)
+
     async def aclose(self) -> None:
         await self.store.aclose()
 

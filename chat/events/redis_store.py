@@ -1,9 +1,11 @@
 """The Redis event store: any number of processes share each room's seq, log and state.
 
-Per room: ``parley:r:<id>:seq`` (the head, INCR'd), ``parley:r:<id>:log`` (a Stream whose
-entry ids are ``<seq>-0``). Per live reply: ``parley:m:<id>:text`` and ``:status``. One Lua
-script assigns the seq, appends to the log and updates the live reply in a single atomic
-step, so the log never has a gap and a snapshot read in one step is exact at its seq.
+Per room: ``parley:{r<id>}:seq`` (the head, INCR'd), ``parley:{r<id>}:log`` (a Stream
+whose entry ids are ``<seq>-0``). Per live reply: ``parley:{r<id>}:m:<id>:text`` and
+``:status``, under its room's hash tag like every key of the room (chat/redis.py), so each
+script below touches one slot of a Redis Cluster. One Lua script assigns the seq, appends
+to the log and updates the live reply in a single atomic step, so the log never has a gap
+and a snapshot read in one step is exact at its seq.
 
 Redis here keeps nothing on disk. When it restarts, the seq key is gone: it is seeded
 again from ``Room.seq_reserved`` in the database, which every process raises above each
@@ -28,7 +30,7 @@ from django.db.models.functions import Greatest
 
 from chat.events.store import EventStore, LiveState, Opening, StoreUnavailable, live_change
 from chat.models import Room
-from chat.redis import UNAVAILABLE, get_redis, get_sync_redis
+from chat.redis import UNAVAILABLE, get_redis, get_sync_redis, room_key
 from core import metrics
 
 # Returns -1 when the seq key is missing (first use, or Redis restarted): the caller
@@ -49,10 +51,20 @@ from core import metrics
 # another process's went first), then its event (ARGV[9] = 'none'). So a member who
 # resynchronises across the loss replays that snapshot and every event after it, the
 # terminal `generation` of a reply that ended during the outage among them (``since``).
+#
+# On a Redis Cluster a master can die with writes its replica had not received yet: the
+# promoted replica's seq is behind seqs already published. ARGV[10] is the highest seq this
+# process was given for the room or handed to its members (``saw``); a head below it means
+# those writes were lost. The stream
+# must never repeat a seq, so the script moves the head back past it and skips one (members
+# meet a gap the log cannot fill and take a snapshot), and a running reply's live copy,
+# which may have lost deltas too, is re-created from its owner's as after a restart.
 _APPEND = """
 local eid = redis.call('GET', KEYS[5])
 if eid then return tonumber(eid) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local known = tonumber(ARGV[10])
+local regressed = tonumber(redis.call('GET', KEYS[1])) < known
 local empty = redis.call('XLEN', KEYS[2]) == 0 and tonumber(redis.call('GET', KEYS[1])) > 0
 if ARGV[9] == 'opening' and not empty then return -4 end
 if ARGV[9] == 'ask' and empty then return -3 end
@@ -61,10 +73,12 @@ local lost = false
 if kind == 'append' or kind == 'status' or kind == 'end' then
   lost = redis.call('EXISTS', KEYS[3]) == 0 or redis.call('EXISTS', KEYS[4]) == 0
 end
+if regressed and (kind == 'append' or kind == 'status') then lost = true end
 if lost and ARGV[6] == 'none' then lost = false end
 if lost and kind ~= 'end' and ARGV[6] == 'ask' then return -2 end
 local ttl = tonumber(ARGV[4])
-if lost then redis.call('INCR', KEYS[1]) end
+if regressed then redis.call('SET', KEYS[1], known) end
+if lost or regressed then redis.call('INCR', KEYS[1]) end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 'e', ARGV[1])
@@ -105,20 +119,29 @@ return out
 """
 
 
+# KEYS: seq, log; ARGV[1]: the first entry id wanted. Returns {head or false, entries}:
+# the head and the log after it read in one step (a script, not MULTI: a cluster client
+# runs no transaction, and a script on one slot is atomic in both modes).
+_SINCE = """
+local head = redis.call('GET', KEYS[1])
+return {head, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+"""
+
+
 def _seq_key(room_id: int) -> str:
-    return f"parley:r:{room_id}:seq"
+    return room_key(room_id, "seq")
 
 
 def _log_key(room_id: int) -> str:
-    return f"parley:r:{room_id}:log"
+    return room_key(room_id, "log")
 
 
-def _text_key(message_id: str) -> str:
-    return f"parley:m:{message_id}:text"
+def _text_key(room_id: int, message_id: str) -> str:
+    return room_key(room_id, "m", message_id, "text")
 
 
-def _status_key(message_id: str) -> str:
-    return f"parley:m:{message_id}:status"
+def _status_key(room_id: int, message_id: str) -> str:
+    return room_key(room_id, "m", message_id, "status")
 
 
 class RedisEventStore(EventStore):
@@ -127,10 +150,18 @@ class RedisEventStore(EventStore):
     def __init__(self) -> None:
         # The highest seq_reserved this process knows the database holds, per room.
         self._floors: dict[int, int] = {}
+        # The highest seq this process was given or handed to its members, per room: a
+        # head found below it was lost in a failover (``_APPEND``).
+        self._known: dict[int, int] = {}
+
+    def saw(self, room_id: int, seq: int) -> None:
+        if seq > self._known.get(room_id, 0):
+            self._known[room_id] = seq
 
     def forget(self, room_id: int) -> None:
         # Only a cache: the next append raises the database's floor again (one write).
         self._floors.pop(room_id, None)
+        self._known.pop(room_id, None)
 
     async def append(
         self,
@@ -151,6 +182,7 @@ class RedisEventStore(EventStore):
             seq = await self._append(room_id, body, key=key, live=live, first="none")
         if seq < 0:  # pragma: no cover - seeded, and opened, just above
             raise StoreUnavailable("the room's seq could not be seeded")
+        self._known[room_id] = max(self._known.get(room_id, 0), seq)
         if seq > self._floors.get(room_id, 0):
             # Keep the database's floor above every seq that goes out (see module doc).
             self._floors[room_id] = await database_sync_to_async(_raise_floor)(
@@ -175,12 +207,13 @@ class RedisEventStore(EventStore):
         keys = [
             _seq_key(room_id),
             _log_key(room_id),
-            _text_key(message_id),
-            _status_key(message_id),
-            f"parley:eid:{key}",
+            _text_key(room_id, message_id),
+            _status_key(room_id, message_id),
+            room_key(room_id, "eid", key),
         ]
         ttl, maxlen = settings.PARLEY_REDIS_TTL, settings.PARLEY_LOG_MAX_EVENTS
-        args = [payload, kind, value, ttl, maxlen, "ask" if live else "none", "", "", first]
+        known = self._known.get(room_id, 0)
+        args = [payload, kind, value, ttl, maxlen, "ask" if live else "none", "", "", first, known]
         try:
             client = get_redis()
             seq = int(await client.eval(_APPEND, len(keys), *keys, *args))
@@ -218,10 +251,8 @@ class RedisEventStore(EventStore):
 
     async def since(self, room_id: int, after: int) -> list[dict[str, Any]] | None:
         try:
-            async with get_redis().pipeline(transaction=True) as pipe:
-                pipe.get(_seq_key(room_id))
-                pipe.xrange(_log_key(room_id), min=f"{after + 1}-0", max="+")
-                head_raw, entries = await pipe.execute()
+            keys = [_seq_key(room_id), _log_key(room_id)]
+            head_raw, entries = await get_redis().eval(_SINCE, len(keys), *keys, f"{after + 1}-0")
         except UNAVAILABLE as exc:
             metrics.store_error("since")
             raise StoreUnavailable(str(exc)) from exc
@@ -253,7 +284,7 @@ class RedisEventStore(EventStore):
         ids = list(message_ids)
         keys = [_seq_key(room_id)]
         for message_id in ids:
-            keys += [_text_key(message_id), _status_key(message_id)]
+            keys += [_text_key(room_id, message_id), _status_key(room_id, message_id)]
         try:
             out = await get_redis().eval(_LIVE_VIEW, len(keys), *keys)
             if int(out[0]) < 0:
@@ -277,8 +308,10 @@ class RedisEventStore(EventStore):
         return int(value) if value is not None else room.seq_reserved
 
 
-def _decode(entry_id: bytes, fields: Mapping[bytes, bytes]) -> dict[str, Any]:
-    event: dict[str, Any] = json.loads(fields[b"e"])
+def _decode(entry_id: bytes, fields: list[bytes]) -> dict[str, Any]:
+    """A log entry as XRANGE returns it to a script: its id and [field, value, ...]."""
+    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+    event: dict[str, Any] = json.loads(pairs[b"e"])
     event["seq"] = int(entry_id.split(b"-", 1)[0])
     return event
 

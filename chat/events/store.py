@@ -106,6 +106,10 @@ class EventStore(ABC):
     def head_sync(self, room: Room) -> int:
         """The room's latest seq, from synchronous code (JSON views in worker threads)."""
 
+    def saw(self, room_id: int, seq: int) -> None:  # noqa: B027 - most stores need not know
+        """``seq`` of the room reached this process's members: a store that can lose writes
+        already published (a Redis Cluster failover) must never hand it out again."""
+
     def forget(self, room_id: int) -> None:  # noqa: B027 - most stores keep no cache
         """The room went idle in this process: drop caches kept for it (never the record)."""
 

@@ -1,7 +1,7 @@
 """Controls across processes: the worker's control channel.
 
 A control for a reply another process runs goes to that process's control channel (found
-under its lease, ``parley:w:<worker>``), which applies it and answers on the sender's. The
+under its lease, ``parley:{g}:w:<worker>``), which applies it and answers on the sender's. The
 same channel carries the room queues' notices. Actions other than pause/resume/stop are
 registered by the apps that define them (voice's ``silence``), so this module knows none
 of them.

@@ -1,6 +1,6 @@
 """The worker lease, and the sweep that ends the replies of processes that died.
 
-With Redis, each process refreshes ``parley:w:<worker id>`` (its control channel, with a
+With Redis, each process refreshes ``parley:{g}:w:<worker id>`` (its control channel, with a
 TTL) every heartbeat. A reply whose worker's key has expired belongs to a dead process:
 any survivor marks it ``interrupted``, takes it out of the room's queue and tells the
 room. A restart of Redis wipes every lease at once, live or not, so a missing lease
@@ -42,14 +42,18 @@ if not born then
 end
 return string.format('%.6f', t - tonumber(born))
 """
-_STORE_BORN_KEY = "parley:store-born"
+# The marker and the leases share one slot (``{g}``, chat/redis.py): the heartbeat's
+# script sets a lease and reads the marker in one step, which a cluster allows only
+# within a slot. And a Redis Cluster shard that restarts empty loses the marker with the
+# very leases it vouches for, never leases elsewhere.
+_STORE_BORN_KEY = redis_conn.global_key("store-born")
 
 # Called for each reply the sweep interrupts: (room id, message id, its dead worker).
 OnInterrupted = Callable[[int, int, str], Awaitable[None]]
 
 
 def worker_key(worker_id: str) -> str:
-    return f"parley:w:{worker_id}"
+    return redis_conn.global_key("w", worker_id)
 
 
 async def store_age() -> float:

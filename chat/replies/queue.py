@@ -1,7 +1,7 @@
 """Each room's replies in order, one running at a time, across every process.
 
 Without Redis (one process) the order is a local queue. With Redis it is the list
-``parley:r:<id>:queue`` of ``<message id>|<worker id>``: a reply runs when it heads the
+``parley:{r<id>}:queue`` of ``<message id>|<worker id>``: a reply runs when it heads the
 list; the process that ends it removes it and notifies the room's waiting processes
 (channel-layer group ``roomq.<id>``); a waiter also re-checks every
 ``QUEUE_RECHECK_INTERVAL`` and removes a head whose worker is dead.
@@ -32,7 +32,7 @@ QUEUE_RECHECK_INTERVAL = 1.0
 
 
 def queue_key(room_id: int) -> str:
-    return f"parley:r:{room_id}:queue"
+    return redis_conn.room_key(room_id, "queue")
 
 
 def queue_group(room_id: int) -> str:

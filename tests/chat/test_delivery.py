@@ -19,6 +19,7 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
+from chat.redis import room_key
 from tests.support.openai_server import Scenario
 from tests.support.redis_server import RedisServer
 from tests.support.rooms import ask, connect, stored
@@ -168,7 +169,7 @@ async def test_an_idle_room_reads_the_store_once_per_interval_not_per_connection
         server = daphne_factory(REDIS_URL=redis.url, PARLEY_RESYNC_INTERVAL=str(interval))
         room, people = await sync_to_async(room_of)(20)
         clients = [await connect(server, room, token) for _, token in people]
-        seq_key = f"parley:r:{room.pk}:seq".encode()
+        seq_key = room_key(room.pk, "seq").encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", redis.port)
         writer.write(b"MONITOR\r\n")
         await reader.readline()  # +OK

@@ -22,7 +22,7 @@ from chat.events.memory import MemoryEventStore
 from chat.events.redis_store import RedisEventStore
 from chat.events.schema import delta_body, generation_body, message_body
 from chat.events.store import EventStore
-from chat.redis import get_redis, get_sync_redis
+from chat.redis import get_redis, get_sync_redis, room_key
 from chat.serializers import MessageDict
 from tests.support.redis_server import LossyProxy, RedisServer
 
@@ -59,7 +59,7 @@ async def kind(request: pytest.FixtureRequest, settings: Any) -> AsyncIterator[s
 async def store(kind: str, room: Any, other_room: Any) -> AsyncIterator[EventStore]:
     if kind == "redis":
         # Keys of rooms with these ids from another session on this Redis.
-        stale = [f"parley:r:{r.pk}:{k}" for r in (room, other_room) for k in ("seq", "log")]
+        stale = [room_key(r.pk, k) for r in (room, other_room) for k in ("seq", "log")]
         await get_redis().delete(*stale)
     store = make(kind)
     yield store
@@ -226,10 +226,10 @@ async def test_an_emit_retried_after_a_lost_answer_is_recorded_once(
         event = await asyncio.wait_for(emit, 30)
         assert proxy.lost >= 1
         direct = redis.Redis(port=server.port)
-        log = direct.xrange(f"parley:r:{room.pk}:log")
+        log = direct.xrange(room_key(room.pk, "log"))
         bodies = [entry[1][b"e"] for entry in log]
         assert bodies.count(b'{"type":"note","n":1}') == 1, bodies
-        assert int(direct.get(f"parley:r:{room.pk}:seq")) == event["seq"]
+        assert int(direct.get(room_key(room.pk, "seq"))) == event["seq"]
     finally:
         logging.getLogger("chat.events").removeHandler(seen)
         await proxy.stop()
@@ -273,3 +273,45 @@ async def test_a_log_emptied_by_a_restart_opens_with_a_snapshot_that_replays_on(
         await hub.aclose()
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("redis", marks=pytest.mark.redis)],
+    indirect=True,
+)
+async def test_a_head_that_went_back_never_hands_a_seq_out_twice(
+    store: EventStore, room: Any
+) -> None:
+    """What a Redis Cluster failover can leave: the promoted replica lacks the last writes
+    its master acknowledged (replication is asynchronous), so the head is behind seqs
+    already published. The next append of a process that was given them, or handed them
+    to its members, moves past them with a gap (members take a snapshot), and a running
+    reply's live copy is re-created from its owner's whole text."""
+    mid = f"contract-{uuid.uuid4().hex}"
+    await append(store, room.pk, message_body(reply(mid)))
+    await append(store, room.pk, generation_body(message_id=mid, state="streaming"))
+    await append(store, room.pk, delta_body(message_id=mid, text="Hel"))
+    published = [await append(store, room.pk, delta_body(message_id=mid, text=t)) for t in "lo"]
+    last = published[-1]["seq"]
+    # The failover: the two last deltas never reached the replica.
+    client = get_redis()
+    await client.set(room_key(room.pk, "seq"), last - 2)
+    await client.xdel(room_key(room.pk, "log"), *(f"{e['seq']}-0" for e in published))
+    await client.set(room_key(room.pk, "m", mid, "text"), "Hel")
+    owner_text = "Hello!"
+    event = await store.append(
+        room.pk,
+        delta_body(message_id=mid, text="!"),
+        key=uuid.uuid4().hex,
+        live=lambda: (owner_text, "streaming"),
+    )
+    assert event["seq"] > last + 1  # past every seq published, with a gap
+    assert await store.since(room.pk, last) is None  # the member resynchronises
+    assert (await store.live_view(room.pk, [mid]))[1] == {mid: (owner_text, "streaming")}
+
+    # Another process that only handed the seq to its members is caught the same way.
+    await client.set(room_key(room.pk, "seq"), last - 2)
+    other = RedisEventStore()
+    other.saw(room.pk, event["seq"])
+    assert (await append(other, room.pk, note(1)))["seq"] > event["seq"] + 1

@@ -277,6 +277,7 @@ class RoomChannel:
             if self._on_room_changed is not None:
                 self._on_room_changed(self.room_id)
         self.last_seq = frame.seq
+        self.hub.saw(self.room_id, frame.seq)
         await self._fan(frame, self.subscribers.values())
         self.progress.set()
 

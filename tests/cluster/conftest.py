@@ -4,12 +4,20 @@ One cluster of 3 masters and 3 replicas per session (``redis_cluster``), torn do
 tests that kill or reshard a master take a fresh one of their own (``own_cluster``), so the
 others always see a whole cluster. ``redis_url`` is the cluster's URL here, so the
 multi-process tests of tests/chat run unchanged against it.
+
+Daphnes on the cluster share the test database with the suite's session daphne, which is
+on the machine's own Redis: its orphan sweep would find their leases missing from its Redis
+and interrupt their live replies, as it must for processes of its own deployment. So every
+test here that starts daphnes runs with the session daphne stopped (``sole_deployment``).
+Alone these tests passed without it (no session daphne was running); in the full suite they
+did not.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -43,3 +51,9 @@ def own_cluster() -> Iterator[RedisCluster]:
 @pytest.fixture
 def redis_url(redis_cluster: RedisCluster) -> str:
     return redis_cluster.url
+
+
+@pytest.fixture(autouse=True)
+def _cluster_is_the_sole_deployment(request: Any) -> None:
+    if "daphne_factory" in request.fixturenames:
+        request.getfixturevalue("sole_deployment")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -46,6 +46,44 @@ def _close_worker_thread_connections(django_db_setup: Any) -> Iterator[None]:
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
+# How many times a flush that lost a deadlock is tried again (see below).
+FLUSH_TRIES = 5
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_survives_a_deadlock() -> Iterator[None]:
+    """Try a transactional test's flush again when PostgreSQL picks it as a deadlock's
+    victim.
+
+    The flush (``TRUNCATE`` of every table, in one transaction) runs while the session's
+    daphne may still be finishing what the test left running: a reply ending, an event
+    stored. ``TRUNCATE`` takes its table locks one by one, so it can deadlock with a
+    transaction of the daphne's holding a row in one table and waiting on another; the loser
+    is rolled back whole. When it was the flush, the next test found the last one's rows
+    ("duplicate key ... (username)=(ann)": a browser test had just sent a message, and its
+    reply was being stored as the flush began). Tried again, the flush finds the daphne's
+    transaction over. Other errors are raised at once.
+    """
+    from django.db.backends.base.operations import BaseDatabaseOperations
+    from django.db.utils import OperationalError
+    from psycopg.errors import DeadlockDetected
+
+    original = BaseDatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: BaseDatabaseOperations, sql_list: Iterable[str]) -> None:
+        for attempt in range(FLUSH_TRIES):
+            try:
+                return original(self, sql_list)
+            except OperationalError as exc:
+                lost = isinstance(exc.__cause__, DeadlockDetected)
+                if not lost or attempt == FLUSH_TRIES - 1:
+                    raise
+
+    BaseDatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
+    yield
+    BaseDatabaseOperations.execute_sql_flush = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -264,17 +264,26 @@ def _close_here() -> Any:
 async def _warm_up() -> None:
     """Pay at start what the first send would otherwise pay: the model client (or the
     bundled model's load), the ORM thread's database connection, the URL resolver."""
-    from django.db import connection
     from django.urls import get_resolver
 
     from chat.llm import get_backend
 
     try:
         await get_backend().warm()
-        await database_sync_to_async(connection.ensure_connection)()
+        await database_sync_to_async(_connect)()
         get_resolver().resolve("/healthz")
     except Exception:  # noqa: BLE001 - a cold start is slower, not broken
         logger.warning("warming up at start failed", exc_info=True)
+
+
+def _connect() -> None:
+    # ``connection`` is looked up here, on the ORM thread: a connection is per thread, and
+    # ``connection.ensure_connection`` taken on the event loop would be the loop thread's,
+    # which Django refuses to use from another ("DatabaseWrapper objects created in a
+    # thread can only be used in that same thread").
+    from django.db import connection
+
+    connection.ensure_connection()
 
 
 def _log_start_failure(task: asyncio.Task[None]) -> None:

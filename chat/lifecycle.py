@@ -49,6 +49,7 @@ from chat.models import (
     Rating,
     Role,
 )
+from chat.ratelimit import action_allow
 from chat.replies import reply_control_checked, reply_regenerate_for_message
 from chat.serializers import MessageDict, message_to_dict
 from chat.text import clean_text
@@ -175,12 +176,14 @@ async def message_edit(
     Refused, with nothing changed: not a member (``not_found``), a message that is not
     theirs or an assistant's reply (``forbidden``), a deleted one (``not_found``), one
     whose reply is still queued, being written or paused (``busy``: stop it or let it end
-    first), text that a send would refuse. The same text again changes nothing."""
+    first), text that a send would refuse, past the action rate limit (``rate_limited``;
+    chat/ratelimit.py). The same text again changes nothing."""
     if not isinstance(rerun, bool):
         raise BadRequest("rerun must be true or false")
     text = clean_text(
         text, field="text", max_chars=settings.PARLEY_MAX_MESSAGE_CHARS, too_long=TooLong
     )
+    await action_allow(user_id=user.pk)
     room_id, pk, changed = await database_sync_to_async(_edit_write)(
         user=user, message_id=message_id, text=text
     )
@@ -270,7 +273,8 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
     A reply still being written (the message itself, or a reply to it) is stopped first,
     as its stop control would (``generation`` ``stopped``, reason ``user``, by the
     deleter), so no delta follows the tombstone. Deleting a deleted message again is a
-    no-op that answers the tombstone."""
+    no-op that answers the tombstone. Each delete takes from the action rate limit."""
+    await action_allow(user_id=user.pk)
     pk, live = await database_sync_to_async(_delete_check)(user=user, message_id=message_id)
     for _round in range(DELETE_STOP_ROUNDS):
         for reply in live:
@@ -294,7 +298,8 @@ async def message_rate(
 ) -> MessageDict:
     """A member rates an assistant reply up (1) or down (-1), with an optional comment,
     or clears their rating (0). One rating per member and reply; rating again changes it.
-    The ``rating`` event carries the reply's counts as they are after the write."""
+    The ``rating`` event carries the reply's counts as they are after the write. Each
+    rating takes from the action rate limit (a script flipping one would flood the room)."""
     if not isinstance(value, int) or isinstance(value, bool) or value not in RATING_VALUES:
         raise BadRequest("value must be 1 (up), -1 (down) or 0 (clear)")
     comment = clean_text(
@@ -304,6 +309,7 @@ async def message_rate(
         required=False,
         too_long=TooLong,
     )
+    await action_allow(user_id=user.pk)
     room_id, pk, changed = await database_sync_to_async(_rate_write)(
         user=user, message_id=message_id, value=value, comment=comment
     )

@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from chat import events, selectors
 from chat.errors import BadRequest, Busy, Forbidden, NotFound, NotGenerating, TooLong
+from chat.extensions import STORED, EraseHook
 from chat.models import (
     LIVE_STATUSES,
     Generation,
@@ -268,7 +269,8 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
     """``user`` deletes a message: their own, or any as a room owner or staff. Every member
     sees it become a tombstone (a ``delete`` event; ``"deleted": true`` and no text from
     then on); it leaves prompts, exports and search. Its text stays for staff in the
-    admin until ``purge_deleted`` erases it.
+    admin until ``purge_deleted`` erases it. What members could fetch of it elsewhere (a
+    reply's audio: the ``STORED.deleted`` hooks) is removed at once.
 
     A reply still being written (the message itself, or a reply to it) is stopped first,
     as its stop control would (``generation`` ``stopped``, reason ``user``, by the
@@ -286,6 +288,7 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
         if not live:
             if room_id is not None:
                 await _announce(room_id=room_id, pk=pk, kind="delete")
+                await database_sync_to_async(_erase)(STORED.deleted, [pk])
             return await database_sync_to_async(_wire)(pk)
     raise Busy("replies to this message keep starting; try again")
 
@@ -355,9 +358,22 @@ def _rate_write(
 # --- Retention ----------------------------------------------------------------------------
 
 
+def _erase(hooks: list[EraseHook], message_ids: list[int]) -> None:
+    """Run other apps' erase hooks (chat/extensions.py ``STORED``) after a commit. A hook
+    that fails is logged: the database change it follows stands."""
+    if not message_ids:
+        return
+    for hook in hooks:
+        try:
+            hook(message_ids)
+        except Exception:
+            logger.exception("erasing what %r keeps of messages %s failed", hook, message_ids)
+
+
 def deleted_purge(*, now: datetime.datetime | None = None) -> int:
     """Erase the text of messages deleted more than PARLEY_DELETED_RETENTION_DAYS ago, with
-    their edit history and what was heard of them; how many messages were erased. The
+    their edit history, what was heard of them, and what other apps keep of them (voice:
+    their audio files; the ``STORED.purged`` hooks); how many messages were erased. The
     tombstones stay (members see "message deleted" where they were)."""
     cutoff = (now or timezone.now()) - datetime.timedelta(
         days=settings.PARLEY_DELETED_RETENTION_DAYS
@@ -372,4 +388,5 @@ def deleted_purge(*, now: datetime.datetime | None = None) -> int:
         Message.objects.filter(pk__in=ids).update(text="")
         MessageEdit.objects.filter(message_id__in=ids).delete()
         Generation.objects.filter(message_id__in=ids).update(heard_text=None, speech_marks=[])
+    _erase(STORED.purged, ids)
     return len(ids)

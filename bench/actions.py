@@ -200,6 +200,7 @@ def main() -> None:
             "OPENAI_BASE_URL": fake.base_url,
             "OPENAI_API_KEY": "bench",
             "PARLEY_SEND_BURST": "100000",
+            "PARLEY_ACTION_BURST": "100000",
             "VOICE_PRELOAD": "0",
         }
         server = DaphneServer(env).start()

@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from chat import events, selectors
 from chat.errors import BadRequest, Busy, Forbidden, NotFound, NotGenerating, TooLong
+from chat.extensions import STORED, EraseHook
 from chat.models import (
     LIVE_STATUSES,
     Generation,
@@ -49,6 +50,7 @@ from chat.models import (
     Rating,
     Role,
 )
+from chat.ratelimit import action_allow
 from chat.replies import reply_control_checked, reply_regenerate_for_message
 from chat.serializers import MessageDict, message_to_dict
 from chat.text import clean_text
@@ -175,12 +177,14 @@ async def message_edit(
     Refused, with nothing changed: not a member (``not_found``), a message that is not
     theirs or an assistant's reply (``forbidden``), a deleted one (``not_found``), one
     whose reply is still queued, being written or paused (``busy``: stop it or let it end
-    first), text that a send would refuse. The same text again changes nothing."""
+    first), text that a send would refuse, past the action rate limit (``rate_limited``;
+    chat/ratelimit.py). The same text again changes nothing."""
     if not isinstance(rerun, bool):
         raise BadRequest("rerun must be true or false")
     text = clean_text(
         text, field="text", max_chars=settings.PARLEY_MAX_MESSAGE_CHARS, too_long=TooLong
     )
+    await action_allow(user_id=user.pk)
     room_id, pk, changed = await database_sync_to_async(_edit_write)(
         user=user, message_id=message_id, text=text
     )
@@ -265,12 +269,14 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
     """``user`` deletes a message: their own, or any as a room owner or staff. Every member
     sees it become a tombstone (a ``delete`` event; ``"deleted": true`` and no text from
     then on); it leaves prompts, exports and search. Its text stays for staff in the
-    admin until ``purge_deleted`` erases it.
+    admin until ``purge_deleted`` erases it. What members could fetch of it elsewhere (a
+    reply's audio: the ``STORED.deleted`` hooks) is removed at once.
 
     A reply still being written (the message itself, or a reply to it) is stopped first,
     as its stop control would (``generation`` ``stopped``, reason ``user``, by the
     deleter), so no delta follows the tombstone. Deleting a deleted message again is a
-    no-op that answers the tombstone."""
+    no-op that answers the tombstone. Each delete takes from the action rate limit."""
+    await action_allow(user_id=user.pk)
     pk, live = await database_sync_to_async(_delete_check)(user=user, message_id=message_id)
     for _round in range(DELETE_STOP_ROUNDS):
         for reply in live:
@@ -282,6 +288,7 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
         if not live:
             if room_id is not None:
                 await _announce(room_id=room_id, pk=pk, kind="delete")
+                await database_sync_to_async(_erase)(STORED.deleted, [pk])
             return await database_sync_to_async(_wire)(pk)
     raise Busy("replies to this message keep starting; try again")
 
@@ -294,7 +301,8 @@ async def message_rate(
 ) -> MessageDict:
     """A member rates an assistant reply up (1) or down (-1), with an optional comment,
     or clears their rating (0). One rating per member and reply; rating again changes it.
-    The ``rating`` event carries the reply's counts as they are after the write."""
+    The ``rating`` event carries the reply's counts as they are after the write. Each
+    rating takes from the action rate limit (a script flipping one would flood the room)."""
     if not isinstance(value, int) or isinstance(value, bool) or value not in RATING_VALUES:
         raise BadRequest("value must be 1 (up), -1 (down) or 0 (clear)")
     comment = clean_text(
@@ -304,6 +312,7 @@ async def message_rate(
         required=False,
         too_long=TooLong,
     )
+    await action_allow(user_id=user.pk)
     room_id, pk, changed = await database_sync_to_async(_rate_write)(
         user=user, message_id=message_id, value=value, comment=comment
     )
@@ -349,9 +358,22 @@ def _rate_write(
 # --- Retention ----------------------------------------------------------------------------
 
 
+def _erase(hooks: list[EraseHook], message_ids: list[int]) -> None:
+    """Run other apps' erase hooks (chat/extensions.py ``STORED``) after a commit. A hook
+    that fails is logged: the database change it follows stands."""
+    if not message_ids:
+        return
+    for hook in hooks:
+        try:
+            hook(message_ids)
+        except Exception:
+            logger.exception("erasing what %r keeps of messages %s failed", hook, message_ids)
+
+
 def deleted_purge(*, now: datetime.datetime | None = None) -> int:
     """Erase the text of messages deleted more than PARLEY_DELETED_RETENTION_DAYS ago, with
-    their edit history and what was heard of them; how many messages were erased. The
+    their edit history, what was heard of them, and what other apps keep of them (voice:
+    their audio files; the ``STORED.purged`` hooks); how many messages were erased. The
     tombstones stay (members see "message deleted" where they were)."""
     cutoff = (now or timezone.now()) - datetime.timedelta(
         days=settings.PARLEY_DELETED_RETENTION_DAYS
@@ -366,4 +388,5 @@ def deleted_purge(*, now: datetime.datetime | None = None) -> int:
         Message.objects.filter(pk__in=ids).update(text="")
         MessageEdit.objects.filter(message_id__in=ids).delete()
         Generation.objects.filter(message_id__in=ids).update(heard_text=None, speech_marks=[])
+    _erase(STORED.purged, ids)
     return len(ids)

@@ -344,6 +344,12 @@ PARLEY_PAUSE_TIMEOUT = env.float("PARLEY_PAUSE_TIMEOUT", default=600.0)
 # too few for a script flooding a room or the model.
 PARLEY_SEND_BURST = env.int("PARLEY_SEND_BURST", default=10)
 PARLEY_SEND_PER_SECOND = env.float("PARLEY_SEND_PER_SECOND", default=1.0)
+# Edits, deletes, ratings and version picks per user (chat/ratelimit.py: a bucket apart
+# from sends). Each is an event to every member of the room; 20 at once covers tidying up
+# a conversation or rating a page of replies, and one a second after that is more than a
+# person clicks, while a script flipping a rating is held to one event a second per room.
+PARLEY_ACTION_BURST = env.int("PARLEY_ACTION_BURST", default=20)
+PARLEY_ACTION_PER_SECOND = env.float("PARLEY_ACTION_PER_SECOND", default=1.0)
 # A resend with the same client_id within this window returns the first send's message
 # instead of a second one (docs/protocol.md). Clients resend after seconds or minutes (a
 # reconnect, a store outage of PARLEY_STORE_RETRY_SECONDS); an hour also covers a laptop

@@ -53,6 +53,7 @@ from parley_client.models import (
     Reconnecting,
     Room,
     RoomEvent,
+    SearchHit,
     Snapshot,
     Typing,
     VersionEvent,
@@ -94,6 +95,7 @@ STYLE = Style.from_dict(
         "state": "italic #888888",
         "spoken": "italic #888888",
         "note": "#888888",
+        "match": "bold underline",
         "error": "ansired",
         "prompt": "bold",
         "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
@@ -107,6 +109,8 @@ HELP = """\
 /audio FILE.wav         save spoken replies (FILE-<id>.wav each); /audio off stops
 /edit [#ID] TEXT         edit your last message (or message ID) to read TEXT
 /delete [ID]            delete your last message (or message ID; owners: any)
+/search WORDS           find this room's messages with WORDS, newest first
+/more                   the next, older page of the last /search
 /assistants             list the room's assistants (mention one with @handle)
 /rooms                  list the rooms you can see
 /join SLUG              go to another room (joining it if it is public)
@@ -178,6 +182,29 @@ def clock(message: Message) -> str:
     return created.astimezone().strftime("%H:%M")
 
 
+def when(message: Message, today: datetime | None = None) -> str:
+    """``14:05`` for a message of today, ``2025-03-04 14:05`` for an older one (a search
+    finds last week's messages too)."""
+    created = message.created_at
+    if created is None:
+        return "?"
+    local = created.astimezone()
+    now = today or datetime.now().astimezone()
+    return local.strftime("%H:%M" if local.date() == now.date() else "%Y-%m-%d %H:%M")
+
+
+def describe_hit(hit: SearchHit) -> list[tuple[str, str]]:
+    """One search result as a line: when, who, the snippet with the matched words marked
+    (on one line), and the id that /edit #ID and /delete ID take."""
+    message = hit.message
+    style = "class:assistant" if message.role == "assistant" else "class:author"
+    fragments = [("class:time", f"  [{when(message)}] "), (style, speaker(message)), ("", ": ")]
+    for text, matched in hit.parts():
+        fragments.append(("class:match" if matched else "", " ".join(text.splitlines())))
+    fragments.append(("class:note", f"  #{message.id}"))
+    return fragments
+
+
 def describe_end(event: Generation) -> str:
     """``complete · 12 tokens · first token 180 ms · 7.8 tokens/s`` and the like."""
     parts = [event.state if not event.by else f"{event.state} by {event.by}"]
@@ -228,6 +255,9 @@ class ChatApp:
         # own messages, newest last (what /edit and /delete address by default).
         self.authors: dict[str, str] = {}
         self.mine: list[str] = []
+        # The last /search: its words and the ``before`` of its next page (None: no more).
+        self.search_q: str | None = None
+        self.search_before: str | None = None
         self.last_ctrl_c = 0.0
         self.last_typing_sent = 0.0
         self.exit_code = 0
@@ -473,6 +503,10 @@ class ChatApp:
                 await self.edit(arg)
             elif name == "delete":
                 await self.delete(arg or None)
+            elif name == "search":
+                await self.search(arg)
+            elif name == "more":
+                await self.search_more()
             elif name == "voice":
                 if arg not in VOICE_MODES:
                     self.say(("class:error", "usage: /voice normal|streaming|realtime|off"))
@@ -533,6 +567,38 @@ class ChatApp:
             self.say(("class:note", "you have sent no message here to delete"))
             return
         await self.room.delete(target)
+
+    async def search(self, words: str) -> None:
+        """``/search WORDS``: the first page of this room's messages with WORDS."""
+        if not words:
+            self.say(("class:error", "usage: /search WORDS (then /more for older matches)"))
+            return
+        self.search_q, self.search_before = words, None
+        await self._search_page()
+
+    async def search_more(self) -> None:
+        """``/more``: the next page of the last search."""
+        if self.search_q is None:
+            self.say(("class:note", "nothing searched yet: /search WORDS"))
+        elif self.search_before is None:
+            self.say(("class:note", f"no older matches for {self.search_q!r}"))
+        else:
+            await self._search_page()
+
+    async def _search_page(self) -> None:
+        assert self.search_q is not None
+        first = self.search_before is None
+        page = await self.client.search(self.slug, self.search_q, before=self.search_before)
+        if first:
+            found = "no messages match" if not page.hits else "messages matching"
+            self.say(("class:note", f"{found} {self.search_q!r}, newest first:"))
+        for hit in page.hits:
+            self.say(*describe_hit(hit))
+        self.search_before = page.next_before
+        if page.more:
+            self.say(("class:note", "  (older matches: /more)"))
+        elif page.hits:
+            self.say(("class:note", "  (no older matches)"))
 
     def _forget_mine(self, message_id: str) -> None:
         with contextlib.suppress(ValueError):

@@ -28,7 +28,7 @@ from parley_client.errors import (
     error_from_body,
     network_reason,
 )
-from parley_client.models import Assistant, Message, Models, Room, Sent
+from parley_client.models import Assistant, Message, Models, Room, SearchHit, SearchPage, Sent
 from parley_client.room import DEFAULT_BUFFER, Backoff, RoomSession, Transport
 from parley_client.transport import room_path
 
@@ -253,6 +253,18 @@ class Client:
         )
         messages = [Message.from_dict(m) for m in _field(body, "messages", list)]
         return MessagePage(messages, int(body.get("head") or 0))
+
+    async def search(self, slug: str, q: str, *, before: str | None = None) -> SearchPage:
+        """Extension: the room's messages matching ``q``, newest first, a page at a time
+        (``GET /api/rooms/<slug>/search``; docs/protocol.md "Search"). For older matches
+        pass ``before=page.next_before``. Deleted messages never match. ``q`` is one line
+        (on PostgreSQL: words, ``"a phrase"``, ``-without``, ``or``)."""
+        params = _drop_none(q=q, before=before)
+        body = await self._call(
+            "GET", f"/api/rooms/{room_path(slug)}/search", params=params, room_scope=True
+        )
+        hits = tuple(SearchHit.from_dict(h) for h in _field(body, "results", list))
+        return SearchPage(hits=hits, more=body.get("more") is True)
 
     async def message(self, message_id: str) -> Message:
         return Message.from_dict(await self._call("GET", f"/api/messages/{_path_id(message_id)}"))

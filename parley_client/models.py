@@ -49,6 +49,8 @@ __all__ = [
     "ReplyAssistant",
     "Room",
     "RoomEvent",
+    "SearchHit",
+    "SearchPage",
     "Sent",
     "Snapshot",
     "Typing",
@@ -411,6 +413,72 @@ class Sent:
     @property
     def id(self) -> str:
         return (self.reply or self.message).id
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """Extension: one result of a room search (docs/protocol.md "Search"): the message,
+    a plain-text ``snippet`` around the match (never HTML), and the ``[start, end)``
+    offsets of the matched words in the snippet."""
+
+    message: Message
+    snippet: str
+    highlights: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SearchHit:
+        if not isinstance(d, Mapping):
+            raise MalformedEvent("a search result must be a JSON object")
+        found = d.get("message")
+        if not isinstance(found, Mapping):
+            raise MalformedEvent("a search result needs its message")
+        message = Message.from_dict(found)
+        snippet = d.get("snippet")
+        if not isinstance(snippet, str):
+            snippet = message.text
+        spans: list[tuple[int, int]] = []
+        raw = d.get("highlights")
+        for span in raw if isinstance(raw, list) else []:
+            # Offsets the snippet cannot hold are dropped, not trusted.
+            if (
+                isinstance(span, list)
+                and len(span) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in span)
+                and 0 <= span[0] < span[1] <= len(snippet)
+            ):
+                spans.append((span[0], span[1]))
+        return cls(message=message, snippet=snippet, highlights=tuple(sorted(spans)))
+
+    def parts(self) -> list[tuple[str, bool]]:
+        """The snippet cut at its highlights: ``(text, matched)`` pieces in order."""
+        pieces: list[tuple[str, bool]] = []
+        at = 0
+        for start, end in self.highlights:
+            if start < at:  # overlapping spans: the part not yet shown
+                start = at
+            if start >= end:
+                continue
+            if start > at:
+                pieces.append((self.snippet[at:start], False))
+            pieces.append((self.snippet[start:end], True))
+            at = end
+        if at < len(self.snippet):
+            pieces.append((self.snippet[at:], False))
+        return pieces
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """Extension: a page of search results, newest first. ``more``: older matches
+    remain; ask again with ``before=page.next_before``."""
+
+    hits: tuple[SearchHit, ...]
+    more: bool
+
+    @property
+    def next_before(self) -> str | None:
+        """The ``before`` that asks for the next (older) page; None on the last page."""
+        return self.hits[-1].message.id if self.more and self.hits else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,7 @@ def daphne_env(fake: FakeOpenAIServer, **extra: str) -> dict[str, str]:
         "LLM_MODEL": "fake-model",
         # Tests send quickly from few users; production keeps the default limits.
         "PARLEY_SEND_BURST": "1000",
+        "PARLEY_ACTION_BURST": "1000",
         # The fake's "hang" scenario goes silent: fail it in 2 s, not the default minute.
         "LLM_READ_TIMEOUT": "2",
     }

@@ -11,7 +11,8 @@ class VoiceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from voice import reply_speech, transport
+        from voice import reply_speech, storage, transport
 
         reply_speech.install()
         transport.install()
+        storage.install()

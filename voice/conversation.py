@@ -15,7 +15,6 @@ import logging
 import time
 import wave
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +26,7 @@ from chat.ratelimit import send_allow
 from chat.replies import message_send
 from chat.serializers import MessageDict
 from core import metrics
+from voice.storage import speech_audio_path
 from voice.stt import STTError, get_stt_engine
 from voice.stt.base import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, is_silent
 
@@ -175,10 +175,12 @@ async def speech_send(
 def _keep_audio(message_id: str, pcm: bytes, sample_rate: int) -> None:
     from voice.stt.base import to_wav
 
-    folder = Path(settings.PARLEY_SPEECH_AUDIO_DIR)
+    path = speech_audio_path(int(message_id))
+    if path is None:
+        return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{int(message_id)}.wav").write_bytes(to_wav(pcm, sample_rate))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(to_wav(pcm, sample_rate))
     except OSError as exc:
         logger.warning("could not keep the speech of message %s: %s", message_id, exc)
 

@@ -17,9 +17,10 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import selectors
 from chat.errors import BadRequest, Conflict, NotFound
 from chat.http import async_api
-from chat.models import TERMINAL_STATUSES, Role
+from chat.models import TERMINAL_STATUSES, Message, Role
 from voice.registry import get_engine
 from voice.segmenter import clean_for_speech
+from voice.storage import reply_audio_erase, reply_audio_path
 
 
 @require_GET
@@ -35,7 +36,7 @@ async def message_audio(request: HttpRequest, user: User, message_id: str) -> Ht
     text = clean_for_speech(message.text)
     if not text.strip():
         raise NotFound("this reply has nothing to say")
-    path = Path(settings.VOICE_CACHE_DIR) / f"{message.pk}.wav"
+    path = reply_audio_path(message.pk)
     if not await database_sync_to_async(path.exists)():
         pcm = bytearray()
         rate = 22050
@@ -43,7 +44,17 @@ async def message_audio(request: HttpRequest, user: User, message_id: str) -> Ht
             rate = chunk.sample_rate
             pcm += chunk.pcm
         await database_sync_to_async(write_wav)(path, bytes(pcm), rate)
+        # Deleted while it was being made: the delete found no file to remove (its hook,
+        # voice/storage.py, runs after its commit), so this request removes it. A delete
+        # committed after this check finds the file and removes it itself.
+        if await database_sync_to_async(_deleted)(message.pk):
+            await database_sync_to_async(reply_audio_erase)([message.pk])
+            raise NotFound("this message was deleted")
     return FileResponse(path.open("rb"), content_type="audio/wav")
+
+
+def _deleted(message_id: int) -> bool:
+    return Message.objects.filter(pk=message_id, deleted_at__isnull=False).exists()
 
 
 def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:

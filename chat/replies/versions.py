@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from chat.errors import BadRequest, NotFound
 from chat.events import StoreUnavailable, room_event_emit, version_body
 from chat.models import Message, Role
-from chat.ratelimit import send_allow
+from chat.ratelimit import action_allow, send_allow
 from chat.replies import db
 from chat.replies.asking import queue_replies
 from chat.replies.manager import get_manager
@@ -128,7 +128,8 @@ async def version_pick(*, user: User, message_id: object) -> MessageDict:
     """``user`` (the asker, an owner, staff) makes version ``message_id`` its reply's
     current one: durable (later prompts use it), and the room hears a ``version`` event.
     Picking the current version changes nothing and sends nothing. Returns the reply's
-    wire dict as it is now."""
+    wire dict as it is now. Each pick takes from the action rate limit."""
+    await action_allow(user_id=user.pk)
     target = await database_sync_to_async(reply_for_versions)(message_id=message_id, user=user)
     head, changed = await database_sync_to_async(db.pick_version)(version_id=target.pk)
     if changed:

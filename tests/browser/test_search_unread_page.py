@@ -20,7 +20,7 @@ from playwright.sync_api import Page, expect
 from chat.models import Message, Role
 from chat.services import room_join
 from tests.browser import test_room_page
-from tests.browser.test_room_page import login, open_room, send, shot, user_in
+from tests.browser.test_room_page import login, open_room, send, shot, user_in, wait_js
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -197,3 +197,141 @@ def test_unread_badge_mention_divider_and_read(daphne, contexts, mention_room):
     ann.go_back()
     ann.reload()
     expect(card.locator(".unread")).to_be_hidden()
+
+
+# Records each browser notification the page makes (title, body, whether the tab was
+# hidden), then makes it with the real Notification: the page cannot tell the difference.
+RECORD_NOTIFICATIONS = """
+(() => {
+  if (!("Notification" in window)) return;
+  const Real = window.Notification;
+  const shown = [];
+  Object.defineProperty(window, "__notifications", { value: shown });
+  window.Notification = new Proxy(Real, {
+    construct(target, args, newTarget) {
+      const options = args[1] || {};
+      shown.push({ title: String(args[0]), body: options.body, hidden: document.hidden });
+      const made = newTarget === window.Notification ? target : newTarget;
+      return Reflect.construct(target, args, made);
+    },
+    // Notification.permission and requestPermission, read from the real class.
+    get(target, name) {
+      const value = Reflect.get(target, name);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+})();
+"""
+
+
+# The tab's visibility as the test sets it (see ``hide``).
+TAB_VISIBILITY = """
+(() => {
+  let hidden = false;
+  Object.defineProperty(Document.prototype, "hidden", { configurable: true, get: () => hidden });
+  Object.defineProperty(Document.prototype, "visibilityState", {
+    configurable: true,
+    get: () => (hidden ? "hidden" : "visible"),
+  });
+  Object.defineProperty(window, "__setTabHidden", {
+    value: (value) => {
+      hidden = Boolean(value);
+      document.dispatchEvent(new Event("visibilitychange"));
+    },
+  });
+})();
+"""
+
+
+def notifications(page: Page) -> list[dict[str, Any]]:
+    return page.evaluate("() => window.__notifications")
+
+
+def hide(page: Page, hidden: bool = True) -> None:
+    """Send the tab to the background (or bring it back): ``document.hidden`` and
+    ``visibilityState`` change and ``visibilitychange`` fires, as in a real tab switch.
+
+    Emulated (``TAB_VISIBILITY``), not done for real: headless Chromium does report a tab
+    behind another one as hidden when driven over the DevTools protocol alone, but
+    Playwright turns on focus emulation (``Emulation.setFocusEmulationEnabled``) for every
+    page it opens, which keeps each page visible whatever is in front (checked with
+    ``bring_to_front``, a popup and a minimized window: all stay "visible")."""
+    page.evaluate("(hidden) => window.__setTabHidden(hidden)", hidden)
+    wait_js(page, "(hidden) => document.hidden === hidden", hidden)
+
+
+def post(daphne: Any, token: str, slug: str, text: str) -> str:
+    with api(daphne, token) as client:
+        r = client.post(f"/api/rooms/{slug}/messages", json={"text": text})
+        assert r.status_code == 201, r.text
+        return str(r.json()["message"]["id"])
+
+
+def test_a_mention_notifies_only_while_the_tab_is_hidden(daphne, contexts, mention_room):
+    room, tokens, _ = mention_room
+    context = contexts()
+    context.grant_permissions(["notifications"], origin=daphne.http_url)
+    context.add_init_script(RECORD_NOTIFICATIONS)
+    context.add_init_script(TAB_VISIBILITY)
+    ann = login(context, daphne, "ann")
+    open_room(ann, daphne, room.slug)
+    toggle = ann.locator("#notify-toggle")
+    expect(toggle).to_have_text("Notify me of mentions")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(toggle).to_have_text("Notifying you of mentions")
+
+    # In front: a mention shows on the page, and no notification.
+    seen = post(daphne, tokens["bob"], room.slug, "@ann are you there?")
+    expect(ann.locator(f'article[data-id="{seen}"]')).to_be_attached()
+    assert notifications(ann) == []
+
+    # Behind another tab: a message without a mention notifies nobody; a mention does.
+    hide(ann)
+    post(daphne, tokens["bob"], room.slug, "nothing for anyone")
+    post(daphne, tokens["bob"], room.slug, "@ann the build is green")
+    wait_js(ann, "window.__notifications.length > 0")
+    assert notifications(ann) == [
+        {
+            "title": "bob mentioned you in Long room",
+            "body": "@ann the build is green",
+            "hidden": True,
+        }
+    ]
+
+    # In front again: mentions show on the page only.
+    hide(ann, False)
+    back = post(daphne, tokens["bob"], room.slug, "@ann welcome back")
+    expect(ann.locator(f'article[data-id="{back}"]')).to_be_attached()
+    assert len(notifications(ann)) == 1
+
+
+def test_no_notification_without_the_users_permission(daphne, contexts, mention_room):
+    room, tokens, _ = mention_room
+    # Allowed by the browser, but the reader never asked for notifications of this room.
+    allowed = contexts()
+    allowed.grant_permissions(["notifications"], origin=daphne.http_url)
+    # Asked for them on the page, but the browser did not allow them.
+    refused = contexts()
+    pages = []
+    for context in (allowed, refused):
+        context.add_init_script(RECORD_NOTIFICATIONS)
+        context.add_init_script(TAB_VISIBILITY)
+        page = login(context, daphne, "ann")
+        open_room(page, daphne, room.slug)
+        pages.append(page)
+    not_asked, not_allowed = pages
+    toggle = not_allowed.locator("#notify-toggle")
+    toggle.click()
+    wait_js(not_allowed, "Notification.permission !== 'granted'")
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    expect(not_asked.locator("#notify-toggle")).to_have_attribute("aria-pressed", "false")
+
+    for page in pages:
+        hide(page)
+    mention = post(daphne, tokens["bob"], room.slug, "@ann can you look at this?")
+    for page in pages:
+        # The message reached the hidden page (it is in the list), and made no notification.
+        expect(page.locator(f'article[data-id="{mention}"]')).to_be_attached()
+        assert page.evaluate("document.hidden") is True
+        assert notifications(page) == []

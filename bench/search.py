@@ -186,17 +186,20 @@ def run(url: str, messages: int, queries: int) -> dict[str, Any]:
     try:
         slug, token, texts, fill = _fill(url, messages, rng)
         plan = _plans(slug)
-        server = DaphneServer(
-            {
-                "DATABASE_URL": url,
-                "VOICE_PRELOAD": "0",
-                "LOG_LEVEL": "INFO",  # daphne says it listens at INFO
-                # No reply is asked (a mention room): no model to load at start-up.
-                "LLM_BACKEND": "openai",
-                "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
-                "OPENAI_API_KEY": "unused",
-            }
-        ).start(timeout=120)
+        env = {
+            "DATABASE_URL": url,
+            "VOICE_PRELOAD": "0",
+            "LOG_LEVEL": "INFO",  # daphne says it listens at INFO
+            # No reply is asked (a mention room): no model to load at start-up.
+            "LLM_BACKEND": "openai",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "OPENAI_API_KEY": "unused",
+        }
+        # Parley as configured (a connection pool per process), and beside it the same
+        # Parley with DATABASE_POOL=0 (a new connection per HTTP request under ASGI), asked
+        # the same searches in turn, so the pool's share is a ratio within this run.
+        server = DaphneServer(env).start(timeout=120)
+        unpooled = DaphneServer({**env, "DATABASE_POOL": "0"}).start(timeout=120)
         try:
             from django.conf import settings
 
@@ -209,17 +212,35 @@ def run(url: str, messages: int, queries: int) -> dict[str, Any]:
             hits: dict[str, list[int]] = {}
             floor: list[float] = []
             in_process: list[float] = []
+            without_pool: list[float] = []
+            without_pool_floor: list[float] = []
             headers = {"Authorization": f"Bearer {token}"}
             path = f"/api/rooms/{slug}/search"
-            with httpx.Client(base_url=server.http_url, headers=headers, timeout=30) as http:
+
+            def timed(http: httpx.Client, url: str, params: dict[str, str]) -> float:
+                started = time.perf_counter()
+                r = http.get(url, params=params)
+                elapsed = (time.perf_counter() - started) * 1000
+                r.raise_for_status()
+                return elapsed
+
+            with (
+                httpx.Client(base_url=server.http_url, headers=headers, timeout=30) as http,
+                httpx.Client(base_url=unpooled.http_url, headers=headers, timeout=30) as other,
+            ):
                 for _kind, q in _queries(rng, texts, WARMUP):
                     http.get(path, params={"q": q}).raise_for_status()
-                for kind, q in _queries(rng, texts, queries):
+                    other.get(path, params={"q": q}).raise_for_status()
+                for i, (kind, q) in enumerate(_queries(rng, texts, queries)):
                     params: dict[str, str] = {"q": q}
                     if kind.endswith("page 2"):
                         first = http.get(path, params=params).json()["results"]
                         if first:
                             params["before"] = first[-1]["message"]["id"]
+                    # Which server goes first alternates.
+                    if i % 2:
+                        without_pool.append(timed(other, path, params))
+                        without_pool_floor.append(timed(other, f"/api/rooms/{slug}", {}))
                     started = time.perf_counter()
                     r = http.get(path, params=params)
                     elapsed = (time.perf_counter() - started) * 1000
@@ -227,9 +248,10 @@ def run(url: str, messages: int, queries: int) -> dict[str, Any]:
                     timings.setdefault(kind, []).append(elapsed)
                     hits.setdefault(kind, []).append(len(r.json()["results"]))
                     # The floor: the same sign-in and room check, no search.
-                    started = time.perf_counter()
-                    http.get(f"/api/rooms/{slug}").raise_for_status()
-                    floor.append((time.perf_counter() - started) * 1000)
+                    floor.append(timed(http, f"/api/rooms/{slug}", {}))
+                    if not i % 2:
+                        without_pool.append(timed(other, path, params))
+                        without_pool_floor.append(timed(other, f"/api/rooms/{slug}", {}))
                     # The search alone, in this process: the database's share.
                     started = time.perf_counter()
                     message_search(
@@ -241,6 +263,7 @@ def run(url: str, messages: int, queries: int) -> dict[str, Any]:
                     in_process.append((time.perf_counter() - started) * 1000)
         finally:
             server.stop()
+            unpooled.stop()
     finally:
         _drop(url)
     every = [t for ts in timings.values() for t in ts]
@@ -264,6 +287,16 @@ def run(url: str, messages: int, queries: int) -> dict[str, Any]:
         # headlines, no HTTP).
         "in_process_p50_ms": _pct(in_process, 0.50),
         "in_process_p99_ms": _pct(in_process, 0.99),
+        # The same searches and floors on the daphne without the connection pool.
+        "without_pool": {
+            "p50_ms": _pct(without_pool, 0.50),
+            "p99_ms": _pct(without_pool, 0.99),
+            "floor_p50_ms": _pct(without_pool_floor, 0.50),
+            "floor_p99_ms": _pct(without_pool_floor, 0.99),
+        },
+        "without_pool_p99_over_pool_p99": round(
+            _pct(without_pool, 0.99) / max(_pct(every, 0.99), 0.1), 2
+        ),
         "kinds": {
             kind: {
                 "queries": len(ts),

@@ -96,6 +96,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # switch to WAL, about a millisecond on the one database thread that handshakes share).
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# PostgreSQL: a connection pool per process (Django's own, on psycopg_pool). Under ASGI,
+# Django runs each HTTP request's sync code on a thread of its own (a ThreadSensitiveContext
+# per request), and a connection belongs to its thread: without a pool every HTTP request
+# (a search, an SSE stream's opening, an OpenAI call) opened a new PostgreSQL connection,
+# a backend process forked for it, and dropped it after (Django ticket #33497; pools came in
+# Django 5.1 as the answer). With the pool a connection goes back to it when Django closes
+# it (the end of a request, the end of each database_sync_to_async call), so a pool needs
+# CONN_MAX_AGE 0. DATABASE_POOL=0 turns it off (an external pooler such as PgBouncer in
+# transaction mode wants Django's plain connections).
+DATABASE_POOL = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
+    "DATABASE_POOL", default=True
+)
+if DATABASE_POOL:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+        # A request that finds every connection busy waits this long for one, then fails.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -8,7 +8,10 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# An image runs on other hosts than the one that built it: on x86-64, llama.cpp is built
+# for AVX2/FMA/F16C rather than -march=native (the Makefile says why).
+RUN if [ "$(uname -m)" = x86_64 ]; then export CMAKE_ARGS=-DGGML_NATIVE=OFF; fi \
+    && pip install --no-cache-dir -r requirements.txt
 
 COPY . .
 ENV DJANGO_SETTINGS_MODULE=config.settings PYTHONUNBUFFERED=1

@@ -9,6 +9,16 @@ PORT ?= 8000
 
 .PHONY: install run test lint bench bench-quick clean
 
+# llama-cpp-python builds llama.cpp from source, by default for the build machine's own CPU
+# (-march=native). On x86-64 it is built for x86-64-v3 instead (AVX2, FMA, F16C, BMI2:
+# ggml's defaults once GGML_NATIVE is off): a virtual machine can report CPU features it
+# does not let a process use (seen here: AMX listed, so the native build used it, and the
+# model's first token died of SIGILL in tileloadd), and a venv can outlive the host it
+# was built on. Set CMAKE_ARGS yourself to build otherwise (e.g. -DGGML_NATIVE=ON).
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
+
 install: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt bench/peers/requirements.txt pyproject.toml

@@ -17,9 +17,11 @@ holds, whatever order concurrent writes land in:
    members have), and a state this process has just sent is not sent again. So in one
    process the last event is the latest write's, an edit never follows its message's
    ``delete``, and nothing is sent twice.
-3. With Redis, other processes write too, and their events may interleave with ours:
-   after its emit the writer reads the message (one hop) and emits what it holds *now*
-   until what was sent is what is stored. The last event emitted anywhere is followed by
+3. With Redis, other processes write too, and their events may interleave with ours: a
+   write's event goes out even when this process sent that same state last (another may
+   have sent a different one since; a tombstone excepted, as nothing else can follow
+   it), and after its emit the writer reads the message (one hop) and emits what it holds
+   *now* until what was sent is what is stored. The last event emitted anywhere is followed by
    a read that found what it carried, and any write after that read is announced by its
    own writer later, so the last event every member gets carries the final state (two
    members rating at once: the last ``rating`` event has the counts of both). Across
@@ -199,12 +201,17 @@ async def _announce(
     body, number = written.body, written.number
     confirm = body is not None and bool(settings.REDIS_URL)
     if body is not None:
+        # In one process the state it sent last is the last one members got. With Redis
+        # another process may have sent one since: the write's state goes out even if it
+        # is the one this process sent last (a repeat changes nothing), but a tombstone:
+        # nothing can follow one but that same tombstone.
+        again = confirm and body.get("type") != "delete"
         async with turns.lock:
             if number < turns.owner:
                 confirm = False  # a later write of this process was sent: its writer confirms
             else:
                 turns.owner = number
-                if body != turns.sent:
+                if again or body != turns.sent:
                     if await _emit(written.room_id, body, kind):
                         turns.sent = body
                     else:

@@ -179,9 +179,7 @@ async def reply_control_checked(
     message: Message, *, user: User, action: str, heard_ms: int | None
 ) -> MessageDict:
     """``reply_control`` once ``user`` is known to be allowed to control ``message``."""
-    text, status = await reply_control_applied(
-        message, user=user, action=action, heard_ms=heard_ms
-    )
+    text, status = await reply_control_applied(message, user=user, action=action, heard_ms=heard_ms)
     # The message as read before the control, with what the control left (one that had
     # ended was refused before anything of it that is not loaded could be touched).
     result = message_to_dict(message)

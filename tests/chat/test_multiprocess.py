@@ -287,6 +287,10 @@ async def test_send_rate_limit_is_shared_across_processes(daphne_factory, redis_
         await ann_two.close()
 
 
+def about(message_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("message_id") == message_id
+
+
 # Each member's rating, round after round: every round changes the counts.
 ROUNDS = [
     [1, -1, 1, 1, -1, 1],
@@ -364,7 +368,7 @@ async def test_ratings_and_edits_from_two_processes_end_in_the_stored_state_ever
             counts = (reply.rating_up, reply.rating_down)
             assert counts == (values.count(1), values.count(-1))
             for member in (host, watcher):
-                await member.wait_for(lambda e, m=marker: e.get("message_id") == m, start=0)
+                await member.wait_for(about(marker), start=0)
                 last = [e for e in member.events if e.get("type") == "rating"][-1]
                 assert (last["up"], last["down"]) == counts, turn
                 text = [e for e in member.events if e.get("type") == "edit"][-1]["text"]

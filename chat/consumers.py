@@ -237,10 +237,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             message_id=_message_id(frame),
             text=frame.get("text"),
             rerun=frame.get("rerun", False),
+            answer=False,
         )
 
     async def action_delete(self, frame: dict[str, Any], request_id: object) -> None:
-        await lifecycle.message_delete(user=self.user, message_id=_message_id(frame))
+        await lifecycle.message_delete(user=self.user, message_id=_message_id(frame), answer=False)
 
     async def action_rate(self, frame: dict[str, Any], request_id: object) -> None:
         await lifecycle.message_rate(
@@ -248,6 +249,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             message_id=_message_id(frame),
             value=frame.get("value"),
             comment=frame.get("comment"),
+            answer=False,
         )
 
     async def action_typing(self, frame: dict[str, Any], request_id: object) -> None:

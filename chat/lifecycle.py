@@ -4,31 +4,48 @@ rating messages"). The services every transport calls.
 Each write is announced the same way, so that every member ends in the state the database
 holds, whatever order concurrent writes land in:
 
-1. the write, in a transaction holding the message's row lock (``select_for_update``;
-   SQLite's IMMEDIATE transactions lock the whole file), with the counts a rating changes
-   recomputed in it; committed;
-2. then the announcement (``_announce``): read the message, emit the event of what it
-   holds *now* (its text, its tombstone, its counts), read it again, and emit again until
-   what was sent is what is stored.
+1. the write, in one thread hop: a transaction holding the message's row lock
+   (``select_for_update``; SQLite's IMMEDIATE transactions lock the whole file), with the
+   counts a rating changes recomputed in it, and the event of what it leaves (the text,
+   the tombstone, the counts) built from the values it wrote; the write also takes its
+   number (``_write_numbers``), under the lock, so a process numbers the writes of a
+   message in the order they commit; committed;
+2. then the announcement (``_announce``): that event is emitted at once, no read between
+   the commit and the emit. The announcements of a message in this process take turns
+   (an asyncio lock; the writer holds its place from before its write): a write whose
+   number is below one this process already sent sends nothing (it is older than what
+   members have), and a state this process has just sent is not sent again. So in one
+   process the last event is the latest write's, an edit never follows its message's
+   ``delete``, and nothing is sent twice.
+3. With Redis, other processes write too, and their events may interleave with ours: a
+   write's event goes out even when this process sent that same state last (another may
+   have sent a different one since; a tombstone excepted, as nothing else can follow
+   it), and after its emit the writer reads the message (one hop) and emits what it holds
+   *now* until what was sent is what is stored. The last event emitted anywhere is followed by
+   a read that found what it carried, and any write after that read is announced by its
+   own writer later, so the last event every member gets carries the final state (two
+   members rating at once: the last ``rating`` event has the counts of both). Across
+   processes a state may be sent twice (events set state, so a repeat changes nothing).
+   Without Redis one process serves the room (its events live in that process's store),
+   so step 2 is the whole guarantee and nothing is read after the emit.
 
-The last event emitted anywhere is followed by a read that found what it carried, and any
-write after that read is announced by its own writer later, so the last event every member
-gets carries the final state (two members rating at once: the last ``rating`` event has
-the counts of both). In one process the announcements of a message also take turns (an
-asyncio lock) and skip a state this process has just sent, so an edit never follows its
-message's ``delete`` and nothing is sent twice; across processes a state may be sent twice
-(events set state, so a repeat changes nothing). Emitting after the commit keeps snapshots
-exact: a snapshot that already shows a change gets an event that sets what it shows. The
-emit is never made inside a transaction: an emit may read the database itself (the store's
-opening snapshot), on a connection that must not be in the middle of one.
+The HTTP answer is the message's wire dict, read after the emit (with the confirming read
+when there is one); the WebSocket is answered by the room's event, so it asks for none
+(``answer=False``). Emitting after the commit keeps snapshots exact: a snapshot that
+already shows a change gets an event that sets what it shows. The emit is never made
+inside a transaction: an emit may read the database itself (the store's opening
+snapshot), on a connection that must not be in the middle of one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -51,7 +68,7 @@ from chat.models import (
     Role,
 )
 from chat.ratelimit import action_allow
-from chat.replies import reply_control_checked, reply_regenerate_for_message
+from chat.replies import reply_control_applied, reply_regenerate_for_message
 from chat.serializers import MessageDict, message_to_dict
 from chat.text import clean_text
 
@@ -68,108 +85,162 @@ DELETE_STOP_ROUNDS = 3
 
 
 def _locked(pk: int) -> Message:
-    return (
-        Message.objects.select_for_update(of=("self",))
-        .select_related("room", "author", "reply_to")
-        .get(pk=pk)
-    )
+    """The message, its row locked, with its room (who may change it)."""
+    try:
+        return Message.objects.select_for_update(of=("self",)).select_related("room").get(pk=pk)
+    except Message.DoesNotExist:
+        raise NotFound("no such message") from None
 
 
 def _member_role(message: Message, user: User) -> str | None:
     """The user's role in the message's room: ``owner``, ``member``, or None."""
     if message.room.owner_id == user.pk:
         return Membership.Role.OWNER
-    role: str | None = (
-        Membership.objects.filter(room_id=message.room_id, user=user.pk)
-        .values_list("role", flat=True)
-        .first()
-    )
+    roles = Membership.objects.filter(room_id=message.room_id, user=user.pk)
+    role: str | None = next(iter(roles.values_list("role", flat=True)[:1]), None)
     return role
 
 
-def _find(message_id: object) -> int:
-    pk = selectors.parse_message_id(message_id if isinstance(message_id, str | int) else "")
-    if not Message.objects.filter(pk=pk).exists():
-        raise NotFound("no such message")
-    return pk
+def _pk(message_id: object) -> int:
+    return selectors.parse_message_id(message_id if isinstance(message_id, str | int) else "")
 
 
-# Per message, in this process: (its lock, the body last sent, how many hold or await it).
-_announcing: dict[int, tuple[asyncio.Lock, list[Any]]] = {}
+# The writes of lifecycle services in this process, numbered in the order they commit: a
+# number is taken inside the write's transaction, while it holds the message's row lock.
+_write_numbers = itertools.count(1)
 # A message changing faster than it can be announced is announced again by each writer.
 ANNOUNCE_ROUNDS = 4
 
 
-def _state_body(pk: int, kind: str) -> Mapping[str, Any] | None:
-    """The event of the message's state now: its tombstone once deleted, else its text
-    (``edit``) or counts (``rating``)."""
-    message = Message.objects.select_related("author", "deleted_by").filter(pk=pk).first()
-    if message is None:
-        return None
-    if message.deleted_at is not None:
-        by = message.deleted_by.get_username() if message.deleted_by is not None else ""
-        return events.delete_body(message_id=str(pk), by=by)
-    if kind == "edit":
-        author = message.author.get_username() if message.author is not None else ""
-        return events.edit_body(message_id=str(pk), text=message.text, by=author)
-    if kind == "rating":
-        up, down = message.rating_up or 0, message.rating_down or 0
-        return events.rating_body(message_id=str(pk), up=up, down=down)
-    return None
+@dataclass
+class _Turns:
+    """A message's announcements in this process: whose turn (``lock``), the body last
+    sent, the number of the latest write whose writer confirms it (``owner``), and how
+    many writers hold or await this (dropped when none do)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sent: Mapping[str, Any] | None = None
+    owner: int = 0
+    users: int = 0
 
 
-async def _announce(*, room_id: int, pk: int, kind: str) -> None:
-    """Step 2 of the module docstring: emit the message's state until what was sent is
-    what is stored."""
-    entry = _announcing.get(pk)
-    if entry is None:
-        entry = _announcing[pk] = (asyncio.Lock(), [None, 0])
-    lock, state = entry
-    state[1] += 1
+_announcing: dict[int, _Turns] = {}
+
+
+@asynccontextmanager
+async def _turns(pk: int) -> AsyncIterator[_Turns]:
+    """The message's turns, held from before a write until its announcement ends, so a
+    write's number is always compared with what this process sent since."""
+    turns = _announcing.get(pk)
+    if turns is None:
+        turns = _announcing[pk] = _Turns()
+    turns.users += 1
     try:
-        async with lock:
-            for _round in range(ANNOUNCE_ROUNDS):
-                body = await database_sync_to_async(_state_body)(pk, kind)
-                if body is None or body == state[0]:
-                    return
-                try:
-                    await events.room_event_emit(room_id=room_id, body=body)
-                except events.StoreUnavailable:
-                    # Stored; members who missed it see it on their next load or snapshot.
-                    logger.warning("room %s: the %s event could not be recorded", room_id, kind)
-                    return
-                state[0] = body
+        yield turns
     finally:
-        state[1] -= 1
-        if not state[1]:
+        turns.users -= 1
+        if not turns.users:
             del _announcing[pk]
 
 
-def _wire(pk: int) -> MessageDict:
+@dataclass(frozen=True)
+class _Written:
+    """What a write left: the message's room, its event (None when nothing changed) and
+    the write's number."""
+
+    room_id: int
+    body: Mapping[str, Any] | None = None
+    number: int = 0
+
+
+def _written(message: Message, body: Mapping[str, Any] | None = None) -> _Written:
+    """Inside the write's transaction: what it left, numbered if it changed anything."""
+    return _Written(message.room_id, body, next(_write_numbers) if body is not None else 0)
+
+
+def _state_body(message: Message, kind: str) -> Mapping[str, Any] | None:
+    """The event of the message's state: its tombstone once deleted, else its text
+    (``edit``) or counts (``rating``)."""
+    pk = str(message.pk)
+    if message.deleted_at is not None:
+        by = message.deleted_by.get_username() if message.deleted_by is not None else ""
+        return events.delete_body(message_id=pk, by=by)
+    if kind == "edit":
+        author = message.author.get_username() if message.author is not None else ""
+        return events.edit_body(message_id=pk, text=message.text, by=author)
+    if kind == "rating":
+        up, down = message.rating_up or 0, message.rating_down or 0
+        return events.rating_body(message_id=pk, up=up, down=down)
+    return None
+
+
+def _read(pk: int, kind: str) -> tuple[Mapping[str, Any] | None, MessageDict]:
+    """The message as stored now: the event of its state, and its wire dict (the
+    service's answer), in one query."""
     message = Message.objects.select_related(
-        "room", "author", "reply_to", "generation", "generation__stopped_by"
+        "room", "author", "reply_to", "generation", "generation__stopped_by", "deleted_by"
     ).get(pk=pk)
-    return message_to_dict(message)
+    return _state_body(message, kind), message_to_dict(message)
 
 
-def _live_replies(message: Message) -> list[int]:
-    """The replies still owned by a generation task that deleting ``message`` must stop
-    first: itself if it is a live reply, else its live replies."""
-    if message.role == Role.ASSISTANT:
-        return [message.pk] if message.status in LIVE_STATUSES else []
-    return list(
-        Message.objects.filter(reply_to=message, status__in=LIVE_STATUSES).values_list(
-            "pk", flat=True
-        )
-    )
+async def _emit(room_id: int, body: Mapping[str, Any], kind: str) -> bool:
+    try:
+        await events.room_event_emit(room_id=room_id, body=body)
+    except events.StoreUnavailable:
+        # Stored; members who missed it see it on their next load or snapshot.
+        logger.warning("room %s: the %s event could not be recorded", room_id, kind)
+        return False
+    return True
+
+
+async def _announce(
+    turns: _Turns, *, pk: int, kind: str, written: _Written, answer: bool
+) -> MessageDict | None:
+    """Steps 2 and 3 of the module docstring: emit what the write left, then, when
+    another process may write the message too, read it and emit until what was sent is
+    what is stored. The message's wire dict as last read (read only if ``answer`` or to
+    confirm)."""
+    body, number = written.body, written.number
+    confirm = body is not None and bool(settings.REDIS_URL)
+    if body is not None:
+        # In one process the state it sent last is the last one members got. With Redis
+        # another process may have sent one since: the write's state goes out even if it
+        # is the one this process sent last (a repeat changes nothing), but a tombstone:
+        # nothing can follow one but that same tombstone.
+        again = confirm and body.get("type") != "delete"
+        async with turns.lock:
+            if number < turns.owner:
+                confirm = False  # a later write of this process was sent: its writer confirms
+            else:
+                turns.owner = number
+                if again or body != turns.sent:
+                    if await _emit(written.room_id, body, kind):
+                        turns.sent = body
+                    else:
+                        confirm = False
+    # Without Redis one process serves the room (its events live in this process's
+    # store): every write of the message was numbered here, and the latest one was sent.
+    if not (answer or confirm):
+        return None
+    for _round in range(ANNOUNCE_ROUNDS):
+        stored, wire = await database_sync_to_async(_read)(pk, kind)
+        if not confirm or stored is None:
+            return wire
+        async with turns.lock:
+            if number < turns.owner or stored == turns.sent:
+                return wire
+            if not await _emit(written.room_id, stored, kind):
+                return wire
+            turns.sent = stored
+    return wire
 
 
 # --- Edit ---------------------------------------------------------------------------------
 
 
 async def message_edit(
-    *, user: User, message_id: object, text: object, rerun: object = False
-) -> MessageDict:
+    *, user: User, message_id: object, text: object, rerun: object = False, answer: bool = True
+) -> MessageDict | None:
     """``user`` edits their own message: its text changes for everyone (an ``edit``
     event), the text before is kept (``MessageEdit``, shown in the admin) and it is marked
     edited. Prompts from then on use the new text.
@@ -178,28 +249,29 @@ async def message_edit(
     theirs or an assistant's reply (``forbidden``), a deleted one (``not_found``), one
     whose reply is still queued, being written or paused (``busy``: stop it or let it end
     first), text that a send would refuse, past the action rate limit (``rate_limited``;
-    chat/ratelimit.py). The same text again changes nothing."""
+    chat/ratelimit.py). The same text again changes nothing.
+
+    The message's wire dict, or None with ``answer=False`` (the WebSocket, answered by
+    the room's event: no read after the event for it)."""
     if not isinstance(rerun, bool):
         raise BadRequest("rerun must be true or false")
     text = clean_text(
         text, field="text", max_chars=settings.PARLEY_MAX_MESSAGE_CHARS, too_long=TooLong
     )
     await action_allow(user_id=user.pk)
-    room_id, pk, changed = await database_sync_to_async(_edit_write)(
-        user=user, message_id=message_id, text=text
-    )
-    if changed:
-        await _announce(room_id=room_id, pk=pk, kind="edit")
+    pk = _pk(message_id)
+    async with _turns(pk) as turns:
+        written = await database_sync_to_async(_edit_write)(user=user, pk=pk, text=text)
+        wire = await _announce(turns, pk=pk, kind="edit", written=written, answer=answer)
     if rerun:
         # Edit and rerun: a new version of the reply to it (or a first reply), from the
         # text as now stored; refused (busy, rate limited) as a regenerate would be, after
         # the edit stands.
         await reply_regenerate_for_message(user=user, message_id=pk)
-    return await database_sync_to_async(_wire)(pk)
+    return wire
 
 
-def _edit_write(*, user: User, message_id: object, text: str) -> tuple[int, int, bool]:
-    pk = _find(message_id)
+def _edit_write(*, user: User, pk: int, text: str) -> _Written:
     with transaction.atomic():
         message = _locked(pk)
         if _member_role(message, user) is None:
@@ -214,58 +286,58 @@ def _edit_write(*, user: User, message_id: object, text: str) -> tuple[int, int,
                 "end, then edit"
             )
         if message.text == text:
-            return message.room_id, pk, False
+            return _written(message)
         MessageEdit.objects.create(message=message, text_before=message.text, by=user)
         message.text = text
         message.edited_at = timezone.now()
         message.save(update_fields=["text", "edited_at"])
-    return message.room_id, pk, True
+        return _written(
+            message, events.edit_body(message_id=str(pk), text=text, by=user.get_username())
+        )
+
+
+def _live_replies(message: Message) -> list[int]:
+    """The replies still owned by a generation task that deleting ``message`` must stop
+    first: itself if it is a live reply, else its live replies."""
+    if message.role == Role.ASSISTANT:
+        return [message.pk] if message.status in LIVE_STATUSES else []
+    return list(
+        Message.objects.filter(reply_to=message, status__in=LIVE_STATUSES).values_list(
+            "pk", flat=True
+        )
+    )
 
 
 # --- Delete -------------------------------------------------------------------------------
 
 
-def _delete_check(*, user: User, message_id: object) -> tuple[int, list[Message]]:
-    """The message ``user`` may delete, and its replies to stop first (with what
-    ``reply_control_checked`` reads)."""
-    pk = selectors.parse_message_id(message_id if isinstance(message_id, str | int) else "")
-    message = Message.objects.select_related("room", "author").filter(pk=pk).first()
-    if message is None:
-        raise NotFound("no such message")
-    role = _member_role(message, user)
-    if role is None and not user.is_staff:
-        raise NotFound("no such message")
-    own = message.role == Role.USER and message.author_id == user.pk and role is not None
-    if not (own or user.is_staff or role == Membership.Role.OWNER):
-        raise Forbidden("only its author, the room's owners or staff can delete a message")
-    if message.deleted_at is not None:
-        return pk, []
-    live = list(
-        Message.objects.select_related("room", "author", "reply_to", "generation").filter(
-            pk__in=_live_replies(message)
-        )
-    )
-    return pk, live
-
-
-def _tombstone(*, user: User, pk: int) -> tuple[int | None, list[Message]]:
-    """Tombstone the message unless a reply to it went live again meanwhile (then those
-    replies, to stop first). Its room's id when this call deleted it."""
+def _tombstone(*, user: User, pk: int) -> tuple[_Written, list[Message]]:
+    """Tombstone the message ``user`` may delete, unless replies to it are still being
+    written (then those replies, to stop first, with what ``reply_control_applied``
+    reads). Its event when this call deleted it."""
     with transaction.atomic():
         message = _locked(pk)
+        role = _member_role(message, user)
+        if role is None and not user.is_staff:
+            raise NotFound("no such message")
+        own = message.role == Role.USER and message.author_id == user.pk and role is not None
+        if not (own or user.is_staff or role == Membership.Role.OWNER):
+            raise Forbidden("only its author, the room's owners or staff can delete a message")
         if message.deleted_at is not None:
-            return None, []
+            return _written(message), []
         live = _live_replies(message)
         if live:
             found = Message.objects.select_related("room", "author", "reply_to", "generation")
-            return None, list(found.filter(pk__in=live))
+            return _written(message), list(found.filter(pk__in=live))
         message.deleted_at = timezone.now()
         message.deleted_by = user
         message.save(update_fields=["deleted_at", "deleted_by"])
-    return message.room_id, []
+        return _written(message, events.delete_body(message_id=str(pk), by=user.get_username())), []
 
 
-async def message_delete(*, user: User, message_id: object) -> MessageDict:
+async def message_delete(
+    *, user: User, message_id: object, answer: bool = True
+) -> MessageDict | None:
     """``user`` deletes a message: their own, or any as a room owner or staff. Every member
     sees it become a tombstone (a ``delete`` event; ``"deleted": true`` and no text from
     then on); it leaves prompts, exports and search. Its text stays for staff in the
@@ -275,21 +347,23 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
     A reply still being written (the message itself, or a reply to it) is stopped first,
     as its stop control would (``generation`` ``stopped``, reason ``user``, by the
     deleter), so no delta follows the tombstone. Deleting a deleted message again is a
-    no-op that answers the tombstone. Each delete takes from the action rate limit."""
+    no-op that answers the tombstone (``answer``: as ``message_edit``). Each delete takes
+    from the action rate limit."""
     await action_allow(user_id=user.pk)
-    pk, live = await database_sync_to_async(_delete_check)(user=user, message_id=message_id)
-    for _round in range(DELETE_STOP_ROUNDS):
-        for reply in live:
-            try:
-                await reply_control_checked(reply, user=user, action="stop", heard_ms=None)
-            except NotGenerating:
-                pass  # it ended meanwhile
-        room_id, live = await database_sync_to_async(_tombstone)(user=user, pk=pk)
-        if not live:
-            if room_id is not None:
-                await _announce(room_id=room_id, pk=pk, kind="delete")
-                await database_sync_to_async(_erase)(STORED.deleted, [pk])
-            return await database_sync_to_async(_wire)(pk)
+    pk = _pk(message_id)
+    async with _turns(pk) as turns:
+        for _round in range(DELETE_STOP_ROUNDS):
+            written, live = await database_sync_to_async(_tombstone)(user=user, pk=pk)
+            if not live:
+                wire = await _announce(turns, pk=pk, kind="delete", written=written, answer=answer)
+                if written.body is not None:  # this call deleted it
+                    await database_sync_to_async(_erase)(STORED.deleted, [pk])
+                return wire
+            for reply in live:
+                try:
+                    await reply_control_applied(reply, user=user, action="stop", heard_ms=None)
+                except NotGenerating:
+                    pass  # it ended meanwhile
     raise Busy("replies to this message keep starting; try again")
 
 
@@ -297,12 +371,13 @@ async def message_delete(*, user: User, message_id: object) -> MessageDict:
 
 
 async def message_rate(
-    *, user: User, message_id: object, value: object, comment: object = None
-) -> MessageDict:
+    *, user: User, message_id: object, value: object, comment: object = None, answer: bool = True
+) -> MessageDict | None:
     """A member rates an assistant reply up (1) or down (-1), with an optional comment,
     or clears their rating (0). One rating per member and reply; rating again changes it.
-    The ``rating`` event carries the reply's counts as they are after the write. Each
-    rating takes from the action rate limit (a script flipping one would flood the room)."""
+    The ``rating`` event carries the reply's counts as they are after the write
+    (``answer``: as ``message_edit``). Each rating takes from the action rate limit (a
+    script flipping one would flood the room)."""
     if not isinstance(value, int) or isinstance(value, bool) or value not in RATING_VALUES:
         raise BadRequest("value must be 1 (up), -1 (down) or 0 (clear)")
     comment = clean_text(
@@ -313,18 +388,15 @@ async def message_rate(
         too_long=TooLong,
     )
     await action_allow(user_id=user.pk)
-    room_id, pk, changed = await database_sync_to_async(_rate_write)(
-        user=user, message_id=message_id, value=value, comment=comment
-    )
-    if changed:
-        await _announce(room_id=room_id, pk=pk, kind="rating")
-    return await database_sync_to_async(_wire)(pk)
+    pk = _pk(message_id)
+    async with _turns(pk) as turns:
+        written = await database_sync_to_async(_rate_write)(
+            user=user, pk=pk, value=value, comment=comment
+        )
+        return await _announce(turns, pk=pk, kind="rating", written=written, answer=answer)
 
 
-def _rate_write(
-    *, user: User, message_id: object, value: int, comment: str
-) -> tuple[int, int, bool]:
-    pk = _find(message_id)
+def _rate_write(*, user: User, pk: int, value: int, comment: str) -> _Written:
     with transaction.atomic():
         message = _locked(pk)
         if _member_role(message, user) is None:
@@ -334,15 +406,15 @@ def _rate_write(
         if message.role != Role.ASSISTANT:
             raise BadRequest("only assistant replies can be rated")
         before = (message.rating_up, message.rating_down)
-        mine = Rating.objects.filter(message=message, user=user).first()
+        mine = next(iter(Rating.objects.filter(message=message, user=user)[:1]), None)
         if value == 0:
             if mine is None:
-                return message.room_id, pk, False
+                return _written(message)
             mine.delete()
         elif mine is None:
             Rating.objects.create(message=message, user=user, value=value, comment=comment)
         elif (mine.value, mine.comment) == (value, comment):
-            return message.room_id, pk, False
+            return _written(message)
         else:
             mine.value, mine.comment = value, comment
             mine.save(update_fields=["value", "comment", "updated"])
@@ -350,9 +422,12 @@ def _rate_write(
             up=Count("pk", filter=Q(value=1)), down=Count("pk", filter=Q(value=-1))
         )
         message.rating_up, message.rating_down = counts["up"], counts["down"]
+        if (message.rating_up, message.rating_down) == before:
+            # A changed comment alone changes no count: nothing to tell the room.
+            return _written(message)
         message.save(update_fields=["rating_up", "rating_down"])
-    # A changed comment alone changes no count: nothing to tell the room.
-    return message.room_id, pk, (message.rating_up, message.rating_down) != before
+        up, down = message.rating_up, message.rating_down
+        return _written(message, events.rating_body(message_id=str(pk), up=up, down=down))
 
 
 # --- Retention ----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "get_manager",
     "message_send",
     "reply_control",
+    "reply_control_applied",
     "reply_control_checked",
     "reply_wait",
     "replies_wait",
@@ -178,25 +179,11 @@ async def reply_control_checked(
     message: Message, *, user: User, action: str, heard_ms: int | None
 ) -> MessageDict:
     """``reply_control`` once ``user`` is known to be allowed to control ``message``."""
-    if message.status in TERMINAL_STATUSES:
-        raise NotGenerating(f"this reply is already {message.status}")
-    manager = get_manager()
-    await manager.ensure_started()
+    text, status = await reply_control_applied(message, user=user, action=action, heard_ms=heard_ms)
+    # The message as read before the control, with what the control left (one that had
+    # ended was refused before anything of it that is not loaded could be touched).
     result = message_to_dict(message)
-    run = manager.runs.get(message.pk)
-    if run is not None:
-        await run.control(action, by=user.get_username(), heard_ms=heard_ms)
-        result["text"], result["status"] = run.visible()
-    else:
-        # Running in another process: its worker applies the control and answers.
-        answer = await manager.control_remote(
-            worker=message.generation.worker,
-            message_id=message.pk,
-            action=action,
-            by=user.get_username(),
-            heard_ms=heard_ms,
-        )
-        result["text"], result["status"] = answer["text"], answer["status"]
+    result["text"], result["status"] = text, status
     if result["status"] in TERMINAL_STATUSES:
         # Ended by this control (saved before its end was announced): the answer says how,
         # as the message does from now on (by, reason, metrics).
@@ -204,6 +191,31 @@ async def reply_control_checked(
         result["by"], result["reason"] = ended.get("by"), ended.get("reason")
         result["metrics"] = ended.get("metrics")
     return result
+
+
+async def reply_control_applied(
+    message: Message, *, user: User, action: str, heard_ms: int | None
+) -> tuple[str, str]:
+    """Apply the control as ``reply_control_checked`` does, without reading the message
+    back for an answer: the reply's visible text and status after it (a delete stopping
+    the replies first answers with the tombstone, not with them)."""
+    if message.status in TERMINAL_STATUSES:
+        raise NotGenerating(f"this reply is already {message.status}")
+    manager = get_manager()
+    await manager.ensure_started()
+    run = manager.runs.get(message.pk)
+    if run is not None:
+        await run.control(action, by=user.get_username(), heard_ms=heard_ms)
+        return run.visible()
+    # Running in another process: its worker applies the control and answers.
+    answer = await manager.control_remote(
+        worker=message.generation.worker,
+        message_id=message.pk,
+        action=action,
+        by=user.get_username(),
+        heard_ms=heard_ms,
+    )
+    return answer["text"], answer["status"]
 
 
 def _ended_message(message_id: int) -> MessageDict:

@@ -66,8 +66,9 @@ async def queue_replies(
 
     ``then``: a durable event body announced right after the (single) reply's ``message``
     event, before anything of its run (a new version's ``version`` event): members learn
-    which version is current as soon as it exists. If it cannot be stored, the version
-    stands (it was announced) and a reload shows it current.
+    which version is current as soon as it exists, and the run starts after it. If it
+    cannot be stored, the version stands (it was announced) and a reload shows it
+    current.
 
     ``seqs``: messages already emitted (the asker's) whose seq is kept with the replies'
     (db.record_seqs), in one thread hop after the announcements, whatever happens to them."""
@@ -122,11 +123,12 @@ async def _announce(
                 model=run.model_name,
             )
         await manager.register(run)
-        # Started before its announcement: the run opens the model request at once, while
-        # the reply's `message` event is stored and published, and sends nothing to
-        # members until `announced` (the reply's `message` event precedes everything
-        # about it).
-        manager.start(run)
+        if then is None:
+            # Started before its announcement: the run opens the model request at once,
+            # while the reply's `message` event is stored and published, and sends nothing
+            # to members until `announced` (the reply's `message` event precedes
+            # everything about it).
+            manager.start(run)
         try:
             event = await room_event_emit(room_id=room_id, body=message_body(reply_dict))
             seqs[item.reply.pk] = event["seq"]
@@ -144,6 +146,12 @@ async def _announce(
             logger.warning("reply %s: its announcement could not be recorded", item.reply.pk)
         finally:
             run.announced.set()
+            if then is not None:
+                # A new version starts once both its events are out: its prompt, read
+                # meanwhile in the database thread, would hold the GIL against their
+                # fan-out, and members see which version is current that much later (at
+                # 200 members the `version` event came ~10 ms after the `message`).
+                manager.start(run)
         dicts.append(reply_dict)
     if queued:
         manager.places.touch(room_id)  # where they stand in line

@@ -37,8 +37,7 @@ async def reply_regenerate(*, user: User, message_id: object) -> MessageDict:
 
     Who may: the asker, the room's owners, staff (``reply_for_versions``). ``busy`` while
     a version of it is still being written, or past the room's line bounds."""
-    target = await database_sync_to_async(reply_for_versions)(message_id=message_id, user=user)
-    return await _regenerate(user=user, head_id=target.version_of_id or target.pk)
+    return await _regenerate(user=user, message_id=message_id)
 
 
 async def reply_regenerate_for_message(*, user: User, message_id: object) -> list[MessageDict]:
@@ -63,11 +62,7 @@ async def reply_regenerate_for_message(*, user: User, message_id: object) -> lis
     message, heads = await database_sync_to_async(replies_to)()
     if not heads:
         return await _ask(user=user, message=message)
-    made = []
-    for head_id in heads:
-        target = await database_sync_to_async(reply_for_versions)(message_id=head_id, user=user)
-        made.append(await _regenerate(user=user, head_id=target.pk))
-    return made
+    return [await _regenerate(user=user, message_id=head_id) for head_id in heads]
 
 
 async def _ask(*, user: User, message: Message) -> list[MessageDict]:
@@ -92,15 +87,21 @@ async def _ask(*, user: User, message: Message) -> list[MessageDict]:
     )
 
 
-async def _regenerate(*, user: User, head_id: int) -> MessageDict:
-    await send_allow(user_id=user.pk)  # another answer costs the model as a send does
+async def _regenerate(*, user: User, message_id: object) -> MessageDict:
+    # Another answer costs the model as a send does, and is counted as a send is: before
+    # anything is read.
+    await send_allow(user_id=user.pk)
     manager = get_manager()
     await manager.ensure_started()
 
     def create() -> db.NewVersion:
-        head = Message.objects.only("room_id").get(pk=head_id)
+        # One thread hop from the action to the new version (who may, then the rows):
+        # the `version` event is as early as the rows allow.
+        target = reply_for_versions(message_id=message_id, user=user)
         return db.create_version(
-            head_id=head_id, queued=manager.queue_length(head.room_id), worker=manager.worker_id
+            head_id=target.version_of_id or target.pk,
+            queued=manager.queue_length(target.room_id),
+            worker=manager.worker_id,
         )
 
     made = await database_sync_to_async(create)()

@@ -14,7 +14,10 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat.models import MessageEdit, Rating
+from chat import lifecycle
+from chat.events import get_hub
+from chat.models import Message, MessageEdit, Rating, Role
+from chat.runtime import get_runtime
 from chat.services import room_join, room_leave
 from tests.support.openai_server import Scenario
 from tests.support.rooms import ask, connect, stored
@@ -496,6 +499,40 @@ async def test_an_edit_racing_a_delete_ends_deleted_for_everyone(daphne, trio):
             assert "text" not in m
     for c in (ann, bob, cat, late):
         await c.close()
+
+
+async def test_a_write_overtaken_by_a_later_one_is_never_sent_after_it(trio):
+    """The rule the races above rely on, forced instead of hoped for: two edits of one
+    message in this process, the later one announced first (its writer reached the lock
+    first). The earlier one sends nothing, so the room's last edit is the stored text;
+    and a write the next writer's turn did not overtake is still sent."""
+    room, _, users = trio
+    bob = users["bob"]
+    message = await sync_to_async(Message.objects.create)(
+        room=room, role=Role.USER, author=bob, text="draft"
+    )
+    hub = get_hub()
+    try:
+        start = await hub.head(room.pk)
+        async with lifecycle._turns(message.pk) as turns:
+            write = sync_to_async(lifecycle._edit_write)
+            first = await write(user=bob, pk=message.pk, text="first")
+            second = await write(user=bob, pk=message.pk, text="second")
+            assert first.number < second.number
+            for written in (second, first):
+                await lifecycle._announce(
+                    turns, pk=message.pk, kind="edit", written=written, answer=False
+                )
+            third = await write(user=bob, pk=message.pk, text="third")
+            await lifecycle._announce(
+                turns, pk=message.pk, kind="edit", written=third, answer=False
+            )
+        sent = await hub.store.since(room.pk, start)
+        assert sent is not None
+        assert [e["text"] for e in sent if e["type"] == "edit"] == ["second", "third"]
+        assert (await stored(str(message.pk))).text == "third"
+    finally:
+        await get_runtime().aclose()
 
 
 async def test_edit_and_rerun_makes_a_new_version_from_the_edited_text(daphne, llm, trio):

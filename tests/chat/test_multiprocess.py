@@ -285,3 +285,94 @@ async def test_send_rate_limit_is_shared_across_processes(daphne_factory, redis_
     finally:
         await ann_one.close()
         await ann_two.close()
+
+
+def about(message_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e.get("message_id") == message_id
+
+
+# Each member's rating, round after round: every round changes the counts.
+ROUNDS = [
+    [1, -1, 1, 1, -1, 1],
+    [-1, -1, 0, 1, 1, 0],
+    [1, 1, 1, 0, -1, -1],
+    [0, 1, -1, -1, -1, 1],
+] * 3
+
+
+@pytest.fixture
+def raters(make_user, make_room):
+    """A room (answering when asked) of its owner and six members."""
+    from chat.services import room_join
+
+    owner, owner_token = make_user("own")
+    people = [make_user(f"rater{i}") for i in range(6)]
+    room = make_room(owner, "Raters", assistant="mention")
+    for user, _ in people:
+        room_join(room=room, user=user)
+    return room, owner_token, people
+
+
+async def test_ratings_and_edits_from_two_processes_end_in_the_stored_state_everywhere(
+    pair, llm, raters
+):
+    """Issue 19's races across processes (chat/lifecycle.py, step 3): members rating one
+    reply and an author editing one message through both processes at once. Each
+    process's events interleave with the other's, and the confirming read after each
+    emit is what makes the last `rating` and `edit` every member gets the stored state."""
+    one, two = pair
+    room, owner_token, people = raters
+    llm.set_default(Scenario.normal(["Yes."]))
+    host = await connect(one, room, owner_token)
+    watcher = await connect(two, room, people[0][1])
+    try:
+        reply_id = await ask(host, "rate me @assistant")
+        await host.wait_terminal(reply_id)
+        question = str((await stored(reply_id)).reply_to_id)
+        servers = [one, two] * 3
+
+        async def rate(server: Any, token: str, value: int) -> None:
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.put(
+                    f"{server.http_url}/api/messages/{reply_id}/rating",
+                    json={"value": value},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert r.status_code == 200, r.text
+
+        async def edit(server: Any, text: str) -> None:
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.patch(
+                    f"{server.http_url}/api/messages/{question}",
+                    json={"text": text},
+                    headers={"Authorization": f"Bearer {owner_token}"},
+                )
+                assert r.status_code == 200, r.text
+
+        for turn, values in enumerate(ROUNDS):
+            await asyncio.gather(
+                *(
+                    rate(server, token, value)
+                    for server, (_, token), value in zip(servers, people, values, strict=True)
+                ),
+                *(
+                    edit(server, f"rate me @assistant, take {turn}.{i}")
+                    for i, server in enumerate(servers)
+                ),
+            )
+            # A message after them: once both members have it, every earlier event has
+            # reached them (each got them in seq order).
+            marker = await ask(host, f"-- marker {turn} -- @assistant")
+            reply = await stored(reply_id)
+            asked = await stored(question)
+            counts = (reply.rating_up, reply.rating_down)
+            assert counts == (values.count(1), values.count(-1))
+            for member in (host, watcher):
+                await member.wait_for(about(marker), start=0)
+                last = [e for e in member.events if e.get("type") == "rating"][-1]
+                assert (last["up"], last["down"]) == counts, turn
+                text = [e for e in member.events if e.get("type") == "edit"][-1]["text"]
+                assert text == asked.text, turn
+    finally:
+        await host.close()
+        await watcher.close()

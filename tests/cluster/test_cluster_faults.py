@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the members fixture imported from tests/chat/test_multiprocess.py is an argument here)
 """A Redis Cluster changing under a streaming reply: a master killed (its replica takes
 over) and the room's slot resharded to another master. Each test has a cluster of its own.
 
@@ -16,6 +17,7 @@ import pytest
 from chat.models import TERMINAL_STATUSES
 from chat.redis import room_key
 from core.cluster_layer import group_channel
+from tests.chat.test_multiprocess import members  # noqa: F401 - the fixture, shared
 from tests.support.openai_server import Scenario
 from tests.support.redis_cluster import RedisCluster
 from tests.support.rooms import ask, connect, stored
@@ -51,17 +53,6 @@ def terminal_events(client: RoomClient, reply: str) -> list[dict[str, Any]]:
         and e.get("message_id") == reply
         and e.get("state") in TERMINAL_STATUSES
     ]
-
-
-@pytest.fixture
-def members(make_user, make_room):
-    from chat.services import room_join
-
-    ann, ann_token = make_user("ann")
-    bob, bob_token = make_user("bob")
-    room = make_room(ann, "Busy")
-    room_join(room=room, user=bob)
-    return room, ann_token, bob_token
 
 
 async def _reply_through(cluster: RedisCluster, daphne_factory, llm, members, change) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import Bench, _setup_django, _users  # noqa: E402
+from bench.run import Bench, _setup_django, _users, checkout_remove  # noqa: E402
 
 
 def main() -> None:
@@ -64,9 +63,7 @@ def main() -> None:
                     runs.append(row)
                     print(json.dumps({k: row[k] for k in ("pair", "side", "p50_ms", "p99_ms")}))
     finally:
-        subprocess.run(
-            ["git", "worktree", "remove", "--force", str(bench.checkout)], cwd=ROOT, check=False
-        )
+        checkout_remove(bench.checkout)
     summary: dict[str, Any] = {}
     for side in sides:
         for metric in ("p50_ms", "p99_ms", "frames_per_member", "lost"):

@@ -26,7 +26,6 @@ import asyncio
 import gc
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import _setup_django, _users, percentile  # noqa: E402
+from bench.run import (  # noqa: E402
+    _setup_django,
+    _users,
+    before_checkout,
+    checkout_remove,
+    percentile,
+)
 
 TOKEN = re.compile(rb"t(\d+) ")
 # What member 0 does, each --repeat times: rate the reply, edit its question, regenerate
@@ -218,24 +223,6 @@ def _row(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _checkout(rev: str, tmp: Path) -> Path:
-    """A worktree of ``rev`` that daphne can serve (with its own static files)."""
-    checkout = tmp / "before"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(checkout), rev],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-        cwd=checkout,
-        check=True,
-        capture_output=True,
-    )
-    return checkout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "actions.json")
@@ -256,7 +243,7 @@ def main() -> None:
     db = tmp / "bench.sqlite3"
     _setup_django(db)
     slug, tokens = _users(args.members)
-    checkout = _checkout(args.before, tmp) if args.before else None
+    checkout = before_checkout(args.before, tmp) if args.before else None
     sides: dict[str, list[dict[str, Any]]] = {"after": [], "before": []}
     try:
         with FakeOpenAIServer() as fake:
@@ -285,9 +272,7 @@ def main() -> None:
                         server.stop()
     finally:
         if checkout is not None:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT, check=False
-            )
+            checkout_remove(checkout)
     row = _row(sides["after"])
     report: dict[str, Any] = {
         "settings": {"members": args.members, "tokens": args.tokens, "repeat": args.repeat},

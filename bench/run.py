@@ -213,6 +213,29 @@ def latency_row(result: dict[str, Any], times: list[float], expect: int) -> dict
     return row
 
 
+def before_checkout(rev: str, tmp: Path) -> Path:
+    """A worktree of ``rev`` (``--before``) that daphne can serve: its daphne serves its own
+    static files, and refuses to start without them."""
+    checkout = tmp / "before"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(checkout), rev],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=checkout,
+        check=True,
+        capture_output=True,
+    )
+    return checkout
+
+
+def checkout_remove(checkout: Path) -> None:
+    subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT, check=False)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -226,20 +249,7 @@ class Bench:
         self.asked = 0
         if args.before:
             # A worktree of the earlier revision, served from the same database.
-            self.checkout = self.tmp / "before"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(self.checkout), args.before],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
-            # Its daphne serves its own static files (and refuses to start without them).
-            subprocess.run(
-                [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-                cwd=self.checkout,
-                check=True,
-                capture_output=True,
-            )
+            self.checkout = before_checkout(args.before, self.tmp)
 
     def parley_env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -643,9 +653,7 @@ class Bench:
         report["summary"] = summarize(report["runs"])
         if self.checkout is not None:
             report["settings"]["before"] = args.before
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(self.checkout)], cwd=ROOT, check=False
-            )
+            checkout_remove(self.checkout)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return report
 

@@ -411,17 +411,6 @@ async def test_ratings_count_for_everyone_and_change(daphne, llm, trio):
         await c.close()
 
 
-@pytest.fixture
-def crowd(make_user, make_room):
-    """An owner and six members of a room that answers only when asked."""
-    owner, owner_token = make_user("rowner")
-    raters = [make_user(f"rater{i}") for i in range(6)]
-    room = make_room(owner, "Raters", assistant="mention")
-    for user, _ in raters:
-        room_join(room=room, user=user)
-    return room, owner_token, raters
-
-
 async def test_members_rating_at_once_all_end_with_the_stored_counts(daphne, llm, crowd):
     room, owner_token, raters = crowd
     llm.set_default(Scenario.normal(["Yes."]))

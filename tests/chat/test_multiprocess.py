@@ -300,28 +300,15 @@ ROUNDS = [
 ] * 3
 
 
-@pytest.fixture
-def raters(make_user, make_room):
-    """A room (answering when asked) of its owner and six members."""
-    from chat.services import room_join
-
-    owner, owner_token = make_user("own")
-    people = [make_user(f"rater{i}") for i in range(6)]
-    room = make_room(owner, "Raters", assistant="mention")
-    for user, _ in people:
-        room_join(room=room, user=user)
-    return room, owner_token, people
-
-
 async def test_ratings_and_edits_from_two_processes_end_in_the_stored_state_everywhere(
-    pair, llm, raters
+    pair, llm, crowd
 ):
     """Issue 19's races across processes (chat/lifecycle.py, step 3): members rating one
     reply and an author editing one message through both processes at once. Each
     process's events interleave with the other's, and the confirming read after each
     emit is what makes the last `rating` and `edit` every member gets the stored state."""
     one, two = pair
-    room, owner_token, people = raters
+    room, owner_token, people = crowd
     llm.set_default(Scenario.normal(["Yes."]))
     host = await connect(one, room, owner_token)
     watcher = await connect(two, room, people[0][1])
@@ -331,32 +318,31 @@ async def test_ratings_and_edits_from_two_processes_end_in_the_stored_state_ever
         question = str((await stored(reply_id)).reply_to_id)
         servers = [one, two] * 3
 
-        async def rate(server: Any, token: str, value: int) -> None:
+        async def write(method: str, server: Any, path: str, token: str, body: Any) -> None:
             async with httpx.AsyncClient(timeout=30) as client:
-                r = await client.put(
-                    f"{server.http_url}/api/messages/{reply_id}/rating",
-                    json={"value": value},
+                r = await client.request(
+                    method,
+                    f"{server.http_url}{path}",
+                    json=body,
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 assert r.status_code == 200, r.text
 
-        async def edit(server: Any, text: str) -> None:
-            async with httpx.AsyncClient(timeout=30) as client:
-                r = await client.patch(
-                    f"{server.http_url}/api/messages/{question}",
-                    json={"text": text},
-                    headers={"Authorization": f"Bearer {owner_token}"},
-                )
-                assert r.status_code == 200, r.text
-
+        rating, edited = f"/api/messages/{reply_id}/rating", f"/api/messages/{question}"
         for turn, values in enumerate(ROUNDS):
             await asyncio.gather(
                 *(
-                    rate(server, token, value)
+                    write("PUT", server, rating, token, {"value": value})
                     for server, (_, token), value in zip(servers, people, values, strict=True)
                 ),
                 *(
-                    edit(server, f"rate me @assistant, take {turn}.{i}")
+                    write(
+                        "PATCH",
+                        server,
+                        edited,
+                        owner_token,
+                        {"text": f"rate me @assistant, take {turn}.{i}"},
+                    )
                     for i, server in enumerate(servers)
                 ),
             )

@@ -36,19 +36,21 @@ INSTALLED_APPS = [
     "voice",
 ]
 
+# Django's own middleware, as subclasses that run their hooks in the event loop where
+# they do no I/O (config/middleware.py: thirteen thread hops a request otherwise).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "config.middleware.SecurityMiddleware",
     "config.security.ContentSecurityPolicyMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
+    "config.middleware.SessionMiddleware",
+    "config.middleware.CommonMiddleware",
     "chat.http.ApiMethodNotAllowedMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "config.middleware.AuthenticationMiddleware",
     # After the session user, before CSRF: a valid bearer token replaces the session
     # user and exempts the request from CSRF (docs/protocol.md "Identity").
     "accounts.middleware.BearerTokenMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "config.middleware.CsrfViewMiddleware",
+    "config.middleware.MessageMiddleware",
+    "config.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

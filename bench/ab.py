@@ -8,14 +8,22 @@ state for each side. Here each pair starts a fresh daphne of each revision in tu
 order alternating from pair to pair), warms it with a quiet room, then fans the same
 stream out to ``--members`` members: the two sides meet the same machine, and the
 medians over the pairs compare like with like.
+
+``--openai`` measures the HTTP side instead, the same way: the OpenAI-compatible API's
+first chunk against a WebSocket send's first delta (``Bench.openai_first_chunk``), and
+the round trip of two plain requests, ``GET /healthz`` (an async view that reads
+nothing: what any HTTP request costs) and ``GET /v1/models`` (a bearer token and one
+read), medians of ``--sends``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,44 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import Bench, _setup_django, _users, checkout_remove  # noqa: E402
+
+FANOUT_METRICS = ("p50_ms", "p99_ms", "frames_per_member", "lost")
+OPENAI_METRICS = (
+    "api_text_median_ms",
+    "healthz_median_ms",
+    "models_median_ms",
+    "ws_delta_median_ms",
+    "api_text_over_ws_delta",
+)
+
+
+def _plain_requests(url: str, token: str, sends: int) -> dict[str, float]:
+    """Medians of ``GET /healthz`` and ``GET /v1/models`` on one kept-alive connection,
+    taking turns, after a few of each to warm the connection."""
+    import httpx
+
+    async def go() -> dict[str, list[float]]:
+        headers = {"Authorization": f"Bearer {token}"}
+        found: dict[str, list[float]] = {"healthz": [], "models": []}
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            for i in range(sends + 5):
+                for name, path, given in (
+                    ("healthz", "/healthz", {}),
+                    ("models", "/v1/models", headers),
+                ):
+                    sent = time.monotonic()
+                    answer = await http.get(path, headers=given)
+                    took = time.monotonic() - sent
+                    assert answer.status_code == 200, (path, answer.status_code)
+                    if i >= 5:
+                        found[name].append(took)
+        return found
+
+    found = asyncio.run(go())
+    return {
+        f"{name}_median_ms": round(statistics.median(gaps) * 1000, 2)
+        for name, gaps in found.items()
+    }
 
 
 def main() -> None:
@@ -36,6 +82,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rate", type=float, default=50.0, help="tokens per second")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "ab.json")
+    parser.add_argument(
+        "--openai", action="store_true", help="the HTTP side: /v1/ first chunk, plain requests"
+    )
+    parser.add_argument("--sends", type=int, default=20, help="--openai: requests of each kind")
     args = parser.parse_args()
     bench = Bench(
         argparse.Namespace(before=args.before, tokens=args.tokens, rate=args.rate, quick=False)
@@ -45,6 +95,7 @@ def main() -> None:
     from tests.support.openai_server import FakeOpenAIServer
 
     assert bench.checkout is not None
+    metrics = OPENAI_METRICS if args.openai else FANOUT_METRICS
     sides: dict[str, Path] = {"now": ROOT, "before": bench.checkout}
     runs: list[dict[str, Any]] = []
     try:
@@ -55,25 +106,30 @@ def main() -> None:
                 for side in order:
                     server = bench.parley(cwd=sides[side])[0]
                     try:
-                        bench.fanout("parley", [server.http_url], 1)  # warm-up
-                        result = bench.fanout("parley", [server.http_url], args.members)
+                        if args.openai:
+                            url = server.http_url
+                            result = bench.openai_first_chunk(url, args.sends)
+                            result.update(_plain_requests(url, bench.tokens[0], args.sends))
+                        else:
+                            bench.fanout("parley", [server.http_url], 1)  # warm-up
+                            result = bench.fanout("parley", [server.http_url], args.members)
                     finally:
                         server.stop()
                     row = {"pair": pair, "side": side, **result}
                     runs.append(row)
-                    print(json.dumps({k: row[k] for k in ("pair", "side", "p50_ms", "p99_ms")}))
+                    print(json.dumps({k: row[k] for k in ("pair", "side", *metrics[:2])}))
     finally:
         checkout_remove(bench.checkout)
     summary: dict[str, Any] = {}
     for side in sides:
-        for metric in ("p50_ms", "p99_ms", "frames_per_member", "lost"):
+        for metric in metrics:
             values = [r[metric] for r in runs if r["side"] == side]
             summary[f"{side}.{metric}"] = {
                 "median": round(statistics.median(values), 2),
                 "min": min(values),
                 "max": max(values),
             }
-    for metric in ("p50_ms", "p99_ms"):
+    for metric in metrics[:3] if args.openai else ("p50_ms", "p99_ms"):
         summary[f"before_over_now.{metric}"] = round(
             summary[f"before.{metric}"]["median"] / summary[f"now.{metric}"]["median"], 2
         )

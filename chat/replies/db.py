@@ -113,14 +113,17 @@ def placements(room_id: int) -> list[RoomAssistant]:
 def speaker_for(
     placement: RoomAssistant, configs: dict[str, ProviderConfig] | None = None
 ) -> Speaker:
-    """Resolve ``placement``'s assistant to what its run needs. An assistant whose provider
-    was removed gets a "missing" one: its reply fails with that reason (the send still
-    stands), rather than sending the conversation to a server its owner did not pick."""
+    """Resolve ``placement``'s assistant to what its run needs (``configs``: every
+    provider, read once for several placements; without it, only this one's is read). An
+    assistant whose provider was removed gets a "missing" one: its reply fails with that
+    reason (the send still stands), rather than sending the conversation to a server its
+    owner did not pick."""
     assistant = placement.assistant
-    configs = configs if configs is not None else providers.providers()
-    config = configs.get(assistant.provider) or providers.ProviderConfig(
-        assistant.provider, "missing"
-    )
+    if configs is not None:
+        found = configs.get(assistant.provider)
+    else:
+        found = providers.provider_or_none(assistant.provider)  # its row, if any: no other
+    config = found or providers.ProviderConfig(assistant.provider, "missing")
     model = assistant.model
     return Speaker(
         assistant_id=assistant.pk,

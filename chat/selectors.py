@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Case, Q, QuerySet, Value, When
+from django.db.models import Case, OuterRef, Q, QuerySet, Subquery, Value, When
 
 from chat.errors import BadRequest, Forbidden, NotFound
 from chat.models import Membership, Message, Role, Room, Visibility
@@ -164,6 +164,16 @@ def reply_for_control(*, message_id: object, user: AnyUser) -> Message:
     )
 
 
+# Who may regenerate a reply or pick its version, in its words (``reply_for_versions``,
+# and chat/replies/db.py ``create_version``, which reads the reply and who may in one query).
+VERSIONS_RELATED = ("room", "reply_to", "generation")
+_VERSIONS_NOT_REPLY = "only an assistant's reply has versions; regenerate its reply"
+_VERSIONS_FORBIDDEN = "only the asker, the room's owners or staff can do this to a reply"
+
+# The annotation ``with_member_role`` adds to a message: the user's role in its room.
+MEMBER_ROLE = "member_role"
+
+
 def reply_for_versions(*, message_id: object, user: AnyUser) -> Message:
     """The reply (or later version of one) ``user`` asks to regenerate or to pick, if
     they may: the rule of ``can_control_reply`` (the asker, the room's owners, staff), the
@@ -172,10 +182,25 @@ def reply_for_versions(*, message_id: object, user: AnyUser) -> Message:
     return _reply_allowed(
         message_id=message_id,
         user=user,
-        related=("room", "reply_to", "generation"),
-        not_reply="only an assistant's reply has versions; regenerate its reply",
-        forbidden="only the asker, the room's owners or staff can do this to a reply",
+        related=VERSIONS_RELATED,
+        not_reply=_VERSIONS_NOT_REPLY,
+        forbidden=_VERSIONS_FORBIDDEN,
     )
+
+
+def versions_allowed(*, message: Message, user: AnyUser) -> None:
+    """``reply_for_versions``' rule for ``message``, read with ``VERSIONS_RELATED`` and
+    ``with_member_role(user)``: raises what it would raise."""
+    _check_reply(
+        message=message, user=user, not_reply=_VERSIONS_NOT_REPLY, forbidden=_VERSIONS_FORBIDDEN
+    )
+
+
+def with_member_role(messages: QuerySet[Message], *, user: AnyUser) -> QuerySet[Message]:
+    """``messages``, each with ``user``'s role in its room (``MEMBER_ROLE``; None: not a
+    member) read in the same query: who may act on a message costs no query of its own."""
+    role = Membership.objects.filter(room=OuterRef("room_id"), user=user.pk).values("role")
+    return messages.annotate(**{MEMBER_ROLE: Subquery(role[:1])})
 
 
 def _reply_allowed(
@@ -189,14 +214,16 @@ def _reply_allowed(
     """The assistant reply ``message_id`` if ``can_control_reply`` lets ``user`` act on it
     (the errors say what was refused, in the caller's words)."""
     pk = parse_message_id(message_id if isinstance(message_id, str | int) else "")
-    message = Message.objects.select_related(*related).filter(pk=pk).first()
+    found = with_member_role(Message.objects.select_related(*related).filter(pk=pk), user=user)
+    message = next(iter(found), None)
     if message is None:
         raise NotFound("no such message")
-    role = (
-        Membership.objects.filter(room=message.room, user=user.pk)
-        .values_list("role", flat=True)
-        .first()
-    )
+    _check_reply(message=message, user=user, not_reply=not_reply, forbidden=forbidden)
+    return message
+
+
+def _check_reply(*, message: Message, user: AnyUser, not_reply: str, forbidden: str) -> None:
+    role: str | None = getattr(message, MEMBER_ROLE)
     member = role is not None
     if not member and not user.is_staff:
         raise NotFound("no such message")
@@ -205,7 +232,6 @@ def _reply_allowed(
     owner = role == Membership.Role.OWNER
     if not can_control_reply(user=user, message=message, member=member, owner=owner):
         raise Forbidden(forbidden)
-    return message
 
 
 def reply_versions(*, message: Message) -> list[Message]:

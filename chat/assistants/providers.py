@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import httpx
 from django.conf import settings
@@ -45,6 +45,9 @@ from core.upstream import (
     status_failure,
     transport_failure,
 )
+
+if TYPE_CHECKING:
+    from chat.models import Provider
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +131,34 @@ def providers() -> dict[str, ProviderConfig]:
     for name, config in _from_environment().items():
         found.setdefault(name, config)
     for row in Provider.objects.all():
-        found.setdefault(
-            row.name, ProviderConfig(row.name, "openai", base_url=row.base_url, api_key=row.api_key)
-        )
+        found.setdefault(row.name, _from_row(row))
     return found
+
+
+def provider_or_none(name: str) -> ProviderConfig | None:
+    """The provider ``name`` as ``providers()`` has it, or None. Reads the database only
+    for a name neither default nor the environment's (one row): call it from a worker
+    thread."""
+    from chat.models import Provider
+
+    if name == DEFAULT:
+        return _default()
+    found = _from_environment().get(name)
+    if found is not None:
+        return found
+    try:
+        return _from_row(Provider.objects.get(name=name))
+    except Provider.DoesNotExist:
+        return None
+
+
+def _from_row(row: Provider) -> ProviderConfig:
+    return ProviderConfig(row.name, "openai", base_url=row.base_url, api_key=row.api_key)
 
 
 def provider(name: str) -> ProviderConfig:
     """One provider by name; ``BadRequest`` naming it when there is none."""
-    found = providers().get(name)
+    found = provider_or_none(name)
     if found is None:
         raise BadRequest(f"there is no provider named {name!r}")
     return found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +32,13 @@ from chat.models import (
     Room,
     RoomAssistant,
     Status,
+)
+from chat.selectors import (
+    VERSIONS_RELATED,
+    parse_message_id,
+    reply_for_versions,
+    versions_allowed,
+    with_member_role,
 )
 
 
@@ -113,14 +120,17 @@ def placements(room_id: int) -> list[RoomAssistant]:
 def speaker_for(
     placement: RoomAssistant, configs: dict[str, ProviderConfig] | None = None
 ) -> Speaker:
-    """Resolve ``placement``'s assistant to what its run needs. An assistant whose provider
-    was removed gets a "missing" one: its reply fails with that reason (the send still
-    stands), rather than sending the conversation to a server its owner did not pick."""
+    """Resolve ``placement``'s assistant to what its run needs (``configs``: every
+    provider, read once for several placements; without it, only this one's is read). An
+    assistant whose provider was removed gets a "missing" one: its reply fails with that
+    reason (the send still stands), rather than sending the conversation to a server its
+    owner did not pick."""
     assistant = placement.assistant
-    configs = configs if configs is not None else providers.providers()
-    config = configs.get(assistant.provider) or providers.ProviderConfig(
-        assistant.provider, "missing"
-    )
+    if configs is not None:
+        found = configs.get(assistant.provider)
+    else:
+        found = providers.provider_or_none(assistant.provider)  # its row, if any: no other
+    config = found or providers.ProviderConfig(assistant.provider, "missing")
     model = assistant.model
     return Speaker(
         assistant_id=assistant.pk,
@@ -252,7 +262,7 @@ def create_messages(
                 raise Busy(
                     "the assistants have too many replies queued in this room; try again soon"
                 )
-            _check_waiting(room=room, user=user, asking=len(targets))
+            _check_waiting(room=room, asker_id=user.pk, asking=len(targets))
         if message is None:
             message = Message.objects.create(
                 room=room,
@@ -319,12 +329,12 @@ def create_followups(
     return reply.room.slug, new
 
 
-def _check_waiting(*, room: Room, user: User, asking: int = 1) -> None:
-    """Refuse replies past ``PARLEY_ROOM_QUEUE_PER_MEMBER`` of this member's waiting in
-    ``room`` (a send that asks several assistants counts as the replies it queues):
-    counted in the database, so the cap holds across every process."""
+def _check_waiting(*, room: Room, asker_id: int, asking: int = 1) -> None:
+    """Refuse replies past ``PARLEY_ROOM_QUEUE_PER_MEMBER`` of member ``asker_id``'s
+    waiting in ``room`` (a send that asks several assistants counts as the replies it
+    queues): counted in the database, so the cap holds across every process."""
     waiting = Message.objects.filter(
-        room=room, role=Role.ASSISTANT, status=Status.QUEUED, reply_to__author=user
+        room=room, role=Role.ASSISTANT, status=Status.QUEUED, reply_to__author_id=asker_id
     ).count()
     cap = settings.PARLEY_ROOM_QUEUE_PER_MEMBER
     if waiting + asking > cap:
@@ -443,23 +453,22 @@ class NewVersion:
     asker_id: int | None
 
 
-def create_version(*, head_id: int, queued: int, worker: str) -> NewVersion:
-    """Store a new version of reply ``head_id`` (the first version; the caller checked
-    who may ask), queued, and make it current.
+def create_version(
+    *, user: User, message_id: object, queued: Callable[[int], int], worker: str
+) -> NewVersion:
+    """Store a new version of the reply ``message_id`` (the reply's id or any version's)
+    that ``user`` asks for, queued, and make it current. Who may: ``reply_for_versions``'
+    rule (the asker, the room's owners, staff), checked on the reply's locked row.
 
-    Refused with ``Busy`` while any version of the reply is queued, streaming or paused
-    (one answer at a time is written; stop it first), past the room's line bound, or past
-    the asker's share of it (``_check_waiting``: a version waits in line like any reply).
-    The version is written by the reply's assistant; one removed from the room since
-    cannot write another (``BadRequest``)."""
+    ``queued(room_id)``: replies in the room's line in this process now. Refused with
+    ``Busy`` while any version of the reply is queued, streaming or paused (one answer at
+    a time is written; stop it first), past the room's line bound, or past the asker's
+    share of it (``_check_waiting``: a version waits in line like any reply). The version
+    is written by the reply's assistant; one removed from the room since cannot write
+    another (``BadRequest``)."""
+    pk = parse_message_id(message_id if isinstance(message_id, str | int) else "")
     with transaction.atomic():
-        head = (
-            # Only the reply's row is locked (PostgreSQL cannot lock the nullable side of
-            # the outer joins select_related makes).
-            Message.objects.select_for_update(of=("self",))
-            .select_related("room", "reply_to__author", "generation")
-            .get(pk=head_id)
-        )
+        head = _reply_locked(pk=pk, user=user)
         versions = Message.objects.filter(Q(pk=head.pk) | Q(version_of=head.pk))
         if versions.filter(status__in=LIVE_STATUSES).exists():
             raise Busy(
@@ -472,19 +481,18 @@ def create_version(*, head_id: int, queued: int, worker: str) -> NewVersion:
             raise NotFound("this reply was deleted")
         generation = getattr(head, "generation", None)
         handle = (generation.handle if generation is not None else "") or DEFAULT_HANDLE
-        found = RoomAssistant.objects.select_related("assistant").filter(room_id=head.room_id)
-        placement = None
-        if generation is not None and generation.assistant_id is not None:
-            placement = found.filter(assistant_id=generation.assistant_id).first()
-        if placement is None:
-            placement = found.filter(handle=handle).first()
+        placement = _placement(
+            room_id=head.room_id,
+            assistant_id=generation.assistant_id if generation is not None else None,
+            handle=handle,
+        )
         if placement is None:
             raise BadRequest(f"@{handle} is no longer in this room, so it cannot answer again")
-        if queued + 1 > settings.PARLEY_ROOM_QUEUE_MAX:
+        if queued(head.room_id) + 1 > settings.PARLEY_ROOM_QUEUE_MAX:
             raise Busy("the assistants have too many replies queued in this room; try again soon")
-        asker = head.reply_to.author
-        if asker is not None:
-            _check_waiting(room=head.room, user=asker)
+        asker_id = head.reply_to.author_id
+        if asker_id is not None:
+            _check_waiting(room=head.room, asker_id=asker_id)
         speaker = speaker_for(placement)
         made = _queue_reply(
             room=head.room,
@@ -498,7 +506,35 @@ def create_version(*, head_id: int, queued: int, worker: str) -> NewVersion:
         head.version_count += 1
         head.current_version = made.reply
         head.save(update_fields=["version_count", "current_version"])
-    return NewVersion(room=head.room, head=head, queued=made, asker_id=head.reply_to.author_id)
+    return NewVersion(room=head.room, head=head, queued=made, asker_id=asker_id)
+
+
+def _reply_locked(*, pk: int, user: User) -> Message:
+    """The reply (first version) that message ``pk`` is or is a version of, its row
+    locked, if ``user`` may ask for another version of it (else what
+    ``reply_for_versions`` raises). Asked by the reply's own id, the row and who may are
+    one query; by a later version's id, that version is read (not locked) first."""
+    # Only the reply's row is locked (PostgreSQL cannot lock the nullable side of the
+    # outer joins select_related makes).
+    locked = Message.objects.select_for_update(of=("self",)).select_related(*VERSIONS_RELATED)
+    try:
+        head = with_member_role(locked.filter(version_of__isnull=True), user=user).get(pk=pk)
+    except Message.DoesNotExist:
+        target = reply_for_versions(message_id=pk, user=user)
+        return locked.get(pk=target.version_of_id or target.pk)
+    versions_allowed(message=head, user=user)
+    return head
+
+
+def _placement(*, room_id: int, assistant_id: int | None, handle: str) -> RoomAssistant | None:
+    """The room's placement of the assistant that wrote a reply: by its assistant, else
+    (an assistant since deleted) by its handle. Each is unique in a room: one query."""
+    found = RoomAssistant.objects.select_related("assistant").filter(room_id=room_id)
+    if assistant_id is None:
+        return next(iter(found.filter(handle=handle)), None)
+    rows = list(found.filter(Q(assistant_id=assistant_id) | Q(handle=handle)))
+    mine = [p for p in rows if p.assistant_id == assistant_id]
+    return next(iter(mine or rows), None)
 
 
 def create_replies_for(*, message: Message, queued: int, worker: str) -> list[Queued]:
@@ -514,8 +550,8 @@ def create_replies_for(*, message: Message, queued: int, worker: str) -> list[Qu
     with transaction.atomic():
         if queued + len(targets) > settings.PARLEY_ROOM_QUEUE_MAX:
             raise Busy("the assistants have too many replies queued in this room; try again soon")
-        if message.author is not None:
-            _check_waiting(room=room, user=message.author, asking=len(targets))
+        if message.author_id is not None:
+            _check_waiting(room=room, asker_id=message.author_id, asking=len(targets))
         new = _queue_replies(
             room=room, message=message, targets=targets, configs=configs, worker=worker
         )

@@ -94,17 +94,11 @@ async def _regenerate(*, user: User, message_id: object) -> MessageDict:
     manager = get_manager()
     await manager.ensure_started()
 
-    def create() -> db.NewVersion:
-        # One thread hop from the action to the new version (who may, then the rows):
-        # the `version` event is as early as the rows allow.
-        target = reply_for_versions(message_id=message_id, user=user)
-        return db.create_version(
-            head_id=target.version_of_id or target.pk,
-            queued=manager.queue_length(target.room_id),
-            worker=manager.worker_id,
-        )
-
-    made = await database_sync_to_async(create)()
+    # One thread hop from the action to the new version (who may, read with the reply's
+    # locked row, then the rows): the `version` event is as early as the rows allow.
+    made = await database_sync_to_async(db.create_version)(
+        user=user, message_id=message_id, queued=manager.queue_length, worker=manager.worker_id
+    )
     head, room = made.head, made.room
     version = made.queued.reply
     announced = version_body(

@@ -22,7 +22,7 @@ from chat.models import Assistant, Generation, Message, RoomAssistant
 from tests.conftest import daphne_env
 from tests.support.daphne import DaphneServer
 from tests.support.openai_server import FakeOpenAIServer, Scenario
-from tests.support.rooms import connect
+from tests.support.rooms import ask, connect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -382,3 +382,90 @@ async def test_a_send_counts_as_the_replies_it_queues_against_the_members_share(
             assert done["state"] == "complete"
     finally:
         await ann.close()
+
+
+async def test_a_new_version_is_written_by_its_replys_assistant_on_its_provider_now(
+    server, room, models
+):
+    """Regenerate asks the reply's own assistant again, on the provider it has now: one
+    the environment names, one staff added in the admin, or one since removed (the
+    version fails and says why). An assistant deleted since is stood in for by the one
+    the room now has with its handle; one removed from the room cannot answer again."""
+    from tests.support.assistants import add_provider
+
+    room, tokens = room
+    bob = await connect(server, room, tokens["bob"])
+
+    async def regenerate(reply: str, request: str, by: str | None = None) -> str:
+        """A new version of ``reply``, asked for by its id or a version's (``by``)."""
+        await bob.send(action="regenerate", message_id=by or reply, id=request)
+        made = await bob.wait_for(
+            lambda e: e.get("type") == "message" and e["message"].get("version_of") == reply
+        )
+        await bob.wait_type("version", message_id=reply, current=made["message"]["id"])
+        return str(made["message"]["id"])
+
+    try:
+        models["coder"].set_default(Scenario.normal(["first"]))
+        reply = await ask(bob, "@coder go")
+        await bob.wait_terminal(reply)
+
+        # Its provider from the environment, its model.
+        models["coder"].set_default(Scenario.normal(["second"]))
+        asked = len(models["coder"].requests)
+        version = await regenerate(reply, "r1")
+        assert (await bob.wait_terminal(version))["state"] == "complete"
+        assert bob.text_of(version) == "second"
+        assert models["coder"].requests[asked].body["model"] == "m-coder"
+
+        # Moved to a provider staff added in the admin (the critic's server here); asked
+        # for by the last version's id this time.
+        await sync_to_async(add_provider)("p-admin", models["critic"].base_url, "key-critic")
+        await sync_to_async(Assistant.objects.filter(room=room, handle="coder").update)(
+            provider="p-admin"
+        )
+        models["critic"].set_default(Scenario.normal(["third"]))
+        asked = len(models["critic"].requests)
+        version = await regenerate(reply, "r2", by=version)
+        assert (await bob.wait_terminal(version))["state"] == "complete"
+        assert bob.text_of(version) == "third"
+        assert models["critic"].requests[asked].body["model"] == "m-coder"
+        made = await sync_to_async(Generation.objects.get)(message_id=int(version))
+        assert (made.provider, made.handle) == ("p-admin", "coder")
+
+        # Its provider removed: the version fails and says why; no model server is asked.
+        await sync_to_async(Assistant.objects.filter(room=room, handle="coder").update)(
+            provider="gone"
+        )
+        before = {h: len(s.requests) for h, s in models.items()}
+        version = await regenerate(reply, "r3")
+        end = await bob.wait_terminal(version)
+        assert end["state"] == "failed"
+        assert "'gone' is no longer configured" in end["reason"]
+        assert {h: len(s.requests) for h, s in models.items()} == before
+
+        # The assistant deleted, and another placed with its handle: that one answers.
+        await sync_to_async(Assistant.objects.filter(room=room, handle="coder").delete)()
+        stand_in = await sync_to_async(Assistant.objects.create)(
+            room=room, handle="coder", name="New coder", provider="p-poet", model="m-new"
+        )
+        await sync_to_async(RoomAssistant.objects.create)(
+            room=room, assistant=stand_in, handle="coder"
+        )
+        models["poet"].set_default(Scenario.normal(["fourth"]))
+        asked = len(models["poet"].requests)
+        version = await regenerate(reply, "r4")
+        assert (await bob.wait_terminal(version))["state"] == "complete"
+        assert bob.text_of(version) == "fourth"
+        assert models["poet"].requests[asked].body["model"] == "m-new"
+
+        # Taken out of the room (the assistant kept): it cannot answer again.
+        await sync_to_async(RoomAssistant.objects.filter(room=room, handle="coder").delete)()
+        await bob.send(action="regenerate", message_id=reply, id="r5")
+        refused = await bob.wait_type("error", id="r5")
+        assert refused["code"] == "bad_request"
+        assert "@coder is no longer in this room" in refused["detail"]
+        head = await sync_to_async(Message.objects.get)(pk=int(reply))
+        assert (head.version_count, str(head.current_version_id)) == (5, version)
+    finally:
+        await bob.close()

@@ -52,7 +52,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from chat import events, selectors
@@ -84,10 +84,14 @@ DELETE_STOP_ROUNDS = 3
 # --- Shared -------------------------------------------------------------------------------
 
 
-def _locked(pk: int) -> Message:
-    """The message, its row locked, with its room (who may change it)."""
+def _locked(pk: int, *, room: bool = True) -> Message:
+    """The message, its row locked, with its room (who may change it) unless ``room`` is
+    False."""
+    found = Message.objects.select_for_update(of=("self",))
+    if room:
+        found = found.select_related("room")
     try:
-        return Message.objects.select_for_update(of=("self",)).select_related("room").get(pk=pk)
+        return found.get(pk=pk)
     except Message.DoesNotExist:
         raise NotFound("no such message") from None
 
@@ -280,7 +284,7 @@ def _edit_write(*, user: User, pk: int, text: str) -> _Written:
             raise Forbidden("only its author can edit a message")
         if message.deleted_at is not None:
             raise NotFound("this message was deleted")
-        if _live_replies(message):
+        if _live_replies(message).exists():
             raise Busy(
                 "the assistant is still answering this message: stop the reply or let it "
                 "end, then edit"
@@ -296,39 +300,45 @@ def _edit_write(*, user: User, pk: int, text: str) -> _Written:
         )
 
 
-def _live_replies(message: Message) -> list[int]:
+def _live_replies(message: Message) -> QuerySet[Message]:
     """The replies still owned by a generation task that deleting ``message`` must stop
-    first: itself if it is a live reply, else its live replies."""
+    first: itself if it is a live reply, else its live replies. Each with what
+    ``reply_control_applied`` reads of it (its status, the worker running it), nothing
+    more: one query."""
     if message.role == Role.ASSISTANT:
-        return [message.pk] if message.status in LIVE_STATUSES else []
-    return list(
-        Message.objects.filter(reply_to=message, status__in=LIVE_STATUSES).values_list(
-            "pk", flat=True
-        )
-    )
+        if message.status not in LIVE_STATUSES:
+            return Message.objects.none()
+        mine = Q(pk=message.pk)
+    else:
+        mine = Q(reply_to=message)
+    found = Message.objects.filter(mine, status__in=LIVE_STATUSES)
+    return found.select_related("generation").only("status", "generation__worker")
 
 
 # --- Delete -------------------------------------------------------------------------------
 
 
-def _tombstone(*, user: User, pk: int) -> tuple[_Written, list[Message]]:
+def _tombstone(*, user: User, pk: int, allowed: bool = False) -> tuple[_Written, list[Message]]:
     """Tombstone the message ``user`` may delete, unless replies to it are still being
-    written (then those replies, to stop first, with what ``reply_control_applied``
-    reads). Its event when this call deleted it."""
+    written (then those replies, to stop first). Its event when this call deleted it.
+
+    ``allowed``: this delete was let through already (its first round, before it stopped
+    the replies): the message is locked and checked again for a delete and for live
+    replies, not for who may delete it (the decision stands for the action it began)."""
     with transaction.atomic():
-        message = _locked(pk)
-        role = _member_role(message, user)
-        if role is None and not user.is_staff:
-            raise NotFound("no such message")
-        own = message.role == Role.USER and message.author_id == user.pk and role is not None
-        if not (own or user.is_staff or role == Membership.Role.OWNER):
-            raise Forbidden("only its author, the room's owners or staff can delete a message")
+        message = _locked(pk, room=not allowed)
+        if not allowed:
+            role = _member_role(message, user)
+            if role is None and not user.is_staff:
+                raise NotFound("no such message")
+            own = message.role == Role.USER and message.author_id == user.pk and role is not None
+            if not (own or user.is_staff or role == Membership.Role.OWNER):
+                raise Forbidden("only its author, the room's owners or staff can delete a message")
         if message.deleted_at is not None:
             return _written(message), []
-        live = _live_replies(message)
+        live = list(_live_replies(message))
         if live:
-            found = Message.objects.select_related("room", "author", "reply_to", "generation")
-            return _written(message), list(found.filter(pk__in=live))
+            return _written(message), live
         message.deleted_at = timezone.now()
         message.deleted_by = user
         message.save(update_fields=["deleted_at", "deleted_by"])
@@ -352,8 +362,10 @@ async def message_delete(
     await action_allow(user_id=user.pk)
     pk = _pk(message_id)
     async with _turns(pk) as turns:
-        for _round in range(DELETE_STOP_ROUNDS):
-            written, live = await database_sync_to_async(_tombstone)(user=user, pk=pk)
+        for round_ in range(DELETE_STOP_ROUNDS):
+            written, live = await database_sync_to_async(_tombstone)(
+                user=user, pk=pk, allowed=round_ > 0
+            )
             if not live:
                 wire = await _announce(turns, pk=pk, kind="delete", written=written, answer=answer)
                 if written.body is not None:  # this call deleted it

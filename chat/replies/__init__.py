@@ -198,7 +198,9 @@ async def reply_control_applied(
 ) -> tuple[str, str]:
     """Apply the control as ``reply_control_checked`` does, without reading the message
     back for an answer: the reply's visible text and status after it (a delete stopping
-    the replies first answers with the tombstone, not with them)."""
+    the replies first answers with the tombstone, not with them). Of ``message`` it reads
+    only the id, the status and, when another process runs it, ``generation.worker``
+    (a delete loads no more of it)."""
     if message.status in TERMINAL_STATUSES:
         raise NotGenerating(f"this reply is already {message.status}")
     manager = get_manager()

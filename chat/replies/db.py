@@ -12,7 +12,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import DateTimeField, F, Q, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.assistants import providers
@@ -656,30 +657,33 @@ def save_final(
     ``reason`` and ``metrics``: what the terminal ``generation`` event tells members, kept
     so the message reads the same after a reload."""
     now_mono = time.monotonic()
+    # One statement for the generation row: who stopped it looked up in it (a subquery,
+    # null for a name no user has), and a start time kept if one was stored.
+    ended_fields: dict[str, Any] = {
+        "first_token_at": wall_time(first_token_at, now_mono=now_mono),
+        "ended_at": wall_time(ended, now_mono=now_mono),
+        "paused_seconds": paused_seconds,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "stop_reason": stop_reason[:40],
+        "stopped_by": (
+            Subquery(get_user_model().objects.filter(username=stopped_by).values("pk")[:1])
+            if stopped_by
+            else None
+        ),
+        "error": error,
+        "reason": reason or "",
+        "metrics": metrics,
+    }
+    if started_at is not None:
+        start = Value(wall_time(started_at, now_mono=now_mono), output_field=DateTimeField())
+        ended_fields["started_at"] = Coalesce(F("started_at"), start)
     with transaction.atomic():
         if not Message.objects.filter(pk=message_id, status__in=LIVE_STATUSES).update(
             text=text, status=status
         ):
             return False
-        stopper = (
-            get_user_model().objects.filter(username=stopped_by).first() if stopped_by else None
-        )
-        Generation.objects.filter(message_id=message_id).update(
-            first_token_at=wall_time(first_token_at, now_mono=now_mono),
-            ended_at=wall_time(ended, now_mono=now_mono),
-            paused_seconds=paused_seconds,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            stop_reason=stop_reason[:40],
-            stopped_by=stopper,
-            error=error,
-            reason=reason or "",
-            metrics=metrics,
-        )
-        if started_at is not None:
-            Generation.objects.filter(message_id=message_id, started_at__isnull=True).update(
-                started_at=wall_time(started_at, now_mono=now_mono)
-            )
+        Generation.objects.filter(message_id=message_id).update(**ended_fields)
     return True
 
 

@@ -322,6 +322,7 @@ async def test_deleting_a_message_whose_reply_streams_stops_the_reply_first(daph
 
     assert errors_in(await acked(ann, action="delete", message_id=str(question_id))) == []
     await bob.wait_type("delete", message_id=str(question_id), start=start)
+    await marker(ann, [bob])  # every event before it has reached bob: a late delta too
     after = bob.events[start:]
     kinds = [(e["type"], e.get("message_id")) for e in after if "seq" in e]
     stopped_at = kinds.index(("generation", reply_id))

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import websockets
 
+from chat.models import TERMINAL_STATUSES
 from tests.support.openai_server import Scenario
 from tests.support.redis_server import RedisServer
 from tests.support.rooms import ask, connect, stored
@@ -138,6 +139,49 @@ async def test_stop_sent_to_the_other_process_closes_upstream(pair, llm, members
         stopped = await bob.wait_terminal(reply)
         assert (stopped["state"], stopped["by"]) == ("stopped", "ann")
         assert (await stored(reply)).text == bob.text_of(reply) == ann.text_of(reply)
+    finally:
+        await ann.close()
+        await bob.close()
+
+
+async def test_deleting_a_question_whose_reply_streams_on_the_other_process(pair, llm, members):
+    """A delete (chat/lifecycle.py) whose reply runs in the other process: the stop goes
+    through that process's control channel, and members on both get the reply stopped by
+    the deleter with the text stored, then the tombstone, and no delta after the stop."""
+    one, two = pair
+    room, ann_token, bob_token = members
+    llm.set_default(Scenario.endless(("x ",), interval=0.01))
+    ann = await connect(one, room, ann_token)  # the owner, on the other process
+    bob = await connect(two, room, bob_token)
+    try:
+        reply = await ask(bob)  # runs on process two
+        question = str((await stored(reply)).reply_to_id)
+        await ann.wait_type("delta", message_id=reply)
+        await ann.send(action="delete", message_id=question, id="del")
+        for member in (ann, bob):
+            await member.wait_type("delete", message_id=question)
+        # A message after the delete: once both members have it, every earlier event has
+        # reached them (each got them in seq order).
+        llm.set_default(Scenario.normal(["ok"]))
+        marker = await ask(bob, "-- marker --")
+        kept = (await stored(reply)).text
+        for member in (ann, bob):
+            await member.wait_for(about(marker), start=0)
+            assert [e for e in member.of_type("error") if e.get("id") == "del"] == []
+            durable = member.durable()
+            ended = next(
+                i
+                for i, e in enumerate(durable)
+                if e["type"] == "generation"
+                and e["message_id"] == reply
+                and e["state"] in TERMINAL_STATUSES
+            )
+            end = durable[ended]
+            assert (end["state"], end["by"], end["reason"]) == ("stopped", "ann", "user")
+            after = [(e["type"], e.get("message_id")) for e in durable[ended + 1 :]]
+            assert ("delete", question) in after  # the tombstone after the stop
+            assert ("delta", reply) not in after
+            assert member.text_of(reply) == kept
     finally:
         await ann.close()
         await bob.close()

@@ -72,28 +72,38 @@ def _client_id(request: HttpRequest) -> str | None:
 
 async def _send(
     request: HttpRequest, user: User, ask: bodies.Ask, *, follow: bool
-) -> tuple[selectors.Model, MessageDict, ReplyEvents | None, int]:
+) -> tuple[selectors.Model, MessageDict, ReplyEvents | None, int, MessageDict | None]:
     """Post the question and ask the model's assistant; the reply, and (``follow``) the
-    stream of its events, subscribed before the send so nothing of it is missed."""
+    stream of its events after the returned seq, subscribed before the send so nothing of
+    it is missed.
+
+    A request with an ``Idempotency-Key`` may be a retry whose first try already posted
+    the question: its reply's ``message`` event, and maybe all of it, came before this
+    stream's head. So such a request starts from the reply as it stands at one seq (the
+    last value, as a resumed response stream does), and follows it after that seq."""
     model = await database_sync_to_async(selectors.model_resolve)(user=user, model=ask.model)
     stream = ReplyEvents(room=model.room, user=user) if follow else None
     head = await stream.open() if stream is not None else 0
+    client_id = _client_id(request)
+    prior: MessageDict | None = None
     try:
         _, sent = await replies.message_send(
             user=user,
             room=model.room,
             text=ask.text,
-            client_id=_client_id(request),
+            client_id=client_id,
             assistant=model.handle,
             sampling=ask.sampling,
         )
         if not sent:  # the assistant was removed between the look-up and the send
             raise selectors.model_not_found(ask.model)
+        if stream is not None and client_id is not None:
+            head, prior = await stream.state_now(sent[0]["id"])
     except BaseException:
         if stream is not None:
             await stream.close()
         raise
-    return model, sent[0], stream, head
+    return model, prior or sent[0], stream, head, prior
 
 
 def _streaming(chunks: AsyncIterator[bytes]) -> StreamingHttpResponse:
@@ -108,9 +118,20 @@ def _reply_error(reason: str | None, state: str) -> dict[str, Any]:
     return error_body(f"The reply {state}: {message}", type="server_error", code=f"reply_{state}")
 
 
-async def _collect(stream: ReplyEvents, message_id: str, after: int) -> tuple[str, dict[str, Any]]:
-    """Follow a reply to its end: its text and its terminal ``generation`` event."""
-    text: list[str] = []
+def _ended(reply: MessageDict) -> dict[str, Any]:
+    """The terminal ``generation`` event of a reply read already over (its usage apart)."""
+    return {"type": "generation", "state": reply["status"], "reason": reply.get("reason")}
+
+
+async def _collect(
+    stream: ReplyEvents, message_id: str, after: int, prior: MessageDict | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Follow a reply to its end (from ``prior``, the reply as it stood at ``after``):
+    its text and its terminal ``generation`` event."""
+    text: list[str] = [prior["text"]] if prior is not None else []
+    if prior is not None and is_terminal(prior):
+        await stream.close()
+        return "".join(text), {**_ended(prior), "usage": await _usage(message_id)}
     try:
         async for event in stream.follow(message_id, after=after):
             if isinstance(event, str):
@@ -135,21 +156,52 @@ async def _collect(stream: ReplyEvents, message_id: str, after: int) -> tuple[st
 @openai_api
 async def chat_completions(request: HttpRequest, user: User) -> HttpResponseBase:
     ask = bodies.chat_completion(_body(request))
-    model, reply, stream, head = await _send(request, user, ask, follow=True)
+    model, reply, stream, head, prior = await _send(request, user, ask, follow=True)
     assert stream is not None
     if not ask.stream:
-        text, end = await _collect(stream, reply["id"], head)
+        text, end = await _collect(stream, reply["id"], head, prior)
         if end["state"] in (Status.FAILED, Status.INTERRUPTED):
             return JsonResponse(_reply_error(end.get("reason"), end["state"]), status=502)
         reply["status"] = end["state"]
         return JsonResponse(shapes.completion(reply, model.id, text, end.get("usage")))
-    return _streaming(_completion_chunks(stream, reply, model.id, head, ask.include_usage))
+    chunks = _completion_chunks(stream, reply, model.id, head, ask.include_usage, prior)
+    return _streaming(chunks)
+
+
+def _completion_end(
+    reply: MessageDict, model: str, end: dict[str, Any], include_usage: bool
+) -> bytes:
+    """The chunks that end a completion's stream, from the reply's terminal event."""
+    state = end["state"]
+    if state in (Status.FAILED, Status.INTERRUPTED):
+        return shapes.sse(_reply_error(end.get("reason"), state))
+    finish = shapes.finish_reason(state)
+    out = shapes.sse(shapes.chunk(reply, model, {}, finish_reason=finish))
+    if include_usage:
+        out += shapes.sse(shapes.usage_chunk(reply, model, end.get("usage")))
+    return out + DONE
 
 
 async def _completion_chunks(
-    stream: ReplyEvents, reply: MessageDict, model: str, head: int, include_usage: bool
+    stream: ReplyEvents,
+    reply: MessageDict,
+    model: str,
+    head: int,
+    include_usage: bool,
+    prior: MessageDict | None = None,
 ) -> AsyncIterator[bytes]:
+    """The reply's chunks after seq ``head``; from ``prior`` (the reply as it stood at
+    ``head``: a retried request's) its opening and text so far first."""
     try:
+        if prior is not None:
+            opening = shapes.sse(shapes.chunk(reply, model, {"role": "assistant", "content": ""}))
+            if prior["text"]:
+                opening += shapes.sse(shapes.chunk(reply, model, {"content": prior["text"]}))
+            if is_terminal(prior):
+                end = {**_ended(prior), "usage": await _usage(reply["id"])}
+                yield opening + _completion_end(reply, model, end, include_usage)
+                return
+            yield opening
         async for event in stream.follow(reply["id"], after=head):
             if isinstance(event, str):
                 yield PING_BYTES
@@ -160,15 +212,7 @@ async def _completion_chunks(
             elif kind == "delta":
                 yield shapes.sse(shapes.chunk(reply, model, {"content": event["text"]}))
             elif kind == "generation" and event["state"] in shapes.TERMINAL:
-                state = event["state"]
-                if state in (Status.FAILED, Status.INTERRUPTED):
-                    yield shapes.sse(_reply_error(event.get("reason"), state))
-                    return
-                finish = shapes.finish_reason(state)
-                yield shapes.sse(shapes.chunk(reply, model, {}, finish_reason=finish))
-                if include_usage:
-                    yield shapes.sse(shapes.usage_chunk(reply, model, event.get("usage")))
-                yield DONE
+                yield _completion_end(reply, model, event, include_usage)
                 return
             elif kind == "snapshot":
                 break
@@ -192,14 +236,14 @@ def _model_of(message: Message) -> str:
 async def responses(request: HttpRequest, user: User) -> HttpResponseBase:
     ask = bodies.response_create(_body(request))
     follow = ask.stream or not ask.background
-    model, reply, stream, head = await _send(request, user, ask, follow=follow)
+    model, reply, stream, head, prior = await _send(request, user, ask, follow=follow)
     if stream is None:  # background, not streamed: answered at once
         body = shapes.response(
             reply, model=model.id, text="", status=reply["status"], background=True
         )
         return JsonResponse(body)
     if not ask.stream:
-        text, end = await _collect(stream, reply["id"], head)
+        text, end = await _collect(stream, reply["id"], head, prior)
         body = shapes.response(
             reply,
             model=model.id,
@@ -209,6 +253,8 @@ async def responses(request: HttpRequest, user: User) -> HttpResponseBase:
             reason=end.get("reason"),
         )
         return JsonResponse(body)
+    if prior is not None:  # a retry: the reply as it stood at ``head``, then its events
+        return _streaming(_from_start(stream, prior, model.id, head, background=ask.background))
     mapper = shapes.ResponseEvents(reply, model=model.id, background=ask.background)
     return _streaming(_response_events(stream, mapper, after=head))
 
@@ -331,20 +377,19 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 async def _from_start(
-    stream: ReplyEvents, reply: MessageDict, model: str, seq: int
+    stream: ReplyEvents, reply: MessageDict, model: str, seq: int, *, background: bool = True
 ) -> AsyncIterator[bytes]:
     text, status = reply["text"], reply["status"]
     opening = reply.copy()
     opening["text"] = ""
     opening["status"] = Status.QUEUED if status == Status.QUEUED else Status.STREAMING
-    mapper = shapes.ResponseEvents(opening, model=model, background=True)
+    mapper = shapes.ResponseEvents(opening, model=model, background=background)
     head = mapper.opening(seq)
     if text:
         head += mapper.delta(seq, text)
     if status in shapes.TERMINAL:
         await stream.close()
-        end: dict[str, Any] = {"type": "generation", "state": status, "reason": reply.get("reason")}
-        end["usage"] = await _usage(reply["id"])
+        end = {**_ended(reply), "usage": await _usage(reply["id"])}
         yield head + mapper.state(seq, end)
         return
     yield head

@@ -200,3 +200,44 @@ def test_bodies_never_get_a_500(team, http, llm):
     log = "\n".join(team["server"].lines[start:])
     assert "Traceback" not in log, log[-4000:]
     assert " 500 " not in log
+
+
+def test_a_retry_with_the_same_idempotency_key_posts_nothing_twice(team, http, llm):
+    """The SDKs' ``Idempotency-Key`` is the send's client_id: a client retrying a request
+    whose answer it lost gets the first request's reply, and the room holds the question
+    once."""
+    from chat.models import Message
+
+    llm.set_default(Scenario.normal(PIECES))
+    room = team["room"]
+    body = {"model": f"parley/{room.slug}", "messages": [{"role": "user", "content": "once"}]}
+    key = {"Idempotency-Key": "retry-7f3a"}
+    start = len(llm.requests)
+    first = http.post("/chat/completions", json=body, headers=key)
+    assert first.status_code == 200, first.text
+    again = http.post("/chat/completions", json=body, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["choices"][0]["message"]["content"] == "".join(PIECES)
+    # Retried as a stream, and on the Responses API: the same reply, whole, and its end.
+    with http.stream("POST", "/chat/completions", json={**body, "stream": True}, headers=key) as r:
+        found = blocks(r.read().decode())
+    assert found[-1]["data"] == "[DONE]"
+    chunks = [json.loads(b["data"]) for b in found[:-1]]
+    assert {c["id"] for c in chunks} == {first.json()["id"]}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "".join(PIECES)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    again_body = {"model": body["model"], "input": "once", "stream": True}
+    with http.stream("POST", "/responses", json=again_body, headers=key) as r:
+        events = [json.loads(b["data"]) for b in blocks(r.read().decode())]
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "".join(PIECES)
+    asked = Message.objects.filter(room=room, text="once")
+    assert asked.count() == 1
+    assert len(llm.requests) == start + 1  # the model was asked once
+    # Another key is another question.
+    other = http.post("/chat/completions", json=body, headers={"Idempotency-Key": "retry-8e2b"})
+    assert other.json()["id"] != first.json()["id"]
+    assert asked.count() == 2

@@ -41,6 +41,7 @@ from bench.run import (  # noqa: E402
     before_checkout,
     checkout_remove,
     percentile,
+    server_env,
 )
 
 TOKEN = re.compile(rb"t(\d+) ")
@@ -247,15 +248,7 @@ def main() -> None:
     sides: dict[str, list[dict[str, Any]]] = {"after": [], "before": []}
     try:
         with FakeOpenAIServer() as fake:
-            env = {
-                "DATABASE_URL": f"sqlite:///{db}",
-                "LLM_BACKEND": "openai",
-                "OPENAI_BASE_URL": fake.base_url,
-                "OPENAI_API_KEY": "bench",
-                "PARLEY_SEND_BURST": "100000",
-                "PARLEY_ACTION_BURST": "100000",
-                "VOICE_PRELOAD": "0",
-            }
+            env = server_env(db, fake.base_url, PARLEY_ACTION_BURST="100000", VOICE_PRELOAD="0")
             for turn in range(args.rounds):
                 order = [("after", ROOT)]
                 if checkout is not None:

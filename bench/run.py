@@ -236,6 +236,19 @@ def checkout_remove(checkout: Path) -> None:
     subprocess.run(["git", "worktree", "remove", "--force", str(checkout)], cwd=ROOT, check=False)
 
 
+def server_env(db: Path, model_url: str, **extra: str) -> dict[str, str]:
+    """A bench daphne's environment: the bench's SQLite file, the loopback model server,
+    no send rate limit; ``extra`` adds or overrides."""
+    return {
+        "DATABASE_URL": f"sqlite:///{db}",
+        "LLM_BACKEND": "openai",
+        "OPENAI_BASE_URL": model_url,
+        "OPENAI_API_KEY": "bench",
+        "PARLEY_SEND_BURST": "100000",
+        **extra,
+    }
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -252,16 +265,13 @@ class Bench:
             self.checkout = before_checkout(args.before, self.tmp)
 
     def parley_env(self, **extra: str) -> dict[str, str]:
-        env = {
-            "DATABASE_URL": f"sqlite:///{self.db}",
-            "LLM_BACKEND": "openai",
-            "OPENAI_BASE_URL": self.fake.base_url,
-            "OPENAI_API_KEY": "bench",
-            "PARLEY_SEND_BURST": "100000",
-            "PARLEY_MAX_CONNECTIONS_PER_USER": "100000",
-            "VOICE_PRELOAD": "0",
-            "LOG_LEVEL": "INFO",
-        }
+        env = server_env(
+            self.db,
+            self.fake.base_url,
+            PARLEY_MAX_CONNECTIONS_PER_USER="100000",
+            VOICE_PRELOAD="0",
+            LOG_LEVEL="INFO",
+        )
         if self.assistant_fakes:
             env["PARLEY_PROVIDERS"] = json.dumps(
                 {

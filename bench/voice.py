@@ -248,20 +248,12 @@ async def barge_in(
 async def _run(
     args: argparse.Namespace, db: Path, slug: str, asker: str, tokens: list[str]
 ) -> dict[str, Any]:
+    from bench.run import server_env
     from tests.support.daphne import DaphneServer
     from tests.support.openai_server import FakeOpenAIServer
 
     fake = FakeOpenAIServer().start()
-    env = {
-        "DATABASE_URL": f"sqlite:///{db}",
-        "LLM_BACKEND": "openai",
-        "OPENAI_BASE_URL": fake.base_url,
-        "OPENAI_API_KEY": "bench",
-        "PARLEY_SEND_BURST": "100000",
-        "TTS_BACKEND": "piper",
-        "VOICE_PRELOAD": "1",
-        "STT_PRELOAD": "1",
-    }
+    env = server_env(db, fake.base_url, TTS_BACKEND="piper", VOICE_PRELOAD="1", STT_PRELOAD="1")
     server = DaphneServer(env).start()
     try:
         result = {

@@ -118,9 +118,15 @@ def _reply_error(reason: str | None, state: str) -> dict[str, Any]:
     return error_body(f"The reply {state}: {message}", type="server_error", code=f"reply_{state}")
 
 
-def _ended(reply: MessageDict) -> dict[str, Any]:
-    """The terminal ``generation`` event of a reply read already over (its usage apart)."""
-    return {"type": "generation", "state": reply["status"], "reason": reply.get("reason")}
+async def _ended(reply: MessageDict) -> dict[str, Any]:
+    """The terminal ``generation`` event of a reply read already over, with its usage."""
+    state, reason = reply["status"], reply.get("reason")
+    return {
+        "type": "generation",
+        "state": state,
+        "reason": reason,
+        "usage": await _usage(reply["id"]),
+    }
 
 
 async def _collect(
@@ -131,7 +137,7 @@ async def _collect(
     text: list[str] = [prior["text"]] if prior is not None else []
     if prior is not None and is_terminal(prior):
         await stream.close()
-        return "".join(text), {**_ended(prior), "usage": await _usage(message_id)}
+        return "".join(text), await _ended(prior)
     try:
         async for event in stream.follow(message_id, after=after):
             if isinstance(event, str):
@@ -198,7 +204,7 @@ async def _completion_chunks(
             if prior["text"]:
                 opening += shapes.sse(shapes.chunk(reply, model, {"content": prior["text"]}))
             if is_terminal(prior):
-                end = {**_ended(prior), "usage": await _usage(reply["id"])}
+                end = await _ended(prior)
                 yield opening + _completion_end(reply, model, end, include_usage)
                 return
             yield opening
@@ -389,8 +395,7 @@ async def _from_start(
         head += mapper.delta(seq, text)
     if status in shapes.TERMINAL:
         await stream.close()
-        end = {**_ended(reply), "usage": await _usage(reply["id"])}
-        yield head + mapper.state(seq, end)
+        yield head + mapper.state(seq, await _ended(reply))
         return
     yield head
     async for chunk in _response_events(stream, mapper, after=seq):

@@ -69,7 +69,8 @@ async def test_edit_delete_and_rate_with_typed_events(daphne, llm, members, tran
 
     # Over plain HTTP too, and a snapshot carries the same fields.
     async with Client(daphne.http_url, token=tokens["bob"]) as client:
-        edited = await client.send(room.slug, "typo hre")
+        # An edit while the reply to it is written is refused (busy): wait for the end.
+        edited = await client.send(room.slug, "typo hre", wait=True)
         changed = await client.edit(edited.message.id, "typo here")
         assert (changed.text, changed.edited) == ("typo here", True)
         async with client.room(room.slug, after=10**9) as late:

@@ -294,7 +294,8 @@ def create_followups(
     all, the first answers included, so no exchange between assistants can run away. An
     assistant that already has a reply waiting (queued) to that message is not asked
     again: that reply reads the room, this one included, when its turn comes. The room's
-    line bound holds too (past it, nobody more is asked).
+    line bound holds too (past it, nobody more is asked). Nobody is asked for a question
+    or a reply deleted meanwhile.
     """
     reply = Message.objects.select_related("room", "reply_to").get(pk=reply_id)
     asker_message = reply.reply_to
@@ -305,6 +306,14 @@ def create_followups(
         return reply.room.slug, []
     configs = providers.providers()
     with transaction.atomic():
+        # Locked as a delete locks them (chat/lifecycle.py): a delete of the question or
+        # of this reply either came first (then nobody is asked) or comes after and stops
+        # what is queued here first, as it stops any reply to the question.
+        alive = Message.objects.select_for_update(of=("self",)).filter(
+            pk__in=(asker_message.pk, reply.pk), deleted_at__isnull=True
+        )
+        if len(alive.order_by("pk")) < 2:
+            return reply.room.slug, []
         earlier = list(
             # Replies, not their later versions (a regenerated answer is the same reply).
             Message.objects.filter(

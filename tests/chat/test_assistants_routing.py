@@ -469,3 +469,43 @@ async def test_a_new_version_is_written_by_its_replys_assistant_on_its_provider_
         assert (head.version_count, str(head.current_version_id)) == (5, version)
     finally:
         await bob.close()
+
+
+@pytest.mark.parametrize("deleted", ["question", "reply"])
+def test_a_mention_in_a_reply_deleted_meanwhile_asks_nobody(room, deleted):
+    """A delete that lands between a reply's end and the asking of the assistants its text
+    mentions: nobody is asked for the deleted exchange (asked first, they are replies to
+    the question, which a later delete stops). The same exchange intact asks @critic."""
+    from django.utils import timezone
+
+    from chat.models import Role, Status
+    from chat.replies import db
+
+    room, _ = room
+
+    def exchange() -> tuple[Message, Message]:
+        question = Message.objects.create(
+            room=room, role=Role.USER, author=room.owner, text="@coder who reviews this?"
+        )
+        reply = Message.objects.create(
+            room=room,
+            role=Role.ASSISTANT,
+            text="@critic should",
+            reply_to=question,
+            status=Status.COMPLETE,
+        )
+        return question, reply
+
+    def asked(reply: Message) -> list[str]:
+        _, queued = db.create_followups(
+            reply_id=reply.pk, text=reply.text, handle="coder", queued=0, worker="w"
+        )
+        return [q.speaker.handle for q in queued]
+
+    _, intact = exchange()
+    assert asked(intact) == ["critic"]
+    question, reply = exchange()
+    gone = question if deleted == "question" else reply
+    Message.objects.filter(pk=gone.pk).update(deleted_at=timezone.now())
+    assert asked(reply) == []
+    assert not Message.objects.filter(reply_to=question, status=Status.QUEUED).exists()

@@ -56,7 +56,15 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from chat import events, selectors
-from chat.errors import BadRequest, Busy, Forbidden, NotFound, NotGenerating, TooLong
+from chat.errors import (
+    BadRequest,
+    Busy,
+    Forbidden,
+    NotFound,
+    NotGenerating,
+    ParleyError,
+    TooLong,
+)
 from chat.extensions import STORED, EraseHook
 from chat.models import (
     LIVE_STATUSES,
@@ -75,10 +83,6 @@ from chat.text import clean_text
 logger = logging.getLogger(__name__)
 
 RATING_VALUES = (1, -1, 0)
-# A delete stops the replies still being written to the message before it tombstones it;
-# a reply that completes meanwhile may ask other assistants (follow-ups), which are stopped
-# in the next round. Past this many rounds the delete answers `busy`.
-DELETE_STOP_ROUNDS = 3
 
 
 # --- Shared -------------------------------------------------------------------------------
@@ -318,31 +322,48 @@ def _live_replies(message: Message) -> QuerySet[Message]:
 # --- Delete -------------------------------------------------------------------------------
 
 
-def _tombstone(*, user: User, pk: int, allowed: bool = False) -> tuple[_Written, list[Message]]:
-    """Tombstone the message ``user`` may delete, unless replies to it are still being
-    written (then those replies, to stop first). Its event when this call deleted it.
-
-    ``allowed``: this delete was let through already (its first round, before it stopped
-    the replies): the message is locked and checked again for a delete and for live
-    replies, not for who may delete it (the decision stands for the action it began)."""
+def _tombstone(*, user: User, pk: int) -> tuple[_Written, list[Message]]:
+    """Tombstone the message ``user`` may delete, with the replies to it still being
+    written (to stop before the tombstone is announced). Its event when this call deleted
+    it; a message deleted already: no event and nothing to stop."""
     with transaction.atomic():
-        message = _locked(pk, room=not allowed)
-        if not allowed:
-            role = _member_role(message, user)
-            if role is None and not user.is_staff:
-                raise NotFound("no such message")
-            own = message.role == Role.USER and message.author_id == user.pk and role is not None
-            if not (own or user.is_staff or role == Membership.Role.OWNER):
-                raise Forbidden("only its author, the room's owners or staff can delete a message")
+        message = _locked(pk)
+        role = _member_role(message, user)
+        if role is None and not user.is_staff:
+            raise NotFound("no such message")
+        own = message.role == Role.USER and message.author_id == user.pk and role is not None
+        if not (own or user.is_staff or role == Membership.Role.OWNER):
+            raise Forbidden("only its author, the room's owners or staff can delete a message")
         if message.deleted_at is not None:
             return _written(message), []
         live = list(_live_replies(message))
-        if live:
-            return _written(message), live
         message.deleted_at = timezone.now()
         message.deleted_by = user
         message.save(update_fields=["deleted_at", "deleted_by"])
-        return _written(message, events.delete_body(message_id=str(pk), by=user.get_username())), []
+        return _written(
+            message, events.delete_body(message_id=str(pk), by=user.get_username())
+        ), live
+
+
+def _after_delete(pk: int) -> list[Message]:
+    """After a delete's announcement: erase what other apps keep of the message, and the
+    replies to it still live, which started after its tombstone was committed (a
+    regenerate that read the message before it), to stop too."""
+    _erase(STORED.deleted, [pk])
+    return list(_live_replies(Message.objects.only("role", "status").get(pk=pk)))
+
+
+async def _stop(replies: list[Message], *, user: User) -> None:
+    """Stop each reply as the deleter's ``stop`` would. One that ended meanwhile needs
+    nothing; one that cannot be stopped now (its process is away) is logged and ends as
+    any reply of a gone process does: the tombstone stands, and is announced."""
+    for reply in replies:
+        try:
+            await reply_control_applied(reply, user=user, action="stop", heard_ms=None)
+        except NotGenerating:
+            pass  # it ended meanwhile
+        except ParleyError as exc:
+            logger.warning("reply %s: a delete could not stop it: %s", reply.pk, exc)
 
 
 async def message_delete(
@@ -354,29 +375,23 @@ async def message_delete(
     admin until ``purge_deleted`` erases it. What members could fetch of it elsewhere (a
     reply's audio: the ``STORED.deleted`` hooks) is removed at once.
 
-    A reply still being written (the message itself, or a reply to it) is stopped first,
-    as its stop control would (``generation`` ``stopped``, reason ``user``, by the
-    deleter), so no delta follows the tombstone. Deleting a deleted message again is a
-    no-op that answers the tombstone (``answer``: as ``message_edit``). Each delete takes
-    from the action rate limit."""
+    A reply still being written (the message itself, or a reply to it) is stopped before
+    the ``delete`` event, as its stop control would (``generation`` ``stopped``, reason
+    ``user``, by the deleter), so no delta follows the tombstone. The tombstone is
+    written first, in the same hop as the checks: from its commit on nothing new can
+    answer the message (follow-ups and reruns check for it), and the action costs one
+    database hop before the stops, not two. Deleting a deleted message again is a no-op
+    that answers the tombstone (``answer``: as ``message_edit``). Each delete takes from
+    the action rate limit."""
     await action_allow(user_id=user.pk)
     pk = _pk(message_id)
     async with _turns(pk) as turns:
-        for round_ in range(DELETE_STOP_ROUNDS):
-            written, live = await database_sync_to_async(_tombstone)(
-                user=user, pk=pk, allowed=round_ > 0
-            )
-            if not live:
-                wire = await _announce(turns, pk=pk, kind="delete", written=written, answer=answer)
-                if written.body is not None:  # this call deleted it
-                    await database_sync_to_async(_erase)(STORED.deleted, [pk])
-                return wire
-            for reply in live:
-                try:
-                    await reply_control_applied(reply, user=user, action="stop", heard_ms=None)
-                except NotGenerating:
-                    pass  # it ended meanwhile
-    raise Busy("replies to this message keep starting; try again")
+        written, live = await database_sync_to_async(_tombstone)(user=user, pk=pk)
+        await _stop(live, user=user)
+        wire = await _announce(turns, pk=pk, kind="delete", written=written, answer=answer)
+    if written.body is not None:  # this call deleted it
+        await _stop(await database_sync_to_async(_after_delete)(pk), user=user)
+    return wire
 
 
 # --- Rate ---------------------------------------------------------------------------------

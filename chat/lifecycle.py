@@ -20,8 +20,9 @@ holds, whatever order concurrent writes land in:
 3. With Redis, other processes write too, and their events may interleave with ours: a
    write's event goes out even when this process sent that same state last (another may
    have sent a different one since; a tombstone excepted, as nothing else can follow
-   it), and after its emit the writer reads the message (one hop) and emits what it holds
-   *now* until what was sent is what is stored. The last event emitted anywhere is followed by
+   it), and after its emit the writer reads the message (one hop; not after a tombstone,
+   which that read could only find again) and emits what it holds *now* until what was
+   sent is what is stored. The last event emitted anywhere is followed by
    a read that found what it carried, and any write after that read is announced by its
    own writer later, so the last event every member gets carries the final state (two
    members rating at once: the last ``rating`` event has the counts of both). Across
@@ -209,13 +210,16 @@ async def _announce(
     what is stored. The message's wire dict as last read (read only if ``answer`` or to
     confirm)."""
     body, number = written.body, written.number
-    confirm = body is not None and bool(settings.REDIS_URL)
+    # A tombstone is final: nothing can follow it but that same tombstone, so its writer
+    # has nothing to confirm (a read after it could only find what it sent).
+    tombstone = body is not None and body.get("type") == "delete"
+    confirm = body is not None and bool(settings.REDIS_URL) and not tombstone
     if body is not None:
         # In one process the state it sent last is the last one members got. With Redis
         # another process may have sent one since: the write's state goes out even if it
-        # is the one this process sent last (a repeat changes nothing), but a tombstone:
-        # nothing can follow one but that same tombstone.
-        again = confirm and body.get("type") != "delete"
+        # is the one this process sent last (a repeat changes nothing), but a tombstone
+        # goes out once.
+        again = bool(settings.REDIS_URL) and not tombstone
         async with turns.lock:
             if number < turns.owner:
                 confirm = False  # a later write of this process was sent: its writer confirms

@@ -509,3 +509,47 @@ def test_a_mention_in_a_reply_deleted_meanwhile_asks_nobody(room, deleted):
     Message.objects.filter(pk=gone.pk).update(deleted_at=timezone.now())
     assert asked(reply) == []
     assert not Message.objects.filter(reply_to=question, status=Status.QUEUED).exists()
+
+
+async def test_deleting_a_question_two_assistants_answer_asks_the_waiting_one_nothing(
+    server, room, models
+):
+    """A question to @coder and @critic, deleted while the coder writes: both replies are
+    stopped before the tombstone reaches members, and the critic, still waiting in the
+    room's line, is never sent a request (the coder's end does not start it)."""
+    room, tokens = room
+    models["coder"].set_default(Scenario.endless(("tick ",), interval=0.02))
+    critic_before = len(models["critic"].requests)
+    ann = await connect(server, room, tokens["ann"])
+    bob = await connect(server, room, tokens["bob"])
+    try:
+        client_id = f"c-{uuid.uuid4().hex}"
+        await ann.send(action="send", text="@coder and @critic: count", client_id=client_id)
+        mine = await ann.wait_for(
+            lambda e: e.get("type") == "message" and e["message"]["client_id"] == client_id
+        )
+        replies = []
+        for _ in range(2):
+            event = await bob.wait_for(
+                lambda e: e.get("type") == "message" and e["message"]["role"] == "assistant"
+            )
+            replies.append(event["message"]["id"])
+        coder, critic = replies
+        await bob.wait_for(lambda e: e.get("type") == "delta" and e["message_id"] == coder)
+        start = len(bob.events)
+        await ann.send(action="delete", message_id=mine["message"]["id"], id="d")
+        await bob.wait_type("delete", message_id=mine["message"]["id"], start=start)
+        after = bob.events[start:]
+        cut = next(i for i, e in enumerate(after) if e.get("type") == "delete")
+        ended = [
+            e["message_id"]
+            for e in after[:cut]
+            if e.get("type") == "generation" and e.get("state") == "stopped"
+        ]
+        assert sorted(ended) == sorted([coder, critic])  # both, before the tombstone
+        assert len(models["critic"].requests) == critic_before
+        stored = await sync_to_async(Message.objects.get)(pk=int(critic))
+        assert (stored.status, stored.text) == ("stopped", "")
+    finally:
+        await ann.close()
+        await bob.close()

@@ -354,7 +354,8 @@ def _after_delete(pk: int) -> list[Message]:
     replies to it still live, which started after its tombstone was committed (a
     regenerate that read the message before it), to stop too."""
     _erase(STORED.deleted, [pk])
-    return list(_live_replies(Message.objects.only("role", "status").get(pk=pk)))
+    message = Message.objects.only("role", "status").filter(pk=pk).first()
+    return [] if message is None else list(_live_replies(message))  # None: its room went
 
 
 async def _stop(replies: list[Message], *, user: User) -> None:
@@ -383,10 +384,10 @@ async def message_delete(
     the ``delete`` event, as its stop control would (``generation`` ``stopped``, reason
     ``user``, by the deleter), so no delta follows the tombstone. The tombstone is
     written first, in the same hop as the checks: from its commit on nothing new can
-    answer the message (follow-ups and reruns check for it), and the action costs one
-    database hop before the stops, not two. Deleting a deleted message again is a no-op
-    that answers the tombstone (``answer``: as ``message_edit``). Each delete takes from
-    the action rate limit."""
+    answer the message (follow-ups and reruns check for it), and the action makes one
+    database hop of its own before the ``delete`` event, not two. Deleting a deleted
+    message again is a no-op that answers the tombstone (``answer``: as
+    ``message_edit``). Each delete takes from the action rate limit."""
     await action_allow(user_id=user.pk)
     pk = _pk(message_id)
     async with _turns(pk) as turns:

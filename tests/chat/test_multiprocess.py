@@ -259,6 +259,36 @@ async def test_killed_process_leaves_its_reply_interrupted_with_saved_text(pair,
         await bob.close()
 
 
+async def test_a_delete_whose_reply_cannot_be_stopped_still_tombstones(pair, llm, members):
+    """The process running the reply is killed and a delete comes at once to the other:
+    the stop cannot reach the reply (no answer within PARLEY_CONTROL_TIMEOUT), yet the
+    tombstone stands and every member hears it; the orphan sweep ends the reply."""
+    one, two = pair
+    room, ann_token, bob_token = members
+    llm.set_default(Scenario.endless(("z ",), interval=0.01))
+    ann = await connect(one, room, ann_token)
+    bob = await connect(two, room, bob_token)
+    try:
+        reply = await ask(ann)  # runs on process one
+        await bob.wait_type("delta", message_id=reply)
+        question = str((await stored(reply)).reply_to_id)
+        one.kill()
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.delete(
+                f"{two.http_url}/api/messages/{question}",
+                headers={"Authorization": f"Bearer {ann_token}"},
+            )
+        assert r.status_code == 200, r.text
+        assert r.json()["message"]["deleted"] is True
+        await bob.wait_type("delete", message_id=question)
+        end = await bob.wait_terminal(reply, timeout=30, start=0)  # before or after it
+        assert end["state"] == "interrupted"
+        assert (await stored(question)).deleted_at is not None
+    finally:
+        await ann.close()
+        await bob.close()
+
+
 async def test_redis_restart_mid_reply(daphne_factory, llm, members, sole_deployment):
     private = RedisServer().start()
     try:

@@ -309,10 +309,10 @@ def create_followups(
         # Locked as a delete locks them (chat/lifecycle.py): a delete of the question or
         # of this reply either came first (then nobody is asked) or comes after and stops
         # what is queued here first, as it stops any reply to the question.
-        alive = Message.objects.select_for_update(of=("self",)).filter(
+        alive = Message.objects.select_for_update().filter(
             pk__in=(asker_message.pk, reply.pk), deleted_at__isnull=True
         )
-        if len(alive.order_by("pk")) < 2:
+        if len(alive.order_by("pk").values_list("pk", flat=True)) < 2:
             return reply.room.slug, []
         earlier = list(
             # Replies, not their later versions (a regenerated answer is the same reply).
